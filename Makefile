@@ -1,0 +1,35 @@
+# Engram: the two Quick-start commands are `make run` and `make test`.
+DATA_DIR ?= data
+BIND ?= 127.0.0.1:8080
+CARGO ?= cargo
+ENGRAM := target/release/engram
+
+.PHONY: run test setup build lint bench-ingest clean
+
+## make run: set up, build, ingest the demo corpus (idempotent) and serve on $(BIND).
+run: setup build
+	$(ENGRAM) ingest --data-dir $(DATA_DIR) corpora/demo/corpus.json
+	$(ENGRAM) serve --data-dir $(DATA_DIR) --bind $(BIND)
+
+## make test: the whole test suite (SQLite and PostgreSQL), as CI runs it.
+test: setup
+	bash scripts/ensure-postgres.sh
+	$(CARGO) test --all-targets --locked
+	$(CARGO) test --doc --locked
+
+setup:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
+
+build:
+	$(CARGO) build --release --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+## make bench-ingest: ingestion throughput and BM25 latency on the MuSiQue corpus (SQLite and PostgreSQL).
+bench-ingest: build
+	bash scripts/bench-ingest.sh
+
+clean:
+	rm -rf $(DATA_DIR)

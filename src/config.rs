@@ -1,0 +1,327 @@
+//! Typed, layered configuration: compiled defaults → `engram.toml` → `ENGRAM__SECTION__KEY` environment variables
+//! (and `DATABASE_URL`) → command-line flags. [`Config::load`] merges the layers and [`Config::validate`] checks the
+//! result, naming the offending key.
+
+use crate::ingest::chunker::ChunkConfig;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or has a key of the wrong type or name.
+    #[error("configuration error: {0}")]
+    Load(Box<figment::Error>),
+    /// A value is out of range or malformed.
+    #[error("invalid configuration value for `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `server.bind`.
+        key: &'static str,
+        /// What is wrong and what to use instead.
+        message: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Load(Box::new(e))
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Where data lives.
+    pub storage: StorageConfig,
+    /// How documents are split into passages.
+    pub chunking: ChunkConfig,
+    /// Retrieval defaults and limits.
+    pub retrieval: RetrievalConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// HTTP server settings (`[server]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub bind: String,
+    /// When set, write endpoints require `Authorization: Bearer KEY` (or `X-API-Key: KEY`).
+    pub api_key: Option<String>,
+    /// Largest accepted request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Seconds to wait for in-flight requests at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            api_key: None,
+            max_body_bytes: 64 * 1024 * 1024,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Storage settings (`[storage]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory for the SQLite database and the indexes.
+    pub data_dir: PathBuf,
+    /// `postgres://...` to use PostgreSQL instead of the embedded SQLite file (also read from `DATABASE_URL`).
+    pub database_url: Option<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+        }
+    }
+}
+
+/// Retrieval settings (`[retrieval]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrievalConfig {
+    /// `top_k` when a request gives none.
+    pub default_top_k: usize,
+    /// Largest `top_k` a request may ask for.
+    pub max_top_k: usize,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        Self {
+            default_top_k: 5,
+            max_top_k: 200,
+        }
+    }
+}
+
+/// Logging settings (`[log]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// One JSON object per line instead of human-readable lines.
+    pub json: bool,
+    /// Filter in `RUST_LOG` syntax, e.g. `info` or `engram=debug,tower_http=info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            json: false,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Merges the layers. `file` is the TOML file to read (`engram.toml` in the working directory when `None`; a
+    /// missing default file is fine, a missing named file is an error). `env` is the environment to read, so tests
+    /// need not touch the process's. `overrides` come from flags and win over everything.
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        overrides: Figment,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Invalid {
+                        key: "--config",
+                        message: format!("configuration file {} does not exist", path.display()),
+                    });
+                }
+                fig = fig.merge(Toml::file_exact(path));
+            }
+            None => fig = fig.merge(Toml::file_exact("engram.toml")),
+        }
+        for (key, value) in env.iter().filter(|(k, _)| k.starts_with("ENGRAM__")) {
+            let path = key["ENGRAM__".len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            let parsed: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            fig = fig.merge(Serialized::global(&path, parsed));
+        }
+        if let Some((_, url)) = env.iter().find(|(k, _)| k == "DATABASE_URL") {
+            if !url.is_empty() {
+                fig = fig.merge(Serialized::global("storage.database_url", url.clone()));
+            }
+        }
+        let config: Config = fig.merge(overrides).extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and formats, naming the key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .bind
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "server.bind",
+                message: format!("'{}' is not ADDR:PORT ({e})", self.server.bind),
+            })?;
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "server.max_body_bytes",
+                message: format!("must be at least 1024 (got {})", self.server.max_body_bytes),
+            });
+        }
+        if matches!(&self.server.api_key, Some(k) if k.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "server.api_key",
+                message: "must not be empty; leave it unset to disable authentication".into(),
+            });
+        }
+        if let Some(url) = &self.storage.database_url {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "storage.database_url",
+                    message: format!(
+                        "'{}' is neither postgres://... nor sqlite:...",
+                        crate::store::redact(url)
+                    ),
+                });
+            }
+        }
+        self.chunking
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                key: "chunking",
+                message,
+            })?;
+        if self.retrieval.max_top_k == 0 {
+            return Err(ConfigError::Invalid {
+                key: "retrieval.max_top_k",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.retrieval.default_top_k == 0
+            || self.retrieval.default_top_k > self.retrieval.max_top_k
+        {
+            return Err(ConfigError::Invalid {
+                key: "retrieval.default_top_k",
+                message: format!(
+                    "must be between 1 and retrieval.max_top_k ({}), got {}",
+                    self.retrieval.max_top_k, self.retrieval.default_top_k
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The bind address, parsed (valid after [`Config::validate`]).
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.server
+            .bind
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("engram.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "[server]\nbind = \"0.0.0.0:9000\"\nmax_body_bytes = 4096\n[chunking]\nmax_chars = 500\noverlap_chars = 50\n",
+        );
+        let cfg = Config::load(
+            Some(&file),
+            &env(&[
+                ("ENGRAM__SERVER__BIND", "127.0.0.1:9100"),
+                ("ENGRAM__RETRIEVAL__DEFAULT_TOP_K", "7"),
+                ("DATABASE_URL", "postgres://u@h/db"),
+                ("UNRELATED", "x"),
+            ]),
+            Figment::from(Serialized::global("server.bind", "127.0.0.1:9200")),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.bind, "127.0.0.1:9200"); // flag beats env beats file
+        assert_eq!(cfg.server.max_body_bytes, 4096); // file beats default
+        assert_eq!(cfg.retrieval.default_top_k, 7); // env beats default
+        assert_eq!(cfg.chunking.max_chars, 500);
+        assert_eq!(
+            cfg.storage.database_url.as_deref(),
+            Some("postgres://u@h/db")
+        );
+        assert_eq!(cfg.storage.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[server]\nbind = \"nonsense\"\n");
+        let err = Config::load(Some(&file), &[], Figment::new()).unwrap_err();
+        assert!(err.to_string().contains("server.bind"), "{err}");
+
+        let file = write(dir.path(), "[server]\nbnid = \"127.0.0.1:1\"\n");
+        let err = Config::load(Some(&file), &[], Figment::new()).unwrap_err();
+        assert!(err.to_string().contains("bnid"), "{err}");
+
+        let err = Config::load(
+            None,
+            &env(&[("ENGRAM__SERVER__MAX_BODY_BYTES", "lots")]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_body_bytes"), "{err}");
+
+        let err = Config::load(
+            None,
+            &env(&[("ENGRAM__RETRIEVAL__DEFAULT_TOP_K", "0")]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("retrieval.default_top_k"), "{err}");
+
+        let err = Config::load(
+            None,
+            &env(&[("ENGRAM__CHUNKING__OVERLAP_CHARS", "5000")]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("overlap_chars"), "{err}");
+
+        let missing = dir.path().join("nope.toml");
+        assert!(Config::load(Some(&missing), &[], Figment::new()).is_err());
+    }
+}

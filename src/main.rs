@@ -1,0 +1,300 @@
+//! The `engram` command: serve, ingest, reindex, eval.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use engram::app::App;
+use engram::config::Config;
+use engram::eval;
+use engram::ingest::document::NewDocument;
+use engram::ingest::loaders;
+use figment::providers::Serialized;
+use figment::Figment;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "engram",
+    version,
+    about = "Retrieval-augmented multi-hop question answering server"
+)]
+struct Cli {
+    /// TOML configuration file (default: ./engram.toml if it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags that override storage settings; shared by every command.
+#[derive(Args, Debug, Clone, Default)]
+struct StorageFlags {
+    /// Data directory (SQLite database and indexes).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL URL; overrides DATABASE_URL and the config file.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP server.
+    Serve {
+        #[command(flatten)]
+        storage: StorageFlags,
+        /// Address and port to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Require this API key on write endpoints.
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Log one JSON object per line.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Ingest files or directories (txt, md, html, pdf, json, jsonl) through the ingestion pipeline.
+    Ingest {
+        #[command(flatten)]
+        storage: StorageFlags,
+        /// Files or directories (searched recursively for supported files).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Rebuild the BM25 index from the database.
+    Reindex {
+        #[command(flatten)]
+        storage: StorageFlags,
+    },
+    /// Evaluate a retriever on a question set (MuSiQue or HotpotQA style).
+    Eval {
+        #[command(flatten)]
+        storage: StorageFlags,
+        /// Questions file.
+        #[arg(long)]
+        questions: PathBuf,
+        /// Corpus file, ingested first (already-stored passages are kept).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Precomputed open-IE extractions (used by the graph retrievers).
+        #[arg(long)]
+        openie: Option<PathBuf>,
+        /// Retriever name, e.g. bm25.
+        #[arg(long, default_value = "bm25")]
+        retriever: String,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_config(
+    cli_config: Option<&Path>,
+    storage: &StorageFlags,
+    extra: Figment,
+) -> Result<Config> {
+    let mut flags = extra;
+    if let Some(dir) = &storage.data_dir {
+        flags = flags.merge(Serialized::global("storage.data_dir", dir));
+    }
+    if let Some(url) = &storage.database_url {
+        flags = flags.merge(Serialized::global("storage.database_url", url));
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    Ok(Config::load(cli_config, &env, flags)?)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            storage,
+            bind,
+            api_key,
+            json_logs,
+        } => {
+            let mut extra = Figment::new();
+            if let Some(bind) = bind {
+                extra = extra.merge(Serialized::global("server.bind", bind));
+            }
+            if let Some(key) = api_key {
+                extra = extra.merge(Serialized::global("server.api_key", key));
+            }
+            if json_logs {
+                extra = extra.merge(Serialized::global("log.json", true));
+            }
+            let config = load_config(cli.config.as_deref(), &storage, extra)?;
+            init_logging(&config);
+            let addr = config.bind_addr();
+            let app = App::open(config).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(%addr, "engram listening; open http://{addr}/");
+            engram::server::serve(app, listener, CancellationToken::new()).await?;
+            Ok(())
+        }
+        Command::Ingest { storage, paths } => {
+            let config = load_config(cli.config.as_deref(), &storage, Figment::new())?;
+            init_logging_quiet(&config);
+            let documents = load_paths(&paths)?;
+            let app = App::open(config).await?;
+            ingest_with_progress(&app, &documents).await?;
+            app.store.close().await;
+            Ok(())
+        }
+        Command::Reindex { storage } => {
+            let config = load_config(cli.config.as_deref(), &storage, Figment::new())?;
+            init_logging_quiet(&config);
+            let app = App::open(config).await?;
+            let n = app.pipeline.reindex_all().await?;
+            eprintln!("reindexed {n} passages");
+            app.store.close().await;
+            Ok(())
+        }
+        Command::Eval {
+            storage,
+            questions,
+            corpus,
+            openie,
+            retriever,
+            json,
+        } => {
+            if openie.is_some() {
+                bail!("--openie feeds the graph retrievers (hipporag, hipporag2), which this build does not include yet; run without it");
+            }
+            let mut storage = storage;
+            let _tmp;
+            if storage.data_dir.is_none() {
+                let dir =
+                    tempfile::tempdir().context("cannot create a temporary data directory")?;
+                storage.data_dir = Some(dir.path().to_path_buf());
+                _tmp = dir;
+            }
+            let config = load_config(cli.config.as_deref(), &storage, Figment::new())?;
+            init_logging_quiet(&config);
+            let (qs, style) = eval::load_questions(&questions)?;
+            let docs = eval::load_corpus(&corpus)?;
+            let app = App::open(config).await?;
+            ingest_with_progress(&app, &docs).await?;
+            let r = app.retrievers.get(&retriever)?;
+            let report = eval::evaluate(&app.store, r.as_ref(), &qs, style).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "retriever {}  questions {}  R@2 {:.1}  R@5 {:.1}  mean latency {:.2} ms",
+                    report.retriever,
+                    report.questions,
+                    report.recall_at_2,
+                    report.recall_at_5,
+                    report.mean_latency_ms
+                );
+            }
+            app.store.close().await;
+            Ok(())
+        }
+    }
+}
+
+fn init_logging_quiet(config: &Config) {
+    let mut c = config.clone();
+    if std::env::var_os("RUST_LOG").is_none() {
+        c.log.level = "warn".into();
+    }
+    init_logging(&c);
+}
+
+/// Loads every supported file under `paths`; any bad file stops the command before anything is stored.
+fn load_paths(paths: &[PathBuf]) -> Result<Vec<NewDocument>> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(p, &mut files)?;
+    }
+    if files.is_empty() {
+        bail!(
+            "no supported files ({}) under the given paths",
+            loaders::SUPPORTED_EXTENSIONS.join(", ")
+        );
+    }
+    let mut documents = Vec::new();
+    for f in files {
+        let bytes = fs_err::read(&f)?;
+        let name = f.display().to_string();
+        documents.extend(
+            loaders::load_file(&name, &bytes).with_context(|| format!("cannot ingest {name}"))?,
+        );
+    }
+    Ok(documents)
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let meta = fs_err::metadata(path)?;
+    if meta.is_file() {
+        out.push(path.to_path_buf());
+    } else if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = fs_err::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            let supported = e.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                loaders::SUPPORTED_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())
+            });
+            if e.is_dir() || supported {
+                collect_files(&e, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one ingestion job in this process with a progress bar on stderr.
+async fn ingest_with_progress(app: &Arc<App>, documents: &[NewDocument]) -> Result<()> {
+    app.pipeline.index_pending().await?;
+    let job = app.pipeline.submit(documents).await?;
+    let bar = indicatif::ProgressBar::new(documents.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} ingesting [{bar:40}] {pos}/{len} documents ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let progress =
+        |c: &engram::store::JobCounts| bar.set_position((c.done + c.duplicate + c.failed) as u64);
+    app.pipeline
+        .run_job(&job, &CancellationToken::new(), &progress)
+        .await?;
+    bar.finish_and_clear();
+    let record = app.store.get_job(&job).await?.context("the job vanished")?;
+    let c = record.counts;
+    let (docs, passages) = app.store.counts().await?;
+    eprintln!(
+        "job {job}: {} new, {} unchanged, {} failed in {:.1}s; store holds {docs} documents, {passages} passages",
+        c.done,
+        c.duplicate,
+        c.failed,
+        started.elapsed().as_secs_f64()
+    );
+    for e in record.errors.iter().take(20) {
+        eprintln!("  item {} ({}): {} {}", e.index, e.title, e.code, e.message);
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Retrievers behind one trait. This method is [`bm25::Bm25Retriever`]; dense, hybrid and the HippoRAG
+//! retrievers plug in beside it.
+
+pub mod bm25;
+
+use crate::index::IndexError;
+use crate::store::{PassageRecord, StoreError};
+use serde::Serialize;
+
+/// Errors of the retrieval layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RetrieveError {
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The store failed while loading passages.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The retrieval method is not known or not available.
+    #[error("unknown retrieval method '{0}': available methods are {1}")]
+    UnknownMethod(String, String),
+    /// A blocking task failed.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// A passage with its retrieval score.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ScoredPassage {
+    /// The passage.
+    #[serde(flatten)]
+    pub passage: PassageRecord,
+    /// Retriever-specific score (higher is better).
+    pub score: f32,
+}
+
+/// Ranks passages for a query.
+#[async_trait::async_trait]
+pub trait Retriever: Send + Sync {
+    /// The method name used in requests (`bm25`, ...).
+    fn name(&self) -> &'static str;
+    /// The best `top_k` passages for `query`, best first.
+    async fn retrieve(
+        &self,
+        query: &str,
+        top_k: usize,
+    ) -> Result<Vec<ScoredPassage>, RetrieveError>;
+}
+
+/// The retrievers a deployment offers, looked up by name.
+#[derive(Clone, Default)]
+pub struct Retrievers {
+    by_name: Vec<std::sync::Arc<dyn Retriever>>,
+}
+
+impl std::fmt::Debug for Retrievers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Retrievers {
+    /// Adds a retriever (a later one with the same name replaces the earlier).
+    pub fn with(mut self, r: std::sync::Arc<dyn Retriever>) -> Self {
+        self.by_name.retain(|x| x.name() != r.name());
+        self.by_name.push(r);
+        self
+    }
+
+    /// The names on offer.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.by_name.iter().map(|r| r.name()).collect()
+    }
+
+    /// The retriever called `name`.
+    pub fn get(&self, name: &str) -> Result<std::sync::Arc<dyn Retriever>, RetrieveError> {
+        self.by_name
+            .iter()
+            .find(|r| r.name() == name)
+            .cloned()
+            .ok_or_else(|| RetrieveError::UnknownMethod(name.to_string(), self.names().join(", ")))
+    }
+}
+
+/// Loads passages for ranked ids from the store, keeping the ranking and dropping ids the store no longer has.
+pub async fn hydrate(
+    store: &crate::store::Store,
+    ranked: &[(i64, f32)],
+) -> Result<Vec<ScoredPassage>, RetrieveError> {
+    let ids: Vec<i64> = ranked.iter().map(|r| r.0).collect();
+    let mut by_id: std::collections::HashMap<i64, PassageRecord> = store
+        .passages_by_ids(&ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p))
+        .collect();
+    Ok(ranked
+        .iter()
+        .filter_map(|&(id, score)| {
+            by_id
+                .remove(&id)
+                .map(|passage| ScoredPassage { passage, score })
+        })
+        .collect())
+}

@@ -1,0 +1,128 @@
+//! `POST /v1/retrieve`: rank passages for a query.
+
+use super::body::{parse_json, read_limited, require_json};
+use super::error::{ApiError, ErrorEnvelope};
+use crate::app::App;
+use crate::metrics;
+use crate::retrieve::ScoredPassage;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A retrieval request.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrieveRequest {
+    /// The question or query text.
+    pub query: String,
+    /// How many passages (default `retrieval.default_top_k`, at most `retrieval.max_top_k`).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Retrieval method (default `bm25`).
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// Ranked passages.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RetrieveResponse {
+    /// The method used.
+    pub method: String,
+    /// The query, as given.
+    pub query: String,
+    /// Passages, best first, with score, title, document id and byte offsets.
+    pub passages: Vec<ScoredPassageView>,
+    /// Server-side retrieval time in milliseconds.
+    pub took_ms: f64,
+}
+
+/// A ranked passage as returned by the API.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScoredPassageView {
+    /// Passage id.
+    pub id: i64,
+    /// Document id.
+    pub document_id: String,
+    /// Position within the document.
+    pub ordinal: i64,
+    /// Document title.
+    pub title: String,
+    /// Passage text.
+    pub text: String,
+    /// Start byte offset in the document text.
+    pub start_byte: i64,
+    /// End byte offset in the document text.
+    pub end_byte: i64,
+    /// Retrieval score.
+    pub score: f32,
+}
+
+impl From<ScoredPassage> for ScoredPassageView {
+    fn from(s: ScoredPassage) -> Self {
+        let p = s.passage;
+        Self {
+            id: p.id,
+            document_id: p.document_id,
+            ordinal: p.ordinal,
+            title: p.title,
+            text: p.text,
+            start_byte: p.start_byte,
+            end_byte: p.end_byte,
+            score: s.score,
+        }
+    }
+}
+
+/// Rank passages for a query.
+#[utoipa::path(post, path = "/v1/retrieve", tag = "retrieval", request_body = RetrieveRequest,
+    responses(
+        (status = 200, body = RetrieveResponse),
+        (status = 400, description = "Malformed request or unknown method", body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
+        (status = 422, description = "Empty query", body = ErrorEnvelope),
+    ))]
+pub async fn retrieve(
+    State(app): State<Arc<App>>,
+    req: Request,
+) -> Result<Json<RetrieveResponse>, ApiError> {
+    require_json(req.headers())?;
+    let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
+    let body: RetrieveRequest = parse_json(&bytes)?;
+    if body.query.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_query",
+            "`query` is empty: give some text to search for",
+        )
+        .param("query"));
+    }
+    let cfg = &app.config.retrieval;
+    let top_k = body.top_k.unwrap_or(cfg.default_top_k);
+    if top_k == 0 || top_k > cfg.max_top_k {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!(
+                "`top_k` must be between 1 and {} (retrieval.max_top_k)",
+                cfg.max_top_k
+            ),
+        )
+        .param("top_k"));
+    }
+    let method = body.method.unwrap_or_else(|| "bm25".into());
+    let retriever = app.retrievers.get(&method)?;
+    let started = Instant::now();
+    let passages = retriever.retrieve(&body.query, top_k).await?;
+    let took = started.elapsed();
+    metrics::RETRIEVE_DURATION
+        .with_label_values(&[retriever.name()])
+        .observe(took.as_secs_f64());
+    Ok(Json(RetrieveResponse {
+        method,
+        query: body.query,
+        passages: passages.into_iter().map(Into::into).collect(),
+        took_ms: took.as_secs_f64() * 1000.0,
+    }))
+}

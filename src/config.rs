@@ -149,7 +149,10 @@ impl Config {
                 }
                 fig = fig.merge(Toml::file_exact(path));
             }
-            None => fig = fig.merge(Toml::file_exact("engram.toml")),
+            None if Path::new("engram.toml").exists() => {
+                fig = fig.merge(Toml::file_exact("engram.toml"))
+            }
+            None => {}
         }
         for (key, value) in env.iter().filter(|(k, _)| k.starts_with("ENGRAM__")) {
             let path = key["ENGRAM__".len()..]

@@ -93,6 +93,15 @@ async fn bad_json_bodies(db: Db) {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "invalid_utf8");
 
+    let (s, b) = t
+        .post_json(
+            "/v1/documents",
+            &json!([{"title": "ok", "text": "fine"}, {"title": "nul", "text": "a\u{0}b"}]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_envelope(&b, "invalid_text");
+
     let (s, b) = raw_post(&t, "/v1/documents", "text/csv", b"a,b".to_vec()).await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_envelope(&b, "unsupported_media_type");

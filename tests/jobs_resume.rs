@@ -103,3 +103,40 @@ both_backends!(
     reindex_rebuilds_from_the_store,
     reindex_rebuilds_from_the_store
 );
+
+/// A store fault injected on one document (a trigger on SQLite, a check constraint on PostgreSQL) fails the batch
+/// transaction; the pipeline falls back to one transaction per item, so the good items are stored and the bad one is
+/// reported in the job.
+async fn a_failing_item_does_not_hold_back_its_batch(db: Db) {
+    let t = TestApp::start(db, |_| {}).await;
+    let fault = match db {
+        Db::Sqlite => {
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON documents WHEN NEW.title = 'Bad' \
+                       BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        }
+        Db::Postgres => "ALTER TABLE documents ADD CONSTRAINT refuse_bad CHECK (title <> 'Bad')",
+    };
+    sqlx::query(fault)
+        .execute(t.app.store.pool())
+        .await
+        .unwrap();
+    let job = t
+        .ingest(&serde_json::json!([
+            {"title": "Good one", "text": "Stored despite its neighbour."},
+            {"title": "Bad", "text": "The store refuses this one."},
+            {"title": "Good two", "text": "Also stored."},
+        ]))
+        .await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["counts"]["done"], 2, "{job}");
+    assert_eq!(job["counts"]["failed"], 1, "{job}");
+    assert_eq!(job["errors"][0]["index"], 1);
+    assert_eq!(job["errors"][0]["code"], "storage_error");
+    assert_eq!(t.app.store.counts().await.unwrap().0, 2);
+    assert_eq!(t.app.text_index_len(), 2);
+    t.finish().await;
+}
+both_backends!(
+    a_failing_item_does_not_hold_back_its_batch,
+    a_failing_item_does_not_hold_back_its_batch
+);

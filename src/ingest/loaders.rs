@@ -756,6 +756,33 @@ mod tests {
     }
 
     #[test]
+    fn mutated_pdfs_never_panic() {
+        let original = minimal_pdf("Mutation testing keeps the parser honest.");
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            state >> 8
+        };
+        for round in 0..100 {
+            let mut bytes = original.clone();
+            for _ in 0..=(round % 16) {
+                let i = 5 + next() as usize % (bytes.len() - 5);
+                bytes[i] = next() as u8;
+            }
+            // Either some text comes out or a clean error; a panic would fail the test.
+            if let Err(err) = load_file("m.pdf", &bytes) {
+                assert!(
+                    matches!(
+                        err,
+                        LoadError::InvalidPdf { .. } | LoadError::EmptyText { .. }
+                    ),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn pdf_normalisation() {
         assert_eq!(
             normalize_pdf_text("  a   b \n c\n\n\n\nd\u{c}e  \r\n"),
@@ -870,6 +897,51 @@ mod tests {
 
         let err = load_file("empty.jsonl", b"\n  \n").unwrap_err();
         assert!(matches!(err, LoadError::EmptyText { .. }));
+    }
+
+    #[test]
+    fn fixture_files_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/docs");
+        let load = |name: &str| load_file(name, &fs_err::read(dir.join(name)).unwrap());
+
+        let txt = load("lighthouse.txt").unwrap();
+        assert_eq!(txt[0].title, "lighthouse");
+        assert!(txt[0].text.contains("Ottilie Marsh"));
+
+        let md = load("harbour.md").unwrap();
+        assert_eq!(md[0].title, "Port Aldwyn Harbour");
+
+        let html = load("market.html").unwrap();
+        assert_eq!(html[0].title, "Saturday Market at Port Aldwyn");
+        assert!(html[0]
+            .text
+            .starts_with("Saturday Market\n\nEvery Saturday"));
+        assert!(html[0].text.contains("Summer: 8 am to 2 pm\n\nWinter"));
+        for hidden in [
+            "should-never",
+            "hidden script",
+            "Enable JavaScript",
+            "Georgia",
+        ] {
+            assert!(!html[0].text.contains(hidden), "{hidden}");
+        }
+
+        let pdf = load("sample.pdf").unwrap();
+        assert!(
+            pdf[0].text.contains("Gannet Rock lighthouse"),
+            "{:?}",
+            pdf[0].text
+        );
+
+        let notes = load("notes.jsonl").unwrap();
+        assert_eq!(notes.len(), 3);
+        assert_eq!(notes[2].title, "Weather note");
+
+        assert_eq!(load("corrupt.pdf").unwrap_err().code(), "invalid_pdf");
+        assert_eq!(
+            load("bad.docx").unwrap_err().code(),
+            "unsupported_media_type"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The ingestion pipeline: persisted jobs, processed in batches by one worker, resumable after a crash.
 //!
-//! Per item, one database transaction stores the document, its passages and the item's outcome, so an item is
-//! either wholly done or still pending. Passages then go to the BM25 index, committed once per batch, after which the
+//! One database transaction stores a batch's documents, their passages and the items' outcomes (falling back to
+//! one transaction per item when the batch fails), so an item is either wholly done or still pending. Passages then go to the BM25 index, committed once per batch, after which the
 //! documents are marked `indexed`; documents stored but not yet indexed when a process died are indexed again at
 //! the next start ([`Pipeline::index_pending`]). Content hashes make re-ingestion a no-op.
 
@@ -36,6 +36,14 @@ pub enum IngestError {
     /// A job was submitted with no documents.
     #[error("no documents to ingest")]
     NoDocuments,
+    /// A document's text or title holds a NUL character, which the databases cannot store.
+    #[error("document {index} ('{title}') contains a NUL (U+0000) character; remove it (binary data is not text)")]
+    NulCharacter {
+        /// Position of the document in the submission, from 0.
+        index: usize,
+        /// Its title.
+        title: String,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
@@ -74,6 +82,15 @@ impl Pipeline {
     pub async fn submit(&self, documents: &[NewDocument]) -> Result<String, IngestError> {
         if documents.is_empty() {
             return Err(IngestError::NoDocuments);
+        }
+        if let Some(index) = documents
+            .iter()
+            .position(|d| d.text.contains('\0') || d.title.contains('\0'))
+        {
+            return Err(IngestError::NulCharacter {
+                index,
+                title: documents[index].title.chars().take(80).collect(),
+            });
         }
         let id = self.store.create_job(documents).await?;
         metrics::JOBS_SUBMITTED.inc();
@@ -131,11 +148,9 @@ impl Pipeline {
             }
             let mut staged: Vec<PassageRecord> = Vec::new();
             let mut staged_docs: Vec<String> = Vec::new();
-            for item in &items {
-                if let Some((doc_id, passages)) = self.store_item(job_id, item).await? {
-                    staged_docs.push(doc_id);
-                    staged.extend(passages);
-                }
+            for (doc_id, passages) in self.store_items(job_id, &items).await? {
+                staged_docs.push(doc_id);
+                staged.extend(passages);
             }
             self.index_passages(staged, &staged_docs).await?;
             if let Some(job) = self.store.get_job(job_id).await? {
@@ -148,72 +163,104 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Stores one item in its own transaction. Returns the new document's id and passages to index, or `None`
-    /// for a duplicate or a failed item (whose outcome is recorded).
-    async fn store_item(
+    /// Stores a batch of items: all in one transaction when that succeeds, else each in its own transaction so that
+    /// one bad item cannot hold back the others. Returns the new documents' ids and passages, to be indexed.
+    async fn store_items(
         &self,
         job_id: &str,
-        item: &JobItem,
-    ) -> Result<Option<(String, Vec<PassageRecord>)>, IngestError> {
-        let doc = &item.document;
-        let spans: Vec<(usize, usize)> = chunk_text(&doc.text, &self.chunking)
-            .into_iter()
-            .map(|c| (c.start, c.end))
+        items: &[JobItem],
+    ) -> Result<Vec<(String, Vec<PassageRecord>)>, IngestError> {
+        let spans: Vec<Vec<(usize, usize)>> = items
+            .iter()
+            .map(|i| {
+                chunk_text(&i.document.text, &self.chunking)
+                    .into_iter()
+                    .map(|c| (c.start, c.end))
+                    .collect()
+            })
             .collect();
-        if spans.is_empty() {
-            self.store
-                .fail_item(job_id, item.seq, "empty_text", "the document has no text")
-                .await?;
-            return Ok(None);
+        let all: Vec<usize> = (0..items.len()).collect();
+        let outcomes = match self.store_in_tx(job_id, items, &spans, &all).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "batch failed; storing its items one by one");
+                let mut outcomes = Vec::new();
+                for i in all {
+                    match self.store_in_tx(job_id, items, &spans, &[i]).await {
+                        Ok(o) => outcomes.extend(o),
+                        Err(e) => {
+                            tracing::warn!(job = %job_id, seq = items[i].seq, error = %e, "item failed");
+                            self.store
+                                .fail_item(job_id, items[i].seq, "storage_error", &e.to_string())
+                                .await?;
+                        }
+                    }
+                }
+                outcomes
+            }
+        };
+        let mut stored = Vec::new();
+        for (i, outcome) in outcomes {
+            match outcome {
+                InsertOutcome::Inserted {
+                    document_id,
+                    passage_ids,
+                } => {
+                    metrics::DOCUMENTS_INGESTED.inc();
+                    metrics::PASSAGES_INGESTED.inc_by(passage_ids.len() as u64);
+                    let doc = &items[i].document;
+                    let passages = passage_ids
+                        .iter()
+                        .zip(&spans[i])
+                        .enumerate()
+                        .map(|(ordinal, (&id, &(start, end)))| PassageRecord {
+                            id,
+                            document_id: document_id.clone(),
+                            ordinal: ordinal as i64,
+                            title: doc.title.clone(),
+                            text: doc.text[start..end].to_string(),
+                            start_byte: start as i64,
+                            end_byte: end as i64,
+                        })
+                        .collect();
+                    stored.push((document_id, passages));
+                }
+                InsertOutcome::Duplicate { .. } => metrics::DOCUMENTS_DUPLICATE.inc(),
+            }
         }
-        let hash = content_hash(doc);
-        let result: Result<_, StoreError> = async {
-            let mut tx = self.store.begin().await?;
-            let outcome = Store::insert_document(&mut tx, doc, &hash, &spans).await?;
+        Ok(stored)
+    }
+
+    /// Stores the items at `which` and their outcomes in one transaction; returns (item index, outcome) for each
+    /// item that had text (items without any are recorded as failed with `empty_text`).
+    async fn store_in_tx(
+        &self,
+        job_id: &str,
+        items: &[JobItem],
+        spans: &[Vec<(usize, usize)>],
+        which: &[usize],
+    ) -> Result<Vec<(usize, InsertOutcome)>, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let mut outcomes = Vec::with_capacity(which.len());
+        for &i in which {
+            let item = &items[i];
+            if spans[i].is_empty() {
+                let error = Some(("empty_text", "the document has no text"));
+                Store::finish_item(&mut tx, job_id, item.seq, ItemStatus::Failed, None, error)
+                    .await?;
+                continue;
+            }
+            let hash = content_hash(&item.document);
+            let outcome = Store::insert_document(&mut tx, &item.document, &hash, &spans[i]).await?;
             let (status, doc_id) = match &outcome {
                 InsertOutcome::Inserted { document_id, .. } => (ItemStatus::Done, document_id),
                 InsertOutcome::Duplicate { document_id } => (ItemStatus::Duplicate, document_id),
             };
             Store::finish_item(&mut tx, job_id, item.seq, status, Some(doc_id), None).await?;
-            tx.commit().await?;
-            Ok(outcome)
+            outcomes.push((i, outcome));
         }
-        .await;
-        match result {
-            Ok(InsertOutcome::Inserted {
-                document_id,
-                passage_ids,
-            }) => {
-                metrics::DOCUMENTS_INGESTED.inc();
-                metrics::PASSAGES_INGESTED.inc_by(passage_ids.len() as u64);
-                let passages = passage_ids
-                    .iter()
-                    .zip(&spans)
-                    .enumerate()
-                    .map(|(ordinal, (&id, &(start, end)))| PassageRecord {
-                        id,
-                        document_id: document_id.clone(),
-                        ordinal: ordinal as i64,
-                        title: doc.title.clone(),
-                        text: doc.text[start..end].to_string(),
-                        start_byte: start as i64,
-                        end_byte: end as i64,
-                    })
-                    .collect();
-                Ok(Some((document_id, passages)))
-            }
-            Ok(InsertOutcome::Duplicate { .. }) => {
-                metrics::DOCUMENTS_DUPLICATE.inc();
-                Ok(None)
-            }
-            Err(e) => {
-                tracing::warn!(job = %job_id, seq = item.seq, error = %e, "item failed");
-                self.store
-                    .fail_item(job_id, item.seq, "storage_error", &e.to_string())
-                    .await?;
-                Ok(None)
-            }
-        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     /// Adds passages to the BM25 index, commits, and marks their documents indexed.

@@ -135,6 +135,9 @@ impl From<IngestError> for ApiError {
                 "no_documents",
                 "the request holds no documents",
             ),
+            IngestError::NulCharacter { .. } => {
+                ApiError::bad_request("invalid_text", e.to_string()).param("text")
+            }
             other => ApiError::internal(&other),
         }
     }

@@ -16,6 +16,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use error::ApiError;
 use std::sync::Arc;
@@ -150,6 +151,11 @@ pub async fn serve(
     };
     let grace = Duration::from_secs(app.config.server.shutdown_grace_secs);
     let token = shutdown.clone();
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(async move { token.cancelled().await });
     let result = tokio::select! {

@@ -23,15 +23,15 @@ pub enum Db {
 /// Runs an async test body once per backend: `both_backends!(name, body_fn);`.
 #[macro_export]
 macro_rules! both_backends {
-    ($name:ident, $body:path) => {
+    ($name:ident, $body:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                $body($crate::common::Db::Sqlite).await
+                super::$body($crate::common::Db::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                $body($crate::common::Db::Postgres).await
+                super::$body($crate::common::Db::Postgres).await
             }
         }
     };
@@ -125,6 +125,16 @@ impl TestApp {
         tweak(&mut config);
         config.validate().unwrap();
         let app = App::open(config).await.unwrap();
+        if let Some(schema) = &schema {
+            let current: String = sqlx::query_scalar("SELECT current_schema()::text")
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap();
+            assert_eq!(
+                &current, schema,
+                "each PostgreSQL test runs in its own schema"
+            );
+        }
         let worker = CancellationToken::new();
         {
             let app = app.clone();

@@ -19,6 +19,7 @@ test: setup
 
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
+	bash scripts/fetch-model.sh
 
 build:
 	$(CARGO) build --release --locked

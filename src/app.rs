@@ -1,10 +1,15 @@
 //! The running application: configuration, store, indexes, pipeline and retrievers, wired once and shared by the
 //! HTTP server and the CLI.
 
-use crate::config::Config;
-use crate::index::{IndexError, TextIndex};
+use crate::config::{Config, VectorBackend};
+use crate::embed::bert::BertEmbedder;
+use crate::embed::{EmbedError, Embedder};
+use crate::index::vectors::{EdgeVectorStore, RemoteQdrant, VectorError, VectorStore};
+use crate::index::{DenseError, DenseIndex, IndexError, TextIndex};
 use crate::ingest::pipeline::Pipeline;
 use crate::retrieve::bm25::Bm25Retriever;
+use crate::retrieve::dense::DenseRetriever;
+use crate::retrieve::hybrid::HybridRetriever;
 use crate::retrieve::Retrievers;
 use crate::store::{Store, StoreError};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +32,18 @@ pub enum StartError {
     /// The BM25 index could not be opened.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The embedding model could not be loaded.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    /// The vector store could not be opened.
+    #[error(transparent)]
+    Vector(#[from] VectorError),
+    /// The dense index could not be set up.
+    #[error(transparent)]
+    Dense(#[from] DenseError),
+    /// A start-up task panicked.
+    #[error("start-up task failed: {0}")]
+    Task(String),
 }
 
 /// Everything a request or a command needs.
@@ -57,12 +74,28 @@ impl App {
             None => Store::open_sqlite(dir).await?,
         };
         let index = Arc::new(TextIndex::open(&dir.join("tantivy"))?);
-        let pipeline = Pipeline::new(store.clone(), index.clone(), config.chunking);
-        let retrievers =
-            Retrievers::default().with(Arc::new(Bm25Retriever::new(index, store.clone())));
+        let dense = if config.embedding.enabled {
+            Some(open_dense(&config).await?)
+        } else {
+            None
+        };
+        let pipeline = Pipeline::new(store.clone(), index.clone(), dense.clone(), config.chunking);
+        let mut retrievers =
+            Retrievers::default().with(Arc::new(Bm25Retriever::new(index.clone(), store.clone())));
+        if let Some(dense) = dense {
+            retrievers = retrievers
+                .with(Arc::new(DenseRetriever::new(dense.clone(), store.clone())))
+                .with(Arc::new(HybridRetriever::new(
+                    index,
+                    dense,
+                    store.clone(),
+                    config.retrieval.hybrid,
+                )));
+        }
         tracing::info!(
             backend = store.backend().name(),
             data_dir = %dir.display(),
+            retrievers = ?retrievers.names(),
             "store and indexes open"
         );
         Ok(Arc::new(App {
@@ -90,4 +123,31 @@ impl App {
     pub fn text_index_len(&self) -> u64 {
         self.pipeline.text_index().num_passages()
     }
+}
+
+/// Loads the embedding model and opens the configured vector store.
+async fn open_dense(config: &Config) -> Result<DenseIndex, StartError> {
+    let model_dir = config.embedding.model_dir.clone();
+    let batch = config.embedding.batch_size;
+    let started = std::time::Instant::now();
+    let embedder: Arc<dyn Embedder> = Arc::new(
+        tokio::task::spawn_blocking(move || BertEmbedder::load(&model_dir, batch))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??,
+    );
+    tracing::info!(
+        model = embedder.model_name(),
+        dimension = embedder.dimension(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "embedding model loaded"
+    );
+    let vectors: Arc<dyn VectorStore> = match config.vectors.backend {
+        VectorBackend::Edge => Arc::new(EdgeVectorStore::open(
+            &config.storage.data_dir.join("vectors"),
+        )?),
+        VectorBackend::Qdrant => {
+            Arc::new(RemoteQdrant::connect(config.vectors.qdrant.clone()).await?)
+        }
+    };
+    Ok(DenseIndex::open(embedder, vectors).await?)
 }

@@ -2,7 +2,9 @@
 //! (and `DATABASE_URL`) → command-line flags. [`Config::load`] merges the layers and [`Config::validate`] checks the
 //! result, naming the offending key.
 
+use crate::index::vectors::RemoteQdrantConfig;
 use crate::ingest::chunker::ChunkConfig;
+use crate::retrieve::hybrid::HybridConfig;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -43,6 +45,10 @@ pub struct Config {
     pub chunking: ChunkConfig,
     /// Retrieval defaults and limits.
     pub retrieval: RetrievalConfig,
+    /// The sentence-embedding model.
+    pub embedding: EmbeddingConfig,
+    /// Where passage vectors are kept.
+    pub vectors: VectorsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -99,6 +105,8 @@ pub struct RetrievalConfig {
     pub default_top_k: usize,
     /// Largest `top_k` a request may ask for.
     pub max_top_k: usize,
+    /// Reciprocal-rank fusion for the `hybrid` method.
+    pub hybrid: HybridConfig,
 }
 
 impl Default for RetrievalConfig {
@@ -106,8 +114,53 @@ impl Default for RetrievalConfig {
         Self {
             default_top_k: 5,
             max_top_k: 200,
+            hybrid: HybridConfig::default(),
         }
     }
+}
+
+/// Embedding settings (`[embedding]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// Embed passages at ingestion and offer `dense`, `hybrid` and `/v1/embeddings`. When false, only BM25 runs.
+    pub enabled: bool,
+    /// Hugging Face model directory (`config.json`, `model.safetensors`, `tokenizer.json`); `make setup` fetches
+    /// all-MiniLM-L6-v2 here.
+    pub model_dir: PathBuf,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            batch_size: 32,
+        }
+    }
+}
+
+/// Which vector store holds passage vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VectorBackend {
+    /// Embedded qdrant-edge in `DATA_DIR/vectors`.
+    #[default]
+    Edge,
+    /// A Qdrant server (`[vectors.qdrant]`, or `QDRANT_URL`).
+    Qdrant,
+}
+
+/// Vector store settings (`[vectors]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorsConfig {
+    /// `edge` (embedded, default) or `qdrant` (remote).
+    pub backend: VectorBackend,
+    /// The remote Qdrant, used when `backend = "qdrant"`.
+    pub qdrant: RemoteQdrantConfig,
 }
 
 /// Logging settings (`[log]`).
@@ -163,10 +216,21 @@ impl Config {
                 .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
             fig = fig.merge(Serialized::global(&path, parsed));
         }
-        if let Some((_, url)) = env.iter().find(|(k, _)| k == "DATABASE_URL") {
-            if !url.is_empty() {
-                fig = fig.merge(Serialized::global("storage.database_url", url.clone()));
-            }
+        let var = |name: &str| {
+            env.iter()
+                .find(|(k, v)| k == name && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(url) = var("DATABASE_URL") {
+            fig = fig.merge(Serialized::global("storage.database_url", url));
+        }
+        if let Some(url) = var("QDRANT_URL") {
+            fig = fig
+                .merge(Serialized::global("vectors.backend", "qdrant"))
+                .merge(Serialized::global("vectors.qdrant.url", url));
+        }
+        if let Some(key) = var("QDRANT_API_KEY") {
+            fig = fig.merge(Serialized::global("vectors.qdrant.api_key", key));
         }
         let config: Config = fig.merge(overrides).extract()?;
         config.validate()?;
@@ -214,6 +278,46 @@ impl Config {
                 key: "chunking",
                 message,
             })?;
+        self.retrieval
+            .hybrid
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                key: "retrieval.hybrid",
+                message,
+            })?;
+        if self.embedding.batch_size == 0 || self.embedding.batch_size > 1024 {
+            return Err(ConfigError::Invalid {
+                key: "embedding.batch_size",
+                message: format!(
+                    "must be between 1 and 1024, got {}",
+                    self.embedding.batch_size
+                ),
+            });
+        }
+        if self.vectors.backend == VectorBackend::Qdrant {
+            let q = &self.vectors.qdrant;
+            if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: "vectors.qdrant.url",
+                    message: format!(
+                        "'{}' must start with http:// or https:// (the gRPC port, usually 6334)",
+                        q.url
+                    ),
+                });
+            }
+            if q.collection.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "vectors.qdrant.collection",
+                    message: "must not be empty".into(),
+                });
+            }
+            if q.shard_number == 0 || q.replication_factor == 0 {
+                return Err(ConfigError::Invalid {
+                    key: "vectors.qdrant.shard_number",
+                    message: "shard_number and replication_factor must be at least 1".into(),
+                });
+            }
+        }
         if self.retrieval.max_top_k == 0 {
             return Err(ConfigError::Invalid {
                 key: "retrieval.max_top_k",
@@ -287,6 +391,33 @@ mod tests {
             Some("postgres://u@h/db")
         );
         assert_eq!(cfg.storage.data_dir, PathBuf::from("data"));
+        assert_eq!(cfg.vectors.backend, VectorBackend::Edge);
+    }
+
+    #[test]
+    fn qdrant_url_selects_the_remote_store() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                ("QDRANT_URL", "http://qdrant:6334"),
+                ("QDRANT_API_KEY", "k"),
+            ]),
+            Figment::new(),
+        )
+        .unwrap();
+        assert_eq!(cfg.vectors.backend, VectorBackend::Qdrant);
+        assert_eq!(cfg.vectors.qdrant.url, "http://qdrant:6334");
+        assert_eq!(cfg.vectors.qdrant.api_key.as_deref(), Some("k"));
+        let err = Config::load(
+            None,
+            &env(&[
+                ("ENGRAM__VECTORS__BACKEND", "qdrant"),
+                ("ENGRAM__VECTORS__QDRANT__URL", "qdrant:6334"),
+            ]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("vectors.qdrant.url"), "{err}");
     }
 
     #[test]

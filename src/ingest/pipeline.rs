@@ -8,7 +8,7 @@
 use super::chunker::{chunk_text, ChunkConfig};
 use super::document::NewDocument;
 use super::loaders::LoadError;
-use crate::index::{IndexError, TextIndex};
+use crate::index::{DenseError, DenseIndex, IndexError, TextIndex};
 use crate::metrics;
 use crate::store::{
     InsertOutcome, ItemStatus, JobCounts, JobItem, JobStatus, PassageRecord, Store, StoreError,
@@ -33,6 +33,9 @@ pub enum IngestError {
     /// The BM25 index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// Embedding or the vector store failed.
+    #[error(transparent)]
+    Dense(#[from] DenseError),
     /// A job was submitted with no documents.
     #[error("no documents to ingest")]
     NoDocuments,
@@ -63,16 +66,23 @@ pub fn content_hash(doc: &NewDocument) -> String {
 pub struct Pipeline {
     store: Store,
     index: Arc<TextIndex>,
+    dense: Option<DenseIndex>,
     chunking: ChunkConfig,
     wake: Arc<Notify>,
 }
 
 impl Pipeline {
-    /// A pipeline over a store and its text index.
-    pub fn new(store: Store, index: Arc<TextIndex>, chunking: ChunkConfig) -> Self {
+    /// A pipeline over a store, its BM25 index and (when embeddings are enabled) its dense index.
+    pub fn new(
+        store: Store,
+        index: Arc<TextIndex>,
+        dense: Option<DenseIndex>,
+        chunking: ChunkConfig,
+    ) -> Self {
         Self {
             store,
             index,
+            dense,
             chunking,
             wake: Arc::new(Notify::new()),
         }
@@ -263,7 +273,8 @@ impl Pipeline {
         Ok(outcomes)
     }
 
-    /// Adds passages to the BM25 index, commits, and marks their documents indexed.
+    /// Embeds and stores passages' vectors (when enabled), adds them to the BM25 index, commits, and marks their
+    /// documents indexed.
     async fn index_passages(
         &self,
         passages: Vec<PassageRecord>,
@@ -271,6 +282,9 @@ impl Pipeline {
     ) -> Result<(), IngestError> {
         if document_ids.is_empty() {
             return Ok(());
+        }
+        if let Some(dense) = &self.dense {
+            dense.index_passages(&passages).await?;
         }
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
@@ -290,6 +304,9 @@ impl Pipeline {
             let mut passages = Vec::new();
             for id in batch {
                 self.index.delete_document(id);
+                if let Some(dense) = &self.dense {
+                    dense.delete_document(id).await?;
+                }
                 passages.extend(self.store.passages_of(id).await?);
             }
             self.index_passages(passages, batch).await?;
@@ -303,9 +320,12 @@ impl Pipeline {
         Ok(ids.len())
     }
 
-    /// Rebuilds the BM25 index from the store; returns the number of passages indexed.
+    /// Rebuilds the BM25 index and the vectors from the store; returns the number of passages indexed.
     pub async fn reindex_all(&self) -> Result<u64, IngestError> {
         self.index.clear()?;
+        if let Some(dense) = &self.dense {
+            dense.clear().await?;
+        }
         let mut after = 0i64;
         let mut total = 0u64;
         loop {
@@ -314,6 +334,10 @@ impl Pipeline {
             after = last.id;
             total += page.len() as u64;
             self.index.add_passages(&page)?;
+            if let Some(dense) = &self.dense {
+                dense.index_passages(&page).await?;
+                tracing::info!(passages = total, "re-embedded");
+            }
         }
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || index.commit())
@@ -334,6 +358,9 @@ impl Pipeline {
         tokio::task::spawn_blocking(move || index.commit())
             .await
             .map_err(|e| IngestError::Task(e.to_string()))??;
+        if let Some(dense) = &self.dense {
+            dense.delete_document(id).await?;
+        }
         metrics::DOCUMENTS_DELETED.inc();
         Ok(true)
     }
@@ -346,5 +373,10 @@ impl Pipeline {
     /// The BM25 index this pipeline writes to.
     pub fn text_index(&self) -> &Arc<TextIndex> {
         &self.index
+    }
+
+    /// The dense index this pipeline writes to, when embeddings are enabled.
+    pub fn dense_index(&self) -> Option<&DenseIndex> {
+        self.dense.as_ref()
     }
 }

@@ -1,9 +1,11 @@
-//! Retrievers behind one trait. This method is [`bm25::Bm25Retriever`]; dense, hybrid and the HippoRAG
-//! retrievers plug in beside it.
+//! Retrievers behind one trait: [`bm25`], [`dense`] and [`hybrid`] (reciprocal-rank fusion of the two). The
+//! HippoRAG retrievers plug in beside them.
 
 pub mod bm25;
+pub mod dense;
+pub mod hybrid;
 
-use crate::index::IndexError;
+use crate::index::{DenseError, IndexError};
 use crate::store::{PassageRecord, StoreError};
 use serde::Serialize;
 
@@ -13,6 +15,9 @@ pub enum RetrieveError {
     /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// Embedding the query or searching the vectors failed.
+    #[error(transparent)]
+    Dense(#[from] DenseError),
     /// The store failed while loading passages.
     #[error(transparent)]
     Store(#[from] StoreError),

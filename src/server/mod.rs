@@ -3,6 +3,7 @@
 mod auth;
 pub mod body;
 pub mod documents;
+pub mod embeddings;
 pub mod error;
 pub mod health;
 pub mod jobs;
@@ -68,6 +69,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/documents/{id}", get(documents::get))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/retrieve", post(retrieve::retrieve))
+        .route("/v1/embeddings", post(embeddings::create))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics_text))

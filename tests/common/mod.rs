@@ -122,6 +122,8 @@ impl TestApp {
         let mut config = Config::default();
         config.storage.data_dir = dir.path().to_path_buf();
         config.storage.database_url = database_url.clone();
+        // Embeddings only where a test asks for them (`c.embedding.enabled = true`): the model is slow in debug.
+        config.embedding.enabled = false;
         tweak(&mut config);
         config.validate().unwrap();
         let app = App::open(config).await.unwrap();
@@ -220,7 +222,9 @@ impl TestApp {
 
     /// Polls a job until it is no longer queued or running; returns its final record.
     pub async fn wait_job(&self, job_id: &str) -> Value {
-        for _ in 0..600 {
+        // Generous: embedding the 1,890 MuSiQue passages in a debug build takes about a minute on 2 cores.
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while std::time::Instant::now() < deadline {
             let (status, job) = self.get(&format!("/v1/jobs/{job_id}")).await;
             assert_eq!(status, StatusCode::OK, "{job}");
             let s = job["status"].as_str().unwrap().to_string();
@@ -283,5 +287,15 @@ pub fn musique_dir() -> std::path::PathBuf {
         .map(Into::into)
         .unwrap_or_else(|_| {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/musique")
+        })
+}
+
+/// The embedding model directory (`ENGRAM_EMBED_MODEL_DIR`, default `models/all-MiniLM-L6-v2`, fetched by
+/// `make setup`).
+pub fn model_dir() -> std::path::PathBuf {
+    std::env::var("ENGRAM_EMBED_MODEL_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
         })
 }

@@ -70,6 +70,11 @@ pub fn is_json(content_type: &str) -> bool {
 
 /// Parses UTF-8 JSON bytes into `T`; type errors name the field path as `param`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    from_value(parse_value(bytes)?)
+}
+
+/// Parses UTF-8 JSON bytes into a JSON value (400 `invalid_utf8` or `invalid_json` otherwise).
+pub fn parse_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_utf8",
@@ -79,13 +84,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ),
         )
     })?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+    serde_json::from_str(text).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("the request body is not valid JSON: {e}"),
         )
-    })?;
-    from_value(value)
+    })
 }
 
 /// Deserialises a JSON value into `T`; type errors name the field path as `param`.

@@ -1,6 +1,6 @@
 //! `/v1/documents`: ingestion (JSON or multipart upload), listing, reading and deleting documents.
 
-use super::body::{from_value, is_json, is_length_limit, read_limited, too_large};
+use super::body::{from_value, is_json, is_length_limit, parse_value, read_limited, too_large};
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
 use crate::ingest::document::NewDocument;
@@ -113,21 +113,7 @@ pub async fn create(
 }
 
 fn json_documents(bytes: &[u8]) -> Result<Vec<NewDocument>, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_utf8",
-            format!(
-                "the request body is not valid UTF-8 (at byte {})",
-                e.valid_up_to()
-            ),
-        )
-    })?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })?;
+    let value = parse_value(bytes)?;
     let (inputs, prefix): (Vec<DocumentInput>, &str) =
         match &value {
             serde_json::Value::Array(_) => (from_value(value)?, ""),

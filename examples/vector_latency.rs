@@ -1,10 +1,14 @@
 //! Search latency of the embedded qdrant-edge vector store.
 //!
-//! `cargo run --release --example vector_latency [-- POINTS [DIM [QUERIES [auto]]]]` (defaults 100000 384 1000):
+//! `cargo run --release --example vector_latency [-- POINTS [DIM [QUERIES [FLAGS]]]]` (defaults 100000 384 1000):
 //! stores POINTS random unit vectors in a temporary directory, measures search latency (top-10, through the async
 //! `VectorStore` API) on the plain segments, builds the HNSW index with `optimize`, measures again, and reports
-//! recall@10 against brute force. With `auto`, the store optimises in the background during the upserts (as the
-//! server does) and the plain-segment measurement is skipped.
+//! recall@10 against brute force, then again after reopening with a few HNSW beam widths (`hnsw_ef`).
+//!
+//! FLAGS, comma-separated: `auto`: the store optimises in the background during the upserts (as the server does)
+//! and the plain-segment measurement is skipped; `clustered`: vectors and queries are drawn around 1 000 random
+//! centres (cosine about 0.5 within a cluster) instead of uniformly. Uniform random vectors in 384 dimensions have
+//! no structure for HNSW to exploit (every point is about as far as any other), the worst case for its recall.
 
 use engram::index::vectors::{EdgeOptions, EdgeVectorStore, VectorPoint, VectorStore};
 use std::time::{Duration, Instant};
@@ -23,6 +27,16 @@ impl Lcg {
                 (self.0 >> 33) as f32 / (1u64 << 31) as f32 * 2.0 - 1.0
             })
             .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    }
+
+    /// A unit vector near one of `centres` (the sum of the centre and a random unit vector, normalised).
+    fn near(&mut self, centres: &[Vec<f32>]) -> Vec<f32> {
+        let noise = self.unit(centres[0].len());
+        let centre = &centres[(self.0 >> 40) as usize % centres.len()];
+        let mut v: Vec<f32> = centre.iter().zip(noise).map(|(c, n)| c + n).collect();
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.iter_mut().for_each(|x| *x /= norm);
         v
@@ -73,7 +87,9 @@ fn report(label: &str, times: &[Duration]) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (n, dim, nq) = (arg(1, 100_000), arg(2, 384), arg(3, 1_000));
-    let auto = std::env::args().nth(4).is_some_and(|a| a == "auto");
+    let flags = std::env::args().nth(4).unwrap_or_default();
+    let auto = flags.split(',').any(|f| f == "auto");
+    let clustered = flags.split(',').any(|f| f == "clustered");
     let dir = tempfile::tempdir()?;
     let options = EdgeOptions {
         auto_optimize: auto,
@@ -83,7 +99,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     store.ensure_collection(dim).await?;
 
     let mut rng = Lcg(42);
-    let vectors: Vec<Vec<f32>> = (0..n).map(|_| rng.unit(dim)).collect();
+    let centres: Vec<Vec<f32>> = (0..1_000).map(|_| rng.unit(dim)).collect();
+    let draw = |rng: &mut Lcg| {
+        if clustered {
+            rng.near(&centres)
+        } else {
+            rng.unit(dim)
+        }
+    };
+    let vectors: Vec<Vec<f32>> = (0..n).map(|_| draw(&mut rng)).collect();
     let started = Instant::now();
     let ingest_started = started;
     for (c, chunk) in vectors.chunks(256).enumerate() {
@@ -100,12 +124,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let upsert = started.elapsed();
     println!(
-        "upserted {n} vectors of dimension {dim} in {:.1} s ({:.0} vectors/s, batches of 256, flushed each)",
+        "upserted {n} {} vectors of dimension {dim} in {:.1} s ({:.0} vectors/s, batches of 256, flushed each)",
+        if clustered { "clustered" } else { "uniform" },
         upsert.as_secs_f64(),
         n as f64 / upsert.as_secs_f64()
     );
 
-    let queries: Vec<Vec<f32>> = (0..nq).map(|_| rng.unit(dim)).collect();
+    let queries: Vec<Vec<f32>> = (0..nq).map(|_| draw(&mut rng)).collect();
     if auto {
         while store.is_optimizing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -130,28 +155,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64(),
         store.stats().await?
     );
-    let times = latencies(&store, &queries).await?;
-    report("HNSW", &times);
-
     let recall_queries = &queries[..nq.min(100)];
-    let mut found = 0usize;
-    for q in recall_queries {
-        let mut exact: Vec<(usize, f32)> = vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i, v.iter().zip(q).map(|(a, b)| a * b).sum()))
-            .collect();
-        exact.select_nth_unstable_by(9, |a, b| b.1.total_cmp(&a.1));
-        let hits = store.search(q, 10).await?;
-        found += hits
-            .iter()
-            .filter(|h| exact[..10].iter().any(|e| e.0 as i64 == h.0))
-            .count();
-    }
+    let exact: Vec<Vec<i64>> = recall_queries
+        .iter()
+        .map(|q| exact_top10(&vectors, q))
+        .collect();
+    report("HNSW (default ef)", &latencies(&store, &queries).await?);
     println!(
         "recall@10 against brute force over {} queries: {:.3}",
         recall_queries.len(),
-        found as f64 / (recall_queries.len() * 10) as f64
+        recall(&store, recall_queries, &exact).await?
     );
 
     let started = Instant::now();
@@ -171,15 +184,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "delete_document (20 points): {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    store.close().await?;
 
-    drop(store);
-    let started = Instant::now();
-    let store = EdgeVectorStore::open_with(dir.path(), options)?;
-    println!(
-        "reopen: {:.0} ms, {} points",
-        started.elapsed().as_secs_f64() * 1e3,
-        store.count().await?
-    );
-    report("HNSW after reopen", &latencies(&store, &queries).await?);
+    for hnsw_ef in [None, Some(128), Some(256), Some(512)] {
+        let started = Instant::now();
+        let options = EdgeOptions {
+            hnsw_ef,
+            ..options.clone()
+        };
+        let store = EdgeVectorStore::open_with(dir.path(), options)?;
+        let opened = started.elapsed();
+        let times = latencies(&store, &queries).await?;
+        let label = format!(
+            "reopened in {:.0} ms, {} points, hnsw_ef {hnsw_ef:?}",
+            opened.as_secs_f64() * 1e3,
+            store.count().await?
+        );
+        report(&label, &times);
+        println!(
+            "  recall@10: {:.3}",
+            recall(&store, recall_queries, &exact).await?
+        );
+        store.close().await?;
+    }
     Ok(())
+}
+
+/// The ids of the 10 vectors nearest to `q` by exact cosine.
+fn exact_top10(vectors: &[Vec<f32>], q: &[f32]) -> Vec<i64> {
+    let mut scored: Vec<(usize, f32)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i, v.iter().zip(q).map(|(a, b)| a * b).sum()))
+        .collect();
+    scored.select_nth_unstable_by(9, |a, b| b.1.total_cmp(&a.1));
+    scored[..10].iter().map(|(i, _)| *i as i64).collect()
+}
+
+/// Mean recall@10 of the store against the exact top-10s.
+async fn recall(
+    store: &EdgeVectorStore,
+    queries: &[Vec<f32>],
+    exact: &[Vec<i64>],
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let mut found = 0;
+    for (q, truth) in queries.iter().zip(exact) {
+        let hits = store.search(q, 10).await?;
+        found += hits.iter().filter(|h| truth.contains(&h.0)).count();
+    }
+    Ok(found as f64 / (queries.len() * 10) as f64)
 }

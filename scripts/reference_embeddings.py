@@ -72,13 +72,22 @@ def erf_exact(x: np.ndarray) -> np.ndarray:
 
 
 def erf_fast(x: np.ndarray) -> np.ndarray:
-    """Vectorised erf (Numerical Recipes' erfc Chebyshev fit, fractional error < 1.2e-7)."""
+    """Vectorised erf (Numerical Recipes' erfc Chebyshev fit, fractional error < 1.2e-7), computed in place."""
     z = np.abs(x)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
-    erfc = t * np.exp(poly)
-    return np.where(x >= 0, 1.0 - erfc, erfc - 1.0).astype(x.dtype)
+    t = 0.5 * z
+    t += 1.0
+    np.reciprocal(t, out=t)
+    p = t * 0.17087277
+    for c in (-0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196, 1.00002368):
+        p += c
+        p *= t
+    p -= 1.26551223
+    z *= z
+    p -= z
+    np.exp(p, out=p)
+    p *= t  # erfc(|x|)
+    np.subtract(1.0, p, out=p)
+    return np.copysign(p, x, out=p)
 
 
 class Bert:
@@ -121,7 +130,9 @@ class Bert:
         return (x - mu) / np.sqrt(var + self.eps) * self.w[name + ".weight"] + self.w[name + ".bias"]
 
     def dense(self, x: np.ndarray, name: str) -> np.ndarray:
-        return x @ self.w[name + ".weight"].T + self.w[name + ".bias"]
+        # As one 2-D product: NumPy runs a 3-D @ 2-D product as a slow loop of small ones.
+        w = self.w[name + ".weight"]
+        return (x.reshape(-1, x.shape[-1]) @ w.T + self.w[name + ".bias"]).reshape(*x.shape[:-1], w.shape[0])
 
     def forward(self, ids: list[list[int]]) -> np.ndarray:
         """Embeds a batch of token-id lists (padded here with id 0 and masked)."""
@@ -144,7 +155,8 @@ class Bert:
             p = f"encoder.layer.{i}."
 
             def split(y: np.ndarray) -> np.ndarray:
-                return y.reshape(b, t, self.heads, hd).transpose(0, 2, 1, 3)
+                # Contiguous per head, so that the batched products below run as BLAS calls.
+                return np.ascontiguousarray(y.reshape(b, t, self.heads, hd).transpose(0, 2, 1, 3))
 
             q = split(self.dense(x, p + "attention.self.query"))
             k = split(self.dense(x, p + "attention.self.key"))

@@ -307,6 +307,7 @@ fn tiny_thresholds(auto_optimize: bool, graph_search: bool) -> EdgeOptions {
         indexing_threshold_kb: 1,
         full_scan_threshold_kb: if graph_search { 1 } else { 10_000 },
         auto_optimize,
+        hnsw_ef: None,
     }
 }
 

@@ -34,6 +34,9 @@ pub struct EdgeOptions {
     /// that leaves more un-indexed vectors than the indexing threshold, or more than 20% (and at least 1 000) of
     /// the points deleted since the last optimisation (default true).
     pub auto_optimize: bool,
+    /// Beam width of HNSW searches (qdrant's `hnsw_ef`; `None`, the default, uses the index's `ef_construct`,
+    /// 100). Larger is slower and more exact.
+    pub hnsw_ef: Option<usize>,
 }
 
 impl Default for EdgeOptions {
@@ -42,6 +45,7 @@ impl Default for EdgeOptions {
             indexing_threshold_kb: 10_000,
             full_scan_threshold_kb: 10_000,
             auto_optimize: true,
+            hnsw_ef: None,
         }
     }
 }
@@ -310,7 +314,7 @@ impl VectorStore for EdgeVectorStore {
                     got: query.len(),
                 });
             }
-            shard::search(shard, query, top_k)
+            shard::search(shard, query, top_k, inner.options.hnsw_ef)
         })
         .await
     }

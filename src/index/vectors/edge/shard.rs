@@ -8,8 +8,8 @@ use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard,
     EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HnswIndexConfig, JsonPath,
     Match, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStruct, PointStructPersisted, QueryEnum, SearchRequest, UpdateOperation,
-    VectorInternal, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
+    PointOperations, PointStruct, PointStructPersisted, QueryEnum, SearchParams, SearchRequest,
+    UpdateOperation, VectorInternal, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -126,11 +126,12 @@ pub(super) fn delete_document(shard: &EdgeShard, document_id: &str) -> Result<()
     flush(shard)
 }
 
-/// The `top_k` points nearest to `query` (of the shard's dimension), best first.
+/// The `top_k` points nearest to `query` (of the shard's dimension), best first; `hnsw_ef` is the HNSW beam width.
 pub(super) fn search(
     shard: &EdgeShard,
     query: Vec<f32>,
     top_k: usize,
+    hnsw_ef: Option<usize>,
 ) -> Result<Vec<(i64, f32)>, VectorError> {
     let request = SearchRequest {
         query: QueryEnum::Nearest(NamedQuery {
@@ -138,7 +139,10 @@ pub(super) fn search(
             using: None,
         }),
         filter: None,
-        params: None,
+        params: hnsw_ef.map(|ef| SearchParams {
+            hnsw_ef: Some(ef),
+            ..SearchParams::default()
+        }),
         limit: top_k,
         offset: 0,
         with_payload: Some(WithPayloadInterface::Bool(false)),

@@ -322,6 +322,12 @@ impl Store {
     pub async fn delete_document(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Explicit child deletes keep this independent of per-connection foreign-key settings.
+        let passage_ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM passages WHERE document_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+        super::graph::delete_extractions(&mut tx, &passage_ids).await?;
         sqlx::query("DELETE FROM passages WHERE document_id = $1")
             .bind(id)
             .execute(&mut *tx)

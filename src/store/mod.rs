@@ -1,4 +1,5 @@
-//! The store: documents, passages, ingestion jobs (and, later, phrases and triples) in SQLite or PostgreSQL.
+//! The store: documents, passages, ingestion jobs, and the knowledge graph's extractions, phrases, triples and
+//! synonym edges, in SQLite or PostgreSQL.
 //!
 //! The store is the source of truth; every index can be rebuilt from it. Both backends go through sqlx's `Any`
 //! driver with one set of queries (numbered `$N` placeholders, `RETURNING`, `ON CONFLICT`, which both support) and
@@ -6,10 +7,12 @@
 
 mod documents;
 mod error;
+mod graph;
 mod jobs;
 
 pub use documents::{DocumentPage, DocumentRecord, DocumentSummary, InsertOutcome, PassageRecord};
 pub use error::StoreError;
+pub use graph::{GraphRows, SavedExtractions, TripleRow};
 pub use jobs::{ItemError, ItemStatus, JobCounts, JobItem, JobRecord, JobStatus};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};

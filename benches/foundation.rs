@@ -132,6 +132,7 @@ async fn run() {
     let sqlite_dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
     cfg.embedding.enabled = false; // BM25 pipeline only; embedding is measured by `benches/dense.rs`
+    cfg.graph.enabled = false; // and the graph by `benches/graph.rs`
     cfg.storage.data_dir = sqlite_dir.path().to_path_buf();
     let (app, n, s) = ingest(cfg, &docs).await;
     let sqlite_rate = n as f64 / s;
@@ -152,6 +153,7 @@ async fn run() {
     let pg_dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
     cfg.embedding.enabled = false;
+    cfg.graph.enabled = false;
     cfg.storage.data_dir = pg_dir.path().to_path_buf();
     cfg.storage.database_url = Some(format!("{base}?options=-c%20search_path%3D{schema}"));
     let (pg_app, n, s) = ingest(cfg, &docs).await;

@@ -4,13 +4,21 @@
 use crate::config::{Config, VectorBackend};
 use crate::embed::bert::BertEmbedder;
 use crate::embed::{EmbedError, Embedder};
-use crate::index::vectors::{EdgeVectorStore, RemoteQdrant, VectorError, VectorStore};
+use crate::graph::{GraphError, GraphIndex, GraphVectors};
+use crate::index::vectors::{
+    EdgeVectorStore, RemoteQdrant, RemoteQdrantConfig, VectorError, VectorStore,
+};
 use crate::index::{DenseError, DenseIndex, IndexError, TextIndex};
 use crate::ingest::pipeline::Pipeline;
+use crate::openie::fallback::FallbackExtractor;
+use crate::openie::import::{OpenIeTable, PrecomputedExtractor};
+use crate::openie::{Extractor, OpenIeError};
 use crate::retrieve::bm25::Bm25Retriever;
 use crate::retrieve::dense::DenseRetriever;
+use crate::retrieve::hipporag::HippoRagRetriever;
+use crate::retrieve::hipporag2::HippoRag2Retriever;
 use crate::retrieve::hybrid::HybridRetriever;
-use crate::retrieve::Retrievers;
+use crate::retrieve::{Retriever, Retrievers};
 use crate::store::{Store, StoreError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +49,13 @@ pub enum StartError {
     /// The dense index could not be set up.
     #[error(transparent)]
     Dense(#[from] DenseError),
+    /// The precomputed extractions could not be read.
+    #[error(transparent)]
+    OpenIe(#[from] OpenIeError),
+    /// The knowledge graph could not be loaded.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+
     /// A start-up task panicked.
     #[error("start-up task failed: {0}")]
     Task(String),
@@ -57,6 +72,9 @@ pub struct App {
     pub pipeline: Pipeline,
     /// Retrieval methods by name.
     pub retrievers: Retrievers,
+    /// The knowledge graph, when enabled.
+    pub graph: Option<GraphIndex>,
+
     ready: AtomicBool,
 }
 
@@ -79,18 +97,47 @@ impl App {
         } else {
             None
         };
-        let pipeline = Pipeline::new(store.clone(), index.clone(), dense.clone(), config.chunking);
-        let mut retrievers =
-            Retrievers::default().with(Arc::new(Bm25Retriever::new(index.clone(), store.clone())));
-        if let Some(dense) = dense {
+        let graph = if config.graph.enabled {
+            Some(open_graph(&config, &store, dense.as_ref()).await?)
+        } else {
+            None
+        };
+        let pipeline = Pipeline::new(
+            store.clone(),
+            index.clone(),
+            dense.clone(),
+            graph.clone(),
+            config.chunking,
+        );
+        let bm25: Arc<dyn Retriever> = Arc::new(Bm25Retriever::new(index.clone(), store.clone()));
+        let mut retrievers = Retrievers::default().with(bm25.clone());
+        let mut graph_fallback = bm25;
+        if let Some(dense) = &dense {
+            let dense_retriever: Arc<dyn Retriever> =
+                Arc::new(DenseRetriever::new(dense.clone(), store.clone()));
+            graph_fallback = dense_retriever.clone();
             retrievers = retrievers
-                .with(Arc::new(DenseRetriever::new(dense.clone(), store.clone())))
+                .with(dense_retriever)
                 .with(Arc::new(HybridRetriever::new(
                     index,
-                    dense,
+                    dense.clone(),
                     store.clone(),
                     config.retrieval.hybrid,
                 )));
+        }
+        if let Some(graph) = &graph {
+            retrievers = retrievers.with(Arc::new(HippoRagRetriever::new(
+                graph.clone(),
+                store.clone(),
+                graph_fallback,
+            )));
+            if let (Some(dense), Some(_)) = (&dense, graph.vectors()) {
+                retrievers = retrievers.with(Arc::new(HippoRag2Retriever::new(
+                    graph.clone(),
+                    dense.clone(),
+                    store.clone(),
+                )));
+            }
         }
         tracing::info!(
             backend = store.backend().name(),
@@ -103,6 +150,7 @@ impl App {
             store,
             pipeline,
             retrievers,
+            graph,
             ready: AtomicBool::new(false),
         }))
     }
@@ -125,6 +173,62 @@ impl App {
     }
 }
 
+/// The configured extractor: precomputed extractions (with the fallback for passages they lack) when
+/// `graph.openie_file` is set, else the non-LLM fallback.
+fn build_extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartError> {
+    let fallback: Arc<dyn Extractor> = Arc::new(FallbackExtractor::default());
+    let Some(path) = &config.graph.openie_file else {
+        return Ok(fallback);
+    };
+    let table = OpenIeTable::load(path)?;
+    tracing::info!(file = %path.display(), stats = ?table.stats, "precomputed extractions loaded");
+    Ok(Arc::new(PrecomputedExtractor::new(
+        Arc::new(table),
+        fallback,
+    )))
+}
+
+/// Opens the knowledge graph, with phrase and fact vector stores beside the passage vectors when embeddings are
+/// enabled.
+async fn open_graph(
+    config: &Config,
+    store: &Store,
+    dense: Option<&DenseIndex>,
+) -> Result<GraphIndex, StartError> {
+    let extractor = build_extractor(config)?;
+    let vectors = match dense {
+        Some(d) => Some(GraphVectors {
+            embedder: d.embedder().clone(),
+            phrases: open_vectors(config, "phrases").await?,
+            facts: open_vectors(config, "facts").await?,
+        }),
+        None => None,
+    };
+    Ok(GraphIndex::open(store.clone(), extractor, vectors, config.graph.clone()).await?)
+}
+
+/// Opens the configured vector store for one kind of point: `passages` (DATA_DIR/vectors or the configured
+/// collection), or another kind beside it (DATA_DIR/vectors-KIND or the collection COLLECTION_KIND).
+async fn open_vectors(config: &Config, kind: &str) -> Result<Arc<dyn VectorStore>, StartError> {
+    let suffix = if kind == "passages" {
+        String::new()
+    } else {
+        format!("-{kind}")
+    };
+    Ok(match config.vectors.backend {
+        VectorBackend::Edge => Arc::new(EdgeVectorStore::open(
+            &config.storage.data_dir.join(format!("vectors{suffix}")),
+        )?),
+        VectorBackend::Qdrant => {
+            let mut qdrant: RemoteQdrantConfig = config.vectors.qdrant.clone();
+            if kind != "passages" {
+                qdrant.collection = format!("{}_{kind}", qdrant.collection);
+            }
+            Arc::new(RemoteQdrant::connect(qdrant).await?)
+        }
+    })
+}
+
 /// Loads the embedding model and opens the configured vector store.
 async fn open_dense(config: &Config) -> Result<DenseIndex, StartError> {
     let model_dir = config.embedding.model_dir.clone();
@@ -141,13 +245,6 @@ async fn open_dense(config: &Config) -> Result<DenseIndex, StartError> {
         load_ms = started.elapsed().as_millis() as u64,
         "embedding model loaded"
     );
-    let vectors: Arc<dyn VectorStore> = match config.vectors.backend {
-        VectorBackend::Edge => Arc::new(EdgeVectorStore::open(
-            &config.storage.data_dir.join("vectors"),
-        )?),
-        VectorBackend::Qdrant => {
-            Arc::new(RemoteQdrant::connect(config.vectors.qdrant.clone()).await?)
-        }
-    };
+    let vectors = open_vectors(config, "passages").await?;
     Ok(DenseIndex::open(embedder, vectors).await?)
 }

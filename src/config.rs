@@ -2,6 +2,7 @@
 //! (and `DATABASE_URL`) → command-line flags. [`Config::load`] merges the layers and [`Config::validate`] checks the
 //! result, naming the offending key.
 
+use crate::graph::GraphConfig;
 use crate::index::vectors::RemoteQdrantConfig;
 use crate::ingest::chunker::ChunkConfig;
 use crate::retrieve::hybrid::HybridConfig;
@@ -49,6 +50,9 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     /// Where passage vectors are kept.
     pub vectors: VectorsConfig,
+    /// The knowledge graph and its retrievers.
+    pub graph: GraphConfig,
+
     /// Logging.
     pub log: LogConfig,
 }
@@ -294,6 +298,9 @@ impl Config {
                 ),
             });
         }
+        self.graph
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         if self.vectors.backend == VectorBackend::Qdrant {
             let q = &self.vectors.qdrant;
             if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {

@@ -61,6 +61,10 @@ enum Command {
         /// Files or directories (searched recursively for supported files).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Precomputed open-IE extractions (HippoRAG JSON) for the knowledge graph; passages it lacks use the
+        /// configured extractor.
+        #[arg(long)]
+        openie: Option<PathBuf>,
     },
     /// Rebuild the BM25 index from the database.
     Reindex {
@@ -77,10 +81,11 @@ enum Command {
         /// Corpus file, ingested first (already-stored passages are kept).
         #[arg(long)]
         corpus: PathBuf,
-        /// Precomputed open-IE extractions (used by the graph retrievers).
+        /// Precomputed open-IE extractions (HippoRAG JSON) for the knowledge graph; without it passages are
+        /// extracted by the configured extractor (the non-LLM fallback when no model is set).
         #[arg(long)]
         openie: Option<PathBuf>,
-        /// Retriever name, e.g. bm25.
+        /// Retriever names, comma-separated (e.g. `bm25,dense,hybrid,hipporag,hipporag2`), or `all`.
         #[arg(long, default_value = "bm25")]
         retriever: String,
         /// Print one JSON object instead of a table.
@@ -149,8 +154,12 @@ async fn main() -> Result<()> {
             engram::server::serve(app, listener, CancellationToken::new()).await?;
             Ok(())
         }
-        Command::Ingest { storage, paths } => {
-            let config = load_config(cli.config.as_deref(), &storage, Figment::new())?;
+        Command::Ingest {
+            storage,
+            paths,
+            openie,
+        } => {
+            let config = load_config(cli.config.as_deref(), &storage, openie_flag(openie))?;
             init_logging_quiet(&config);
             let documents = load_paths(&paths)?;
             let app = App::open(config).await?;
@@ -175,9 +184,6 @@ async fn main() -> Result<()> {
             retriever,
             json,
         } => {
-            if openie.is_some() {
-                bail!("--openie feeds the graph retrievers (hipporag, hipporag2), which this build does not include yet; run without it");
-            }
             let mut storage = storage;
             let _tmp;
             if storage.data_dir.is_none() {
@@ -186,29 +192,51 @@ async fn main() -> Result<()> {
                 storage.data_dir = Some(dir.path().to_path_buf());
                 _tmp = dir;
             }
-            let config = load_config(cli.config.as_deref(), &storage, Figment::new())?;
+            let config = load_config(cli.config.as_deref(), &storage, openie_flag(openie))?;
             init_logging_quiet(&config);
             let (qs, style) = eval::load_questions(&questions)?;
             let docs = eval::load_corpus(&corpus)?;
             let app = App::open(config).await?;
             ingest_with_progress(&app, &docs).await?;
-            let r = app.retrievers.get(&retriever)?;
-            let report = eval::evaluate(&app.store, r.as_ref(), &qs, style).await?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
+            let names: Vec<String> = if retriever == "all" {
+                app.retrievers
+                    .names()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
             } else {
-                println!(
-                    "retriever {}  questions {}  R@2 {:.1}  R@5 {:.1}  mean latency {:.2} ms",
-                    report.retriever,
-                    report.questions,
-                    report.recall_at_2,
-                    report.recall_at_5,
-                    report.mean_latency_ms
-                );
+                retriever.split(',').map(|s| s.trim().to_string()).collect()
+            };
+            let mut reports = Vec::new();
+            for name in &names {
+                let r = app.retrievers.get(name)?;
+                reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style).await?);
+            }
+            if json {
+                for report in &reports {
+                    println!("{}", serde_json::to_string(report)?);
+                }
+            } else {
+                println!("| retriever | questions | R@2 | R@5 | mean latency (ms) |");
+                println!("|---|---:|---:|---:|---:|");
+                for r in &reports {
+                    println!(
+                        "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                        r.retriever, r.questions, r.recall_at_2, r.recall_at_5, r.mean_latency_ms
+                    );
+                }
             }
             app.store.close().await;
             Ok(())
         }
+    }
+}
+
+/// The `--openie FILE` flag as a configuration override.
+fn openie_flag(openie: Option<PathBuf>) -> Figment {
+    match openie {
+        Some(path) => Figment::new().merge(Serialized::global("graph.openie_file", path)),
+        None => Figment::new(),
     }
 }
 

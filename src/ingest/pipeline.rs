@@ -8,6 +8,7 @@
 use super::chunker::{chunk_text, ChunkConfig};
 use super::document::NewDocument;
 use super::loaders::LoadError;
+use crate::graph::{GraphError, GraphIndex};
 use crate::index::{DenseError, DenseIndex, IndexError, TextIndex};
 use crate::metrics;
 use crate::store::{
@@ -36,6 +37,9 @@ pub enum IngestError {
     /// Embedding or the vector store failed.
     #[error(transparent)]
     Dense(#[from] DenseError),
+    /// Extraction or the knowledge graph failed.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
     /// A job was submitted with no documents.
     #[error("no documents to ingest")]
     NoDocuments,
@@ -67,22 +71,26 @@ pub struct Pipeline {
     store: Store,
     index: Arc<TextIndex>,
     dense: Option<DenseIndex>,
+    graph: Option<GraphIndex>,
     chunking: ChunkConfig,
     wake: Arc<Notify>,
 }
 
 impl Pipeline {
-    /// A pipeline over a store, its BM25 index and (when embeddings are enabled) its dense index.
+    /// A pipeline over a store, its BM25 index, its dense index (when embeddings are enabled) and its knowledge
+    /// graph (when enabled).
     pub fn new(
         store: Store,
         index: Arc<TextIndex>,
         dense: Option<DenseIndex>,
+        graph: Option<GraphIndex>,
         chunking: ChunkConfig,
     ) -> Self {
         Self {
             store,
             index,
             dense,
+            graph,
             chunking,
             wake: Arc::new(Notify::new()),
         }
@@ -273,8 +281,8 @@ impl Pipeline {
         Ok(outcomes)
     }
 
-    /// Embeds and stores passages' vectors (when enabled), adds them to the BM25 index, commits, and marks their
-    /// documents indexed.
+    /// Embeds and stores passages' vectors (when enabled), extracts their triples into the graph (when enabled),
+    /// adds them to the BM25 index, commits, and marks their documents indexed.
     async fn index_passages(
         &self,
         passages: Vec<PassageRecord>,
@@ -285,6 +293,9 @@ impl Pipeline {
         }
         if let Some(dense) = &self.dense {
             dense.index_passages(&passages).await?;
+        }
+        if let Some(graph) = &self.graph {
+            graph.index_passages(&passages).await?;
         }
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
@@ -307,6 +318,9 @@ impl Pipeline {
                 if let Some(dense) = &self.dense {
                     dense.delete_document(id).await?;
                 }
+                if let Some(graph) = &self.graph {
+                    graph.delete_document(id).await?;
+                }
                 passages.extend(self.store.passages_of(id).await?);
             }
             self.index_passages(passages, batch).await?;
@@ -317,14 +331,22 @@ impl Pipeline {
                 "indexed documents left from an earlier run"
             );
         }
+        if let Some(graph) = &self.graph {
+            graph.extract_missing().await?;
+            graph.link_pending_phrases().await?;
+        }
         Ok(ids.len())
     }
 
-    /// Rebuilds the BM25 index and the vectors from the store; returns the number of passages indexed.
+    /// Rebuilds the BM25 index, the vectors and the knowledge graph (re-extracting every passage) from the store;
+    /// returns the number of passages indexed.
     pub async fn reindex_all(&self) -> Result<u64, IngestError> {
         self.index.clear()?;
         if let Some(dense) = &self.dense {
             dense.clear().await?;
+        }
+        if let Some(graph) = &self.graph {
+            graph.clear().await?;
         }
         let mut after = 0i64;
         let mut total = 0u64;
@@ -337,6 +359,9 @@ impl Pipeline {
             if let Some(dense) = &self.dense {
                 dense.index_passages(&page).await?;
                 tracing::info!(passages = total, "re-embedded");
+            }
+            if let Some(graph) = &self.graph {
+                graph.index_passages(&page).await?;
             }
         }
         let index = self.index.clone();
@@ -361,6 +386,9 @@ impl Pipeline {
         if let Some(dense) = &self.dense {
             dense.delete_document(id).await?;
         }
+        if let Some(graph) = &self.graph {
+            graph.delete_document(id).await?;
+        }
         metrics::DOCUMENTS_DELETED.inc();
         Ok(true)
     }
@@ -373,6 +401,11 @@ impl Pipeline {
     /// The BM25 index this pipeline writes to.
     pub fn text_index(&self) -> &Arc<TextIndex> {
         &self.index
+    }
+
+    /// The knowledge graph this pipeline writes to, when enabled.
+    pub fn graph(&self) -> Option<&GraphIndex> {
+        self.graph.as_ref()
     }
 
     /// The dense index this pipeline writes to, when embeddings are enabled.

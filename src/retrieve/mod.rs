@@ -1,9 +1,12 @@
-//! Retrievers behind one trait: [`bm25`], [`dense`] and [`hybrid`] (reciprocal-rank fusion of the two). The
-//! HippoRAG retrievers plug in beside them.
+//! Retrievers behind one trait: [`bm25`], [`dense`], [`hybrid`] (reciprocal-rank fusion of the two), and the
+//! knowledge-graph retrievers [`hipporag`] (HippoRAG v1) and [`hipporag2`] (HippoRAG 2).
 
 pub mod bm25;
 pub mod dense;
+pub mod hipporag;
+pub mod hipporag2;
 pub mod hybrid;
+mod linking;
 
 use crate::index::{DenseError, IndexError};
 use crate::store::{PassageRecord, StoreError};
@@ -21,6 +24,9 @@ pub enum RetrieveError {
     /// The store failed while loading passages.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The knowledge graph's vectors failed.
+    #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
     /// The retrieval method is not known or not available.
     #[error("unknown retrieval method '{0}': available methods are {1}")]
     UnknownMethod(String, String),
@@ -39,6 +45,27 @@ pub struct ScoredPassage {
     pub score: f32,
 }
 
+/// A phrase node that seeded a graph walk, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Seed {
+    /// The phrase (normalised).
+    pub phrase: String,
+    /// Its share of the restart distribution (seeds of one query sum to at most 1).
+    pub weight: f64,
+    /// What linked it: the question entity or the matched fact (`subject relation object`).
+    pub matched: String,
+}
+
+/// Passages with the reasons a graph retriever ranked them so.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Retrieval {
+    /// Passages, best first.
+    pub passages: Vec<ScoredPassage>,
+    /// Phrase seeds of the Personalized PageRank walk (empty for retrievers without a graph, or when nothing
+    /// linked and the retriever fell back to another method).
+    pub seeds: Vec<Seed>,
+}
+
 /// Ranks passages for a query.
 #[async_trait::async_trait]
 pub trait Retriever: Send + Sync {
@@ -50,6 +77,17 @@ pub trait Retriever: Send + Sync {
         query: &str,
         top_k: usize,
     ) -> Result<Vec<ScoredPassage>, RetrieveError>;
+    /// Like [`Retriever::retrieve`], with the seeds of a graph walk where there is one.
+    async fn retrieve_explained(
+        &self,
+        query: &str,
+        top_k: usize,
+    ) -> Result<Retrieval, RetrieveError> {
+        Ok(Retrieval {
+            passages: self.retrieve(query, top_k).await?,
+            seeds: Vec::new(),
+        })
+    }
 }
 
 /// The retrievers a deployment offers, looked up by name.

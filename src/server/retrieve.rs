@@ -4,7 +4,7 @@ use super::body::{parse_json, read_limited, require_json};
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
 use crate::metrics;
-use crate::retrieve::ScoredPassage;
+use crate::retrieve::{ScoredPassage, Seed};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -35,6 +35,9 @@ pub struct RetrieveResponse {
     pub query: String,
     /// Passages, best first, with score, title, document id and byte offsets.
     pub passages: Vec<ScoredPassageView>,
+    /// Graph retrievers (`hipporag`, `hipporag2`): the phrases that seeded the walk, heaviest first; empty for
+    /// the other methods and when nothing linked.
+    pub seeds: Vec<Seed>,
     /// Server-side retrieval time in milliseconds.
     pub took_ms: f64,
 }
@@ -114,7 +117,7 @@ pub async fn retrieve(
     let method = body.method.unwrap_or_else(|| "bm25".into());
     let retriever = app.retrievers.get(&method)?;
     let started = Instant::now();
-    let passages = retriever.retrieve(&body.query, top_k).await?;
+    let found = retriever.retrieve_explained(&body.query, top_k).await?;
     let took = started.elapsed();
     metrics::RETRIEVE_DURATION
         .with_label_values(&[retriever.name()])
@@ -122,7 +125,8 @@ pub async fn retrieve(
     Ok(Json(RetrieveResponse {
         method,
         query: body.query,
-        passages: passages.into_iter().map(Into::into).collect(),
+        passages: found.passages.into_iter().map(Into::into).collect(),
+        seeds: found.seeds,
         took_ms: took.as_secs_f64() * 1000.0,
     }))
 }

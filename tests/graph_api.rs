@@ -144,11 +144,12 @@ async fn precomputed_extractions_feed_the_graph() {
     let body = retrieve(&t, "Where does Lake Corrin drain to?", "hipporag", 1).await;
     assert_eq!(body["passages"][0]["title"], "Lake Corrin");
     assert_eq!(body["seeds"][0]["phrase"], "lake corrin");
-    let g = t.app.graph.as_ref().unwrap().read();
-    let corrin = g.phrase_by_text("lake corrin").expect("phrase node");
-    assert!(g.phrase_by_text("harrow bay").is_some());
-    assert!(g.phrase_text(corrin).is_some());
-    drop(g);
+    {
+        let g = t.app.graph.as_ref().unwrap().read();
+        let corrin = g.phrase_by_text("lake corrin").expect("phrase node");
+        assert!(g.phrase_by_text("harrow bay").is_some());
+        assert!(g.phrase_text(corrin).is_some());
+    }
     t.finish().await;
 }
 

@@ -284,9 +284,10 @@ fn word_len(s: &str) -> usize {
             '-' | '.' => next.is_some_and(char::is_alphanumeric),
             ',' => prev.is_ascii_digit() && next.is_some_and(|n| n.is_ascii_digit()),
             '\'' | '’' => {
-                next.is_some_and(char::is_alphanumeric)
-                    && !(next == Some('s')
-                        && !s[i + c.len_utf8() + 1..].starts_with(char::is_alphanumeric))
+                // An apostrophe joins a word ("O'Brien") but not a possessive "'s" at a word's end.
+                let possessive = next == Some('s')
+                    && !s[i + c.len_utf8() + 1..].starts_with(char::is_alphanumeric);
+                next.is_some_and(char::is_alphanumeric) && !possessive
             }
             _ => false,
         };

@@ -1,0 +1,149 @@
+//! The backend trait the model is written over. A backend owns its tensors and the paged KV storage; the model
+//! calls a fixed set of fused operations on a packed batch of tokens (many sequences' chunks concatenated, no
+//! padding) described by [`AttentionBatch`]. The CPU backend ([`cpu`]) runs on candle-core; the CUDA backend
+//! implements the same operations with NVRTC kernels and cuBLASLt.
+
+pub mod cpu;
+
+/// Errors of a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A tensor operation failed.
+    #[error("{backend} backend: {op} failed: {reason}")]
+    Op {
+        /// The backend (`cpu`, `cuda`).
+        backend: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Inputs of an operation do not agree (a bug in the caller).
+    #[error("{op}: {reason}")]
+    Shape {
+        /// The operation.
+        op: &'static str,
+        /// What disagrees.
+        reason: String,
+    },
+}
+
+/// One sequence's chunk in a packed batch: `q_len` new tokens (at the end of its context) that attend to the
+/// first `context_len` cached tokens of the sequence, causally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqChunk {
+    /// New tokens of this sequence in the batch (consecutive rows).
+    pub q_len: usize,
+    /// Tokens of the sequence in the cache after this step (the new ones included).
+    pub context_len: usize,
+    /// Physical KV blocks of the sequence, in order.
+    pub block_table: Vec<u32>,
+}
+
+/// Shape of attention over a packed batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionBatch {
+    /// The sequences, in batch order; their `q_len`s sum to the batch's token count.
+    pub seqs: Vec<SeqChunk>,
+    /// Tokens per KV block.
+    pub block_size: usize,
+}
+
+/// Geometry of the paged KV storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Transformer layers.
+    pub layers: usize,
+    /// Physical blocks.
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Dimension of a head.
+    pub head_dim: usize,
+}
+
+impl KvLayout {
+    /// Bytes of K and V for all layers at 4 bytes per value.
+    pub fn bytes_f32(&self) -> usize {
+        2 * self.layers * self.num_blocks * self.block_size * self.kv_heads * self.head_dim * 4
+    }
+}
+
+/// The operations the model needs. Activations are 2-D, `[tokens, features]`, row-major.
+pub trait Backend: Send + Sync + 'static {
+    /// A tensor on this backend.
+    type Tensor: Send + Sync;
+    /// The paged K and V storage of every layer.
+    type Kv: Send;
+
+    /// Short name (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+    /// Moves a weight (host f32, any rank) onto the backend.
+    fn weight(&self, host: &candle_core::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// Allocates zeroed KV storage.
+    fn alloc_kv(&self, layout: KvLayout) -> Result<Self::Kv, BackendError>;
+    /// Rows of `table` (`[vocab, hidden]`) for `ids`.
+    fn embed(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor, BackendError>;
+    /// RMSNorm of each row, scaled by `weight`.
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor, BackendError>;
+    /// `residual += delta`, then the RMSNorm of the new residual (fused on GPUs).
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Tensor,
+        delta: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor, BackendError>;
+    /// `residual += delta`.
+    fn add(&self, residual: &mut Self::Tensor, delta: &Self::Tensor) -> Result<(), BackendError>;
+    /// `x @ w^T (+ bias)` for `w` of shape `[out, in]`.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor, BackendError>;
+    /// Rotary embedding in place on `x` (`[tokens, heads * head_dim]`, halves rotated as in Llama), token `i`
+    /// at `positions[i]`, with inverse frequencies `inv_freq` (`head_dim / 2`).
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<(), BackendError>;
+    /// `silu(gate) * up`, element-wise.
+    fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// Writes the rows of `k` and `v` (`[tokens, kv_heads * head_dim]`) of `layer` to the cache slots `slots`
+    /// (slot = block * block_size + offset).
+    fn write_kv(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        slots: &[u32],
+    ) -> Result<(), BackendError>;
+    /// Causal attention of the packed queries `q` (`[tokens, heads * head_dim]`) to each sequence's cached keys
+    /// and values of `layer`, grouped-query (`heads / kv_heads` query heads per KV head), scaled by
+    /// `1/sqrt(head_dim)`. Returns `[tokens, heads * head_dim]`.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        kv: &Self::Kv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+    ) -> Result<Self::Tensor, BackendError>;
+    /// The rows `rows` of `x`, in that order.
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor, BackendError>;
+    /// Copies a 2-D tensor to the host, row-major, with its shape.
+    fn to_host(&self, x: &Self::Tensor) -> Result<(Vec<f32>, usize, usize), BackendError>;
+}

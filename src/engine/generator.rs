@@ -1,0 +1,126 @@
+//! The [`Generator`] trait the server talks to, and its requests, events and errors.
+
+use super::model::ModelTokenizer;
+use super::sampling::{SamplingError, SamplingParams};
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A generation request: prompt tokens and how to sample.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// The prompt, tokenised (special tokens included as the template produced them).
+    pub prompt: Vec<u32>,
+    /// Sampling and stopping.
+    pub params: SamplingParams,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the context window is full.
+    Length,
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenEvent {
+    /// The token id.
+    pub token: u32,
+    /// Text this token completes (may be empty while a multi-byte character or a possible stop string is held
+    /// back; never includes a stop string).
+    pub text: String,
+    /// Log-probability of the token.
+    pub logprob: f32,
+    /// The most likely alternatives, when asked for.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// What a request's stream carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// A token.
+    Token(TokenEvent),
+    /// The end: why, and the counts.
+    Done {
+        /// Why it stopped.
+        reason: FinishReason,
+        /// Token counts.
+        usage: Usage,
+    },
+    /// The engine failed while running the request.
+    Failed(String),
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Sampling parameters are invalid.
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    /// The prompt (plus `max_tokens`) does not fit the context window or the whole KV cache.
+    #[error("the prompt has {prompt} tokens and asks for up to {max_tokens} more, but {limit} ({what}) is the limit: shorten the prompt or lower max_tokens")]
+    TooLong {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Requested new tokens.
+        max_tokens: usize,
+        /// The limit.
+        limit: usize,
+        /// Which limit.
+        what: &'static str,
+    },
+    /// The prompt is empty.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// Too many requests are waiting.
+    #[error("the generation queue is full ({0} requests waiting): retry later")]
+    QueueFull(usize),
+    /// The engine thread has stopped.
+    #[error("the engine has stopped: {0}")]
+    Stopped(String),
+    /// The engine could not start.
+    #[error("the engine could not start: {0}")]
+    Start(String),
+}
+
+/// Snapshot of the engine's load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Requests waiting for admission.
+    pub waiting: usize,
+    /// Requests being generated.
+    pub running: usize,
+    /// KV blocks in use.
+    pub kv_blocks_used: usize,
+    /// KV blocks in all.
+    pub kv_blocks_total: usize,
+}
+
+/// Generates text for requests; the server depends on this, not on the engine.
+pub trait Generator: Send + Sync + std::fmt::Debug {
+    /// The model's name as the API shows it.
+    fn model_name(&self) -> &str;
+    /// The tokenizer (and chat template).
+    fn tokenizer(&self) -> &ModelTokenizer;
+    /// The context window in tokens.
+    fn max_context(&self) -> usize;
+    /// Queues a request; events arrive on the returned stream. Dropping the stream cancels the request.
+    fn submit(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<UnboundedReceiver<GenerationEvent>, EngineError>;
+    /// Current load.
+    fn stats(&self) -> EngineStats;
+}

@@ -1,0 +1,14 @@
+//! The LLM inference engine: Llama-family models written once over a [`backend`] trait (CPU through candle-core
+//! now, CUDA next), prepacked prefill ([`prepack`]), a paged KV cache ([`kv_cache`]), continuous batching with
+//! Dynamic SplitFuse ([`scheduler`]) and sampling ([`sampling`]).
+
+pub mod backend;
+pub mod generator;
+pub mod kv_cache;
+pub mod llama;
+pub mod model;
+pub mod prefill;
+pub mod prepack;
+pub mod runner;
+pub mod sampling;
+pub mod scheduler;

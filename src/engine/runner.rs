@@ -1,0 +1,458 @@
+//! The engine: one thread that owns the model, the KV cache and the scheduler, and runs steps while there is work
+//! (continuous batching with Dynamic SplitFuse). Requests arrive over a channel; tokens leave on each request's own
+//! stream; a request whose stream is dropped is cancelled and its KV blocks freed at the next step.
+
+use super::backend::Backend;
+use super::generator::{
+    EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, Generator,
+    TokenEvent, Usage,
+};
+use super::kv_cache::{KvCache, KvCacheConfig};
+use super::llama::{LlamaModel, StepBatch};
+use super::model::ModelTokenizer;
+use super::prefill::push_chunk;
+use super::sampling::{Sampler, StopMatcher};
+use super::scheduler::{ChunkKind, Scheduler, SchedulerConfig, SeqState};
+use crate::metrics;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Engine settings (`[engine]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `synthetic:NAME` or a Hugging Face model directory; none: no generation endpoints.
+    pub model: Option<String>,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Memory for the KV cache, MiB.
+    pub kv_cache_mib: usize,
+    /// Tokens per step (Dynamic SplitFuse budget).
+    pub token_budget: usize,
+    /// Most sequences generating at once.
+    pub max_sequences: usize,
+    /// Most requests waiting for admission before new ones are refused.
+    pub max_waiting: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            block_size: 16,
+            kv_cache_mib: 512,
+            token_budget: 512,
+            max_sequences: 64,
+            max_waiting: 256,
+        }
+    }
+}
+
+enum Command {
+    Submit {
+        id: u64,
+        request: GenerationRequest,
+        events: UnboundedSender<GenerationEvent>,
+        arrived: Instant,
+    },
+    Shutdown,
+}
+
+/// A request being served.
+struct Active {
+    request: GenerationRequest,
+    events: UnboundedSender<GenerationEvent>,
+    generated: Vec<u32>,
+    sampler: Sampler,
+    stops: StopMatcher,
+    /// Text of `generated` already decoded (to emit only what is new).
+    decoded: String,
+    arrived: Instant,
+    last_token: Option<Instant>,
+}
+
+/// The running engine; cheap to share.
+pub struct Engine {
+    name: String,
+    tokenizer: Arc<ModelTokenizer>,
+    max_context: usize,
+    kv_tokens: usize,
+    commands: Mutex<mpsc::Sender<Command>>,
+    next_id: AtomicU64,
+    stats: Arc<Mutex<EngineStats>>,
+    max_waiting: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("model", &self.name).finish()
+    }
+}
+
+impl Engine {
+    /// Starts the engine thread for `model`.
+    pub fn start<B: Backend>(
+        model: LlamaModel<B>,
+        tokenizer: Arc<ModelTokenizer>,
+        name: String,
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let layout = model.kv_layout(1, config.block_size);
+        let block_bytes = layout.bytes_f32().max(1);
+        let num_blocks = (config.kv_cache_mib * 1024 * 1024 / block_bytes).max(1);
+        let cache_config = KvCacheConfig {
+            block_size: config.block_size,
+            num_blocks,
+        };
+        let mut kv = model
+            .backend_kv(&cache_config)
+            .map_err(|e| EngineError::Start(e.to_string()))?;
+        let max_context = model.config().max_position_embeddings;
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Mutex::new(EngineStats {
+            kv_blocks_total: num_blocks,
+            ..EngineStats::default()
+        }));
+        metrics::KV_BLOCKS_TOTAL.set(num_blocks as i64);
+        let loop_stats = stats.clone();
+        let scheduler = Scheduler::new(SchedulerConfig {
+            token_budget: config.token_budget,
+            max_sequences: config.max_sequences,
+        });
+        let eos = tokenizer.eos_token_ids();
+        let loop_tokenizer = tokenizer.clone();
+        std::thread::Builder::new()
+            .name("engram-engine".into())
+            .spawn(move || {
+                let mut state = LoopState {
+                    cache: KvCache::new(cache_config),
+                    scheduler,
+                    active: HashMap::new(),
+                    eos,
+                    tokenizer: loop_tokenizer,
+                    stats: loop_stats,
+                };
+                state.run(&model, &mut kv, &rx);
+            })
+            .map_err(|e| EngineError::Start(e.to_string()))?;
+        Ok(Self {
+            name,
+            tokenizer,
+            max_context,
+            kv_tokens: num_blocks * config.block_size,
+            commands: Mutex::new(tx),
+            next_id: AtomicU64::new(1),
+            stats,
+            max_waiting: config.max_waiting,
+        })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(tx) = self.commands.lock() {
+            let _ = tx.send(Command::Shutdown);
+        }
+    }
+}
+
+impl Generator for Engine {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn tokenizer(&self) -> &ModelTokenizer {
+        &self.tokenizer
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn submit(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<UnboundedReceiver<GenerationEvent>, EngineError> {
+        let prompt = request.prompt.len();
+        if prompt == 0 {
+            return Err(EngineError::EmptyPrompt);
+        }
+        request
+            .params
+            .validate(self.tokenizer.vocab_size(), self.max_context)?;
+        let max_tokens = request.params.max_tokens;
+        for (limit, what) in [
+            (self.max_context, "the model's context window"),
+            (self.kv_tokens, "the KV cache's capacity"),
+        ] {
+            if prompt + max_tokens > limit {
+                return Err(EngineError::TooLong {
+                    prompt,
+                    max_tokens,
+                    limit,
+                    what,
+                });
+            }
+        }
+        let waiting = self.stats().waiting;
+        if waiting >= self.max_waiting {
+            return Err(EngineError::QueueFull(waiting));
+        }
+        let (events, rx) = unbounded_channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cmd = Command::Submit {
+            id,
+            request,
+            events,
+            arrived: Instant::now(),
+        };
+        self.commands
+            .lock()
+            .map_err(|_| EngineError::Stopped("poisoned".into()))?
+            .send(cmd)
+            .map_err(|_| EngineError::Stopped("the engine thread exited".into()))?;
+        Ok(rx)
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+}
+
+struct LoopState {
+    cache: KvCache,
+    scheduler: Scheduler,
+    active: HashMap<u64, Active>,
+    eos: Vec<u32>,
+    tokenizer: Arc<ModelTokenizer>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl LoopState {
+    fn run<B: Backend>(
+        &mut self,
+        model: &LlamaModel<B>,
+        kv: &mut B::Kv,
+        rx: &mpsc::Receiver<Command>,
+    ) {
+        loop {
+            // Block for work when idle; otherwise take whatever has arrived.
+            if self.scheduler.is_idle() {
+                match rx.recv() {
+                    Ok(cmd) => {
+                        if !self.accept(cmd) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                if !self.accept(cmd) {
+                    return;
+                }
+            }
+            self.drop_cancelled();
+            if let Err(e) = self.step(model, kv) {
+                tracing::error!(error = %e, "engine step failed");
+                for (id, a) in self.active.drain() {
+                    let _ = a.events.send(GenerationEvent::Failed(e.clone()));
+                    self.scheduler.cancel(id);
+                    self.cache.release(id);
+                }
+            }
+            self.publish_stats();
+        }
+    }
+
+    /// Takes a command; false on shutdown.
+    fn accept(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Shutdown => false,
+            Command::Submit {
+                id,
+                request,
+                events,
+                arrived,
+            } => {
+                let seed = request.params.seed.unwrap_or(id);
+                let stops = StopMatcher::new(request.params.stop_strings.clone());
+                self.scheduler.add(SeqState {
+                    id,
+                    prompt_len: request.prompt.len(),
+                    prefilled: 0,
+                    generated: 0,
+                    max_new_tokens: request.params.max_tokens,
+                });
+                self.active.insert(
+                    id,
+                    Active {
+                        request,
+                        events,
+                        generated: Vec::new(),
+                        sampler: Sampler::new(seed),
+                        stops,
+                        decoded: String::new(),
+                        arrived,
+                        last_token: None,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<u64> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.scheduler.cancel(id);
+            self.cache.release(id);
+            self.active.remove(&id);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let usage = self.cache.usage();
+        let s = EngineStats {
+            waiting: self.scheduler.queue_depth(),
+            running: self.scheduler.running(),
+            kv_blocks_used: usage.used_blocks,
+            kv_blocks_total: usage.total_blocks,
+        };
+        metrics::QUEUE_DEPTH.set(s.waiting as i64);
+        metrics::KV_BLOCKS_USED.set(s.kv_blocks_used as i64);
+        if let Ok(mut g) = self.stats.lock() {
+            *g = s;
+        }
+    }
+
+    /// Plans and runs one step, then samples and streams the new tokens.
+    fn step<B: Backend>(&mut self, model: &LlamaModel<B>, kv: &mut B::Kv) -> Result<(), String> {
+        let (cache, active) = (&mut self.cache, &self.active);
+        let plan = self.scheduler.plan(&mut |id, len| {
+            active
+                .get(&id)
+                .is_some_and(|a| cache.can_admit(len) && cache.admit(id, &a.request.prompt).is_ok())
+        });
+        if plan.items.is_empty() {
+            return Ok(());
+        }
+        let mut batch = StepBatch::default();
+        let mut sampled_ids = Vec::new();
+        for item in &plan.items {
+            let a = &self.active[&item.seq];
+            match item.kind {
+                ChunkKind::Prefill { start, len, last } => {
+                    let tokens = &a.request.prompt[start..start + len];
+                    push_chunk(&mut batch, &self.cache, item.seq, tokens, start, last)
+                        .map_err(|e| e.to_string())?;
+                    if last {
+                        sampled_ids.push(item.seq);
+                    }
+                }
+                ChunkKind::Decode => {
+                    let token = *a.generated.last().ok_or("decode before the first token")?;
+                    let start = self
+                        .cache
+                        .table(item.seq)
+                        .ok_or("decode of an unknown sequence")?
+                        .len;
+                    self.cache
+                        .append_slots(item.seq, 1)
+                        .map_err(|e| e.to_string())?;
+                    push_chunk(&mut batch, &self.cache, item.seq, &[token], start, true)
+                        .map_err(|e| e.to_string())?;
+                    sampled_ids.push(item.seq);
+                }
+            }
+        }
+        let logits = model
+            .forward(kv, &batch, self.cache.block_size())
+            .map_err(|e| e.to_string())?;
+        let mut finished = Vec::new();
+        for (id, mut row) in sampled_ids.into_iter().zip(logits) {
+            if let Some(reason) = self.emit(id, &mut row) {
+                finished.push((id, reason));
+            }
+        }
+        let ids: Vec<u64> = finished.iter().map(|f| f.0).collect();
+        self.scheduler.complete(&plan, &ids);
+        for (id, reason) in finished {
+            if let Some(a) = self.active.remove(&id) {
+                let usage = Usage {
+                    prompt_tokens: a.request.prompt.len(),
+                    completion_tokens: a.generated.len(),
+                };
+                let _ = a.events.send(GenerationEvent::Done { reason, usage });
+            }
+            self.cache.release(id);
+        }
+        Ok(())
+    }
+
+    /// Samples the next token of `id` from `logits` and streams it; returns why the request ends, if it does.
+    fn emit(&mut self, id: u64, logits: &mut [f32]) -> Option<FinishReason> {
+        let a = self.active.get_mut(&id)?;
+        let params = &a.request.params;
+        let mut context = a.request.prompt.clone();
+        context.extend_from_slice(&a.generated);
+        let s = a.sampler.sample(logits, params, &context);
+        a.generated.push(s.token);
+        metrics::TOKENS_GENERATED.inc();
+        let now = Instant::now();
+        match a.last_token {
+            None => metrics::TIME_TO_FIRST_TOKEN.observe((now - a.arrived).as_secs_f64()),
+            Some(t) => metrics::INTER_TOKEN_LATENCY.observe((now - t).as_secs_f64()),
+        }
+        a.last_token = Some(now);
+        let stop_token = self.eos.contains(&s.token) || params.stop_token_ids.contains(&s.token);
+        // Text of the new token: decode everything generated (stop tokens excluded) and emit what is new,
+        // holding back an incomplete UTF-8 sequence.
+        let mut text = String::new();
+        let mut stop_string = false;
+        if !stop_token {
+            if let Ok(all) = self.tokenizer.decode(&a.generated, true) {
+                if !all.ends_with('\u{FFFD}')
+                    && all.len() >= a.decoded.len()
+                    && all.starts_with(&a.decoded)
+                {
+                    let (out, stopped) = a.stops.push(&all[a.decoded.len()..]);
+                    a.decoded = all;
+                    text = out;
+                    stop_string = stopped;
+                }
+            }
+        }
+        // Admission checked that prompt + max_tokens fits the context window.
+        let at_limit = a.generated.len() >= params.max_tokens;
+        let reason = if stop_token || stop_string {
+            Some(FinishReason::Stop)
+        } else if at_limit {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if reason == Some(FinishReason::Length) {
+            text.push_str(&a.stops.flush());
+        }
+        let event = GenerationEvent::Token(TokenEvent {
+            token: s.token,
+            text,
+            logprob: s.logprob,
+            top_logprobs: s.top,
+        });
+        if a.events.send(event).is_err() {
+            return Some(FinishReason::Stop);
+        }
+        reason
+    }
+}

@@ -4,6 +4,11 @@
 use crate::config::{Config, VectorBackend};
 use crate::embed::bert::BertEmbedder;
 use crate::embed::{EmbedError, Embedder};
+use crate::engine::backend::cpu::CpuBackend;
+use crate::engine::generator::{EngineError, Generator};
+use crate::engine::llama::LlamaModel;
+use crate::engine::model::{ModelError, ModelFiles};
+use crate::engine::runner::{Engine, EngineConfig};
 use crate::graph::{GraphError, GraphIndex, GraphVectors};
 use crate::index::vectors::{
     EdgeVectorStore, RemoteQdrant, RemoteQdrantConfig, VectorError, VectorStore,
@@ -55,7 +60,12 @@ pub enum StartError {
     /// The knowledge graph could not be loaded.
     #[error(transparent)]
     Graph(#[from] GraphError),
-
+    /// The generation model could not be loaded.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The generation engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// A start-up task panicked.
     #[error("start-up task failed: {0}")]
     Task(String),
@@ -74,7 +84,8 @@ pub struct App {
     pub retrievers: Retrievers,
     /// The knowledge graph, when enabled.
     pub graph: Option<GraphIndex>,
-
+    /// The generation engine, when a model is configured.
+    pub generator: Option<Arc<dyn Generator>>,
     ready: AtomicBool,
 }
 
@@ -139,6 +150,10 @@ impl App {
                 )));
             }
         }
+        let generator = match &config.engine.model {
+            Some(spec) => Some(open_engine(spec, &config.engine).await?),
+            None => None,
+        };
         tracing::info!(
             backend = store.backend().name(),
             data_dir = %dir.display(),
@@ -151,6 +166,7 @@ impl App {
             pipeline,
             retrievers,
             graph,
+            generator,
             ready: AtomicBool::new(false),
         }))
     }
@@ -171,6 +187,29 @@ impl App {
     pub fn text_index_len(&self) -> u64 {
         self.pipeline.text_index().num_passages()
     }
+}
+
+/// Loads the generation model (a Hugging Face directory or `synthetic:NAME`) on the CPU backend and starts the
+/// engine thread.
+async fn open_engine(spec: &str, config: &EngineConfig) -> Result<Arc<dyn Generator>, StartError> {
+    let spec = spec.to_string();
+    let config = config.clone();
+    let started = std::time::Instant::now();
+    let engine = tokio::task::spawn_blocking(move || -> Result<Engine, StartError> {
+        let files = ModelFiles::load(&spec)?;
+        let model =
+            LlamaModel::new(CpuBackend, &files).map_err(|e| EngineError::Start(e.to_string()))?;
+        let tokenizer = Arc::new(files.tokenizer);
+        Ok(Engine::start(model, tokenizer, files.name, &config)?)
+    })
+    .await
+    .map_err(|e| StartError::Task(e.to_string()))??;
+    tracing::info!(
+        model = engine.model_name(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "generation model loaded"
+    );
+    Ok(Arc::new(engine))
 }
 
 /// The configured extractor: precomputed extractions (with the fallback for passages they lack) when

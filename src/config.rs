@@ -2,6 +2,7 @@
 //! (and `DATABASE_URL`) → command-line flags. [`Config::load`] merges the layers and [`Config::validate`] checks the
 //! result, naming the offending key.
 
+use crate::engine::runner::EngineConfig;
 use crate::graph::GraphConfig;
 use crate::index::vectors::RemoteQdrantConfig;
 use crate::ingest::chunker::ChunkConfig;
@@ -52,7 +53,8 @@ pub struct Config {
     pub vectors: VectorsConfig,
     /// The knowledge graph and its retrievers.
     pub graph: GraphConfig,
-
+    /// The generation engine.
+    pub engine: EngineConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -297,6 +299,21 @@ impl Config {
                     self.embedding.batch_size
                 ),
             });
+        }
+        let e = &self.engine;
+        for (key, v, lo, hi) in [
+            ("engine.block_size", e.block_size, 1, 1024),
+            ("engine.kv_cache_mib", e.kv_cache_mib, 1, 1 << 20),
+            ("engine.token_budget", e.token_budget, 1, 1 << 20),
+            ("engine.max_sequences", e.max_sequences, 1, 1 << 16),
+            ("engine.max_waiting", e.max_waiting, 1, 1 << 20),
+        ] {
+            if v < lo || v > hi {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be between {lo} and {hi}, got {v}"),
+                });
+            }
         }
         self.graph
             .validate()

@@ -53,6 +53,9 @@ enum Command {
         /// Log one JSON object per line.
         #[arg(long)]
         json_logs: bool,
+        /// Generation model: a Hugging Face directory or `synthetic:NAME` (tiny, qwen2.5-0.5b).
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Ingest files or directories (txt, md, html, pdf, json, jsonl) through the ingestion pipeline.
     Ingest {
@@ -132,6 +135,7 @@ async fn main() -> Result<()> {
             bind,
             api_key,
             json_logs,
+            model,
         } => {
             let mut extra = Figment::new();
             if let Some(bind) = bind {
@@ -142,6 +146,9 @@ async fn main() -> Result<()> {
             }
             if json_logs {
                 extra = extra.merge(Serialized::global("log.json", true));
+            }
+            if let Some(model) = model {
+                extra = extra.merge(Serialized::global("engine.model", model));
             }
             let config = load_config(cli.config.as_deref(), &storage, extra)?;
             init_logging(&config);

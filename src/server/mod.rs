@@ -7,6 +7,7 @@ pub mod embeddings;
 pub mod error;
 pub mod health;
 pub mod jobs;
+pub mod openai;
 pub mod retrieve;
 mod ui;
 
@@ -42,6 +43,9 @@ use utoipa_swagger_ui::SwaggerUi;
         documents::delete,
         jobs::get,
         retrieve::retrieve,
+        openai::chat,
+        openai::completions,
+        openai::models,
         health::healthz,
         health::readyz,
         health::metrics_text,
@@ -70,6 +74,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/retrieve", post(retrieve::retrieve))
         .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics_text))

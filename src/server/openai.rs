@@ -1,0 +1,412 @@
+//! OpenAI-compatible generation: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE streaming ending
+//! in `data: [DONE]`) and `GET /v1/models`.
+
+use super::body::{parse_json, read_limited, require_json};
+use super::error::{ApiError, ErrorEnvelope};
+use crate::app::App;
+use crate::engine::generator::{
+    EngineError, FinishReason, GenerationEvent, GenerationRequest, Generator, Usage,
+};
+use crate::engine::model::ChatMessage;
+use crate::engine::sampling::{SamplingError, SamplingParams};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Default `max_tokens` when a request gives none.
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// Fields shared by both generation requests.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SamplingFields {
+    /// Model name; must be the served model when given.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Most tokens to generate (default 256).
+    #[serde(default, alias = "max_completion_tokens")]
+    pub max_tokens: Option<usize>,
+    /// 0 is greedy; up to 2.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass, (0, 1].
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Keep only the k most likely tokens (extension).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Seed for reproducible sampling.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// HF-style repetition penalty, (0, 2] (extension).
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    /// A stop string or up to 4 of them.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub stop: Option<Value>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Only 1 is supported.
+    #[serde(default)]
+    pub n: Option<usize>,
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ChatRequest {
+    /// The conversation.
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<ChatMessage>,
+    /// Return log-probabilities of the chosen tokens.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// Alternatives per token with `logprobs` (0 to 20).
+    #[serde(default)]
+    pub top_logprobs: Option<usize>,
+    /// Sampling fields.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// `POST /v1/completions` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CompletionRequest {
+    /// The prompt text.
+    pub prompt: String,
+    /// Alternatives per token (0 to 20); when given, log-probabilities are returned.
+    #[serde(default)]
+    pub logprobs: Option<usize>,
+    /// Sampling fields.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+fn generator(app: &App) -> Result<&Arc<dyn Generator>, ApiError> {
+    app.generator.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_model",
+            "no generation model is loaded: start engram with --model DIR or --model synthetic:NAME",
+        )
+    })
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match &e {
+            EngineError::Sampling(SamplingError::Invalid { param, .. }) => {
+                ApiError::bad_request("invalid_parameter", e.to_string()).param(*param)
+            }
+            EngineError::TooLong { .. } => {
+                ApiError::bad_request("context_length_exceeded", e.to_string()).param("messages")
+            }
+            EngineError::EmptyPrompt => ApiError::bad_request("empty_prompt", e.to_string()),
+            EngineError::QueueFull(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+            }
+            _ => ApiError::internal(&e),
+        }
+    }
+}
+
+/// Validates the shared fields into sampling parameters.
+fn sampling(
+    g: &dyn Generator,
+    f: &SamplingFields,
+    logprobs: Option<usize>,
+) -> Result<SamplingParams, ApiError> {
+    if let Some(model) = &f.model {
+        if model != g.model_name() {
+            return Err(ApiError::bad_request(
+                "model_not_found",
+                format!(
+                    "model '{model}' is not served; this server serves '{}'",
+                    g.model_name()
+                ),
+            )
+            .param("model"));
+        }
+    }
+    if f.n.is_some_and(|n| n != 1) {
+        return Err(
+            ApiError::bad_request("invalid_parameter", "only n = 1 is supported").param("n"),
+        );
+    }
+    let stop_strings = match &f.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    "`stop` must be a string or a list of strings",
+                )
+                .param("stop")
+            })?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "`stop` must be a string or a list of strings",
+            )
+            .param("stop"))
+        }
+    };
+    Ok(SamplingParams {
+        temperature: f.temperature.unwrap_or(1.0),
+        top_k: f.top_k,
+        top_p: f.top_p,
+        seed: f.seed,
+        repetition_penalty: f.repetition_penalty,
+        max_tokens: f.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        stop_token_ids: Vec::new(),
+        stop_strings,
+        logprobs,
+    })
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn finish_name(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
+
+/// Which OpenAI object family a response belongs to.
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Runs a request to the end, collecting text and log-probabilities.
+async fn collect(
+    g: &dyn Generator,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>,
+) -> Result<(String, Vec<Value>, FinishReason, Usage), ApiError> {
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            GenerationEvent::Token(t) => {
+                text.push_str(&t.text);
+                logprobs.push(token_logprob(g, t.token, t.logprob, &t.top_logprobs));
+            }
+            GenerationEvent::Done { reason, usage } => return Ok((text, logprobs, reason, usage)),
+            GenerationEvent::Failed(e) => return Err(ApiError::internal(&e)),
+        }
+    }
+    Err(ApiError::internal(&"the engine dropped the request"))
+}
+
+fn token_logprob(g: &dyn Generator, token: u32, logprob: f32, top: &[(u32, f32)]) -> Value {
+    let name = |id: u32| g.tokenizer().id_to_token(id).unwrap_or_default();
+    json!({
+        "token": name(token), "token_id": token, "logprob": logprob,
+        "top_logprobs": top.iter().map(|(id, lp)| json!({"token": name(*id), "token_id": id, "logprob": lp})).collect::<Vec<_>>(),
+    })
+}
+
+/// Answers a submitted request as JSON or as an SSE stream.
+async fn respond(
+    g: Arc<dyn Generator>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>,
+    kind: Kind,
+    stream: bool,
+    want_logprobs: bool,
+) -> Result<Response, ApiError> {
+    let id = format!(
+        "{}-{}",
+        match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        },
+        uuid::Uuid::new_v4().simple()
+    );
+    let created = now_secs();
+    let model = g.model_name().to_string();
+    if !stream {
+        let (text, logprobs, reason, usage) = collect(g.as_ref(), rx).await?;
+        let lp = want_logprobs.then(|| json!({"content": logprobs}));
+        let choice = match kind {
+            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": finish_name(reason), "logprobs": lp}),
+            Kind::Completion => {
+                json!({"index": 0, "text": text, "finish_reason": finish_name(reason), "logprobs": lp})
+            }
+        };
+        let object = match kind {
+            Kind::Chat => "chat.completion",
+            Kind::Completion => "text_completion",
+        };
+        return Ok(Json(
+            json!({"id": id, "object": object, "created": created, "model": model,
+                             "choices": [choice], "usage": usage_json(usage)}),
+        )
+        .into_response());
+    }
+    let object = match kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Completion => "text_completion",
+    };
+    let chunk = move |choice: Value, usage: Option<Value>| {
+        let mut v = json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]});
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        Event::default().data(v.to_string())
+    };
+    let first = matches!(kind, Kind::Chat)
+        .then(|| chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}), None));
+    let events = tokio_stream_from(rx).map(move |ev| {
+        let g = g.clone();
+        match ev {
+            GenerationEvent::Token(t) => {
+                let lp = want_logprobs
+                    .then(|| json!({"content": [token_logprob(g.as_ref(), t.token, t.logprob, &t.top_logprobs)]}));
+                let choice = match kind {
+                    Kind::Chat => json!({"index": 0, "delta": {"content": t.text}, "finish_reason": null, "logprobs": lp}),
+                    Kind::Completion => json!({"index": 0, "text": t.text, "finish_reason": null, "logprobs": lp}),
+                };
+                vec![chunk(choice, None)]
+            }
+            GenerationEvent::Done { reason, usage } => {
+                let choice = match kind {
+                    Kind::Chat => json!({"index": 0, "delta": {}, "finish_reason": finish_name(reason)}),
+                    Kind::Completion => json!({"index": 0, "text": "", "finish_reason": finish_name(reason)}),
+                };
+                vec![chunk(choice, Some(usage_json(usage))), Event::default().data("[DONE]")]
+            }
+            GenerationEvent::Failed(e) => {
+                tracing::error!(error = %e, "generation failed mid-stream");
+                vec![
+                    Event::default().data(json!({"error": {"message": "generation failed; see the server log", "type": "server_error", "code": "internal_error", "param": null}}).to_string()),
+                    Event::default().data("[DONE]"),
+                ]
+            }
+        }
+    });
+    let stream = futures::stream::iter(first)
+        .chain(events.flat_map(futures::stream::iter))
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// The receiver as a stream (dropping the stream drops the receiver, which cancels the request).
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>,
+) -> impl futures::Stream<Item = GenerationEvent> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Chat completion (OpenAI-compatible).
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatRequest,
+    responses(
+        (status = 200, description = "A chat.completion object, or SSE chunks ending in [DONE]"),
+        (status = 400, description = "Invalid parameters or a prompt longer than the context window", body = ErrorEnvelope),
+        (status = 503, description = "No model loaded", body = ErrorEnvelope),
+    ))]
+pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+    require_json(req.headers())?;
+    let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
+    let body: ChatRequest = parse_json(&bytes)?;
+    let g = generator(&app)?.clone();
+    if body.messages.is_empty() {
+        return Err(
+            ApiError::bad_request("invalid_parameter", "`messages` is empty").param("messages"),
+        );
+    }
+    let top = body.logprobs.then(|| body.top_logprobs.unwrap_or(0));
+    let params = sampling(g.as_ref(), &body.sampling, top)?;
+    let text = g
+        .tokenizer()
+        .apply_chat_template(&body.messages, true)
+        .map_err(|e| ApiError::bad_request("invalid_messages", e.to_string()).param("messages"))?;
+    let prompt = g
+        .tokenizer()
+        .encode(&text, false)
+        .map_err(|e| ApiError::internal(&e))?;
+    let rx = g.submit(GenerationRequest { prompt, params })?;
+    respond(g, rx, Kind::Chat, body.sampling.stream, body.logprobs).await
+}
+
+/// Text completion (OpenAI-compatible).
+#[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "A text_completion object, or SSE chunks ending in [DONE]"),
+        (status = 400, description = "Invalid parameters or a prompt longer than the context window", body = ErrorEnvelope),
+        (status = 503, description = "No model loaded", body = ErrorEnvelope),
+    ))]
+pub async fn completions(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+    require_json(req.headers())?;
+    let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
+    let body: CompletionRequest = parse_json(&bytes)?;
+    let g = generator(&app)?.clone();
+    let params = sampling(g.as_ref(), &body.sampling, body.logprobs)?;
+    let prompt = g
+        .tokenizer()
+        .encode(&body.prompt, true)
+        .map_err(|e| ApiError::internal(&e))?;
+    let rx = g.submit(GenerationRequest { prompt, params })?;
+    respond(
+        g,
+        rx,
+        Kind::Completion,
+        body.sampling.stream,
+        body.logprobs.is_some(),
+    )
+    .await
+}
+
+/// The served models.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// The generation model (when loaded) and the embedding model (when enabled).
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<Value>,
+}
+
+/// List the models this server serves.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelList)))]
+pub async fn models(State(app): State<Arc<App>>) -> Json<ModelList> {
+    let mut data = Vec::new();
+    if let Some(g) = &app.generator {
+        data.push(
+            json!({"id": g.model_name(), "object": "model", "created": 0, "owned_by": "engram",
+                         "context_length": g.max_context()}),
+        );
+    }
+    if let Some(d) = app.pipeline.dense_index() {
+        data.push(json!({"id": d.embedder().model_name(), "object": "model", "created": 0, "owned_by": "engram"}));
+    }
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}

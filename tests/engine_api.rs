@@ -1,0 +1,244 @@
+//! The OpenAI-compatible generation endpoints with a synthetic model (`synthetic:tiny`, random weights from a fixed
+//! seed): answers, streaming, concurrency, cancellation and bad input.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{Db, TestApp};
+use serde_json::{json, Value};
+
+async fn start() -> TestApp {
+    TestApp::start(Db::Sqlite, |c| {
+        c.engine.model = Some("synthetic:tiny".into());
+        c.engine.kv_cache_mib = 16;
+        c.engine.token_budget = 64;
+    })
+    .await
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"messages": [{"role": "user", "content": content}], "max_tokens": 8, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_and_completions_answer_and_count_tokens() {
+    let t = start().await;
+    let (status, models) = t.get("/v1/models").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(models["data"][0]["id"], "synthetic:tiny", "{models}");
+
+    let (status, a) = t
+        .post_json("/v1/chat/completions", &chat("Hello there", json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["object"], "chat.completion");
+    assert_eq!(a["choices"][0]["message"]["role"], "assistant");
+    let usage = &a["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 2);
+    let n = usage["completion_tokens"].as_u64().unwrap();
+    assert!((1..=8).contains(&n), "{a}");
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + n
+    );
+    if n == 8 {
+        assert_eq!(a["choices"][0]["finish_reason"], "length");
+    }
+    // Greedy is deterministic.
+    let (_, b) = t
+        .post_json("/v1/chat/completions", &chat("Hello there", json!({})))
+        .await;
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+
+    let (status, c) = t
+        .post_json(
+            "/v1/completions",
+            &json!({"prompt": "Once upon a time", "max_tokens": 5, "temperature": 0.8, "seed": 7, "logprobs": 2}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["object"], "text_completion");
+    let lp = c["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        lp.len() as u64,
+        c["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(lp.iter().all(|t| t["logprob"].as_f64().unwrap() <= 0.0
+        && t["top_logprobs"].as_array().unwrap().len() == 2));
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_sends_chunks_then_done() {
+    let t = start().await;
+    let (status, headers, body) = t
+        .send(
+            Request::post("/v1/chat/completions")
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    chat("Stream me", json!({"stream": true})).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = body.as_str().unwrap();
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*data.last().unwrap(), "[DONE]", "{text}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let last = chunks.last().unwrap();
+    assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
+    assert!(last["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_all_finish_with_their_own_answers() {
+    let t = start().await;
+    let prompts: Vec<String> = (0..12)
+        .map(|i| format!("Request number {i} {}", "x".repeat(i * 7)))
+        .collect();
+    // Each answer alone first (greedy), then all at once: continuous batching must not mix them up.
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let (s, a) = t
+            .post_json("/v1/chat/completions", &chat(p, json!({})))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{a}");
+        alone.push(a["choices"][0]["message"]["content"].clone());
+    }
+    let futures = prompts.iter().map(|p| {
+        let body = chat(p, json!({}));
+        let t = &t;
+        async move { t.post_json("/v1/chat/completions", &body).await }
+    });
+    let together = futures::future::join_all(futures).await;
+    for (i, (s, a)) in together.into_iter().enumerate() {
+        assert_eq!(s, StatusCode::OK, "{a}");
+        assert_eq!(
+            a["choices"][0]["message"]["content"], alone[i],
+            "request {i}"
+        );
+    }
+    // The engine publishes its load after each step, just after the last answers went out.
+    let g = t.app.generator.as_ref().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while g.stats().running != 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", g.stats());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(g.stats().kv_blocks_used, 0);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_clear_400() {
+    let t = start().await;
+    let cases = [
+        (
+            chat("hi", json!({"temperature": 3.0})),
+            "invalid_parameter",
+            Some("temperature"),
+        ),
+        (
+            chat("hi", json!({"top_p": 0.0})),
+            "invalid_parameter",
+            Some("top_p"),
+        ),
+        (
+            chat("hi", json!({"max_tokens": 0})),
+            "invalid_parameter",
+            Some("max_tokens"),
+        ),
+        (
+            chat("hi", json!({"model": "gpt-4"})),
+            "model_not_found",
+            Some("model"),
+        ),
+        (chat("hi", json!({"n": 2})), "invalid_parameter", Some("n")),
+        (
+            chat("hi", json!({"stop": 5})),
+            "invalid_parameter",
+            Some("stop"),
+        ),
+        (
+            chat(&"word ".repeat(1000), json!({"max_tokens": 10})),
+            "context_length_exceeded",
+            Some("messages"),
+        ),
+        (
+            json!({"messages": []}),
+            "invalid_parameter",
+            Some("messages"),
+        ),
+    ];
+    for (body, code, param) in cases {
+        let (status, e) = t.post_json("/v1/chat/completions", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {e}");
+        assert_eq!(e["error"]["code"], code, "{body} -> {e}");
+        if let Some(p) = param {
+            assert_eq!(e["error"]["param"], p, "{body} -> {e}");
+        }
+    }
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_model_generation_is_unavailable() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    let (status, e) = t
+        .post_json("/v1/chat/completions", &chat("hi", json!({})))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    assert_eq!(e["error"]["code"], "no_model");
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_cancels_the_request_and_frees_its_cache() {
+    use engram::engine::generator::{GenerationEvent, GenerationRequest};
+    use engram::engine::sampling::SamplingParams;
+    let t = start().await;
+    let g = t.app.generator.as_ref().unwrap().clone();
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 1000,
+        ..SamplingParams::default()
+    };
+    let prompt = g.tokenizer().encode("Tell me a long story", true).unwrap();
+    let mut rx = g.submit(GenerationRequest { prompt, params }).unwrap();
+    match rx.recv().await {
+        Some(GenerationEvent::Token(_)) => {}
+        other => panic!("expected a token, got {other:?}"),
+    }
+    drop(rx);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = g.stats();
+        if s.running == 0 && s.kv_blocks_used == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    t.finish().await;
+}

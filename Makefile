@@ -4,7 +4,7 @@ BIND ?= 127.0.0.1:8080
 CARGO ?= cargo
 ENGRAM := target/release/engram
 
-.PHONY: run test setup build lint bench-ingest clean
+.PHONY: run test setup build lint bench-ingest dist-cuda clean
 
 ## make run: set up, build, ingest the demo corpus (idempotent) and serve on $(BIND).
 run: setup build
@@ -31,6 +31,18 @@ lint:
 ## make bench-ingest: ingestion throughput and BM25 latency on the MuSiQue corpus (SQLite and PostgreSQL).
 bench-ingest: build
 	bash scripts/bench-ingest.sh
+
+## make dist-cuda: stripped release binaries for the GPU machine (engram, gzipped to fit the device tool's
+## 64 MiB limit, and the CUDA parity tests) in dist/;
+## run them there with `bash scripts/device_cuda.sh` (see BENCHMARKS.md).
+dist-cuda:
+	$(CARGO) build --release --locked --bin engram
+	$(CARGO) test --release --locked --test cuda_parity --no-run
+	mkdir -p dist
+	strip -o dist/engram target/release/engram
+	gzip -9 -f dist/engram
+	strip -o dist/cuda_parity $$(ls -t target/release/deps/cuda_parity-* | grep -v '\.d$$' | head -1)
+	du -sh dist
 
 clean:
 	rm -rf $(DATA_DIR)

@@ -5,9 +5,10 @@ use crate::config::{Config, VectorBackend};
 use crate::embed::bert::BertEmbedder;
 use crate::embed::{EmbedError, Embedder};
 use crate::engine::backend::cpu::CpuBackend;
+use crate::engine::bench::load_model;
+use crate::engine::device::{self, DeviceSpec, Resolved};
 use crate::engine::generator::{EngineError, Generator};
-use crate::engine::llama::LlamaModel;
-use crate::engine::model::{ModelError, ModelFiles};
+use crate::engine::model::ModelError;
 use crate::engine::runner::{Engine, EngineConfig};
 use crate::graph::{GraphError, GraphIndex, GraphVectors};
 use crate::index::vectors::{
@@ -189,18 +190,27 @@ impl App {
     }
 }
 
-/// Loads the generation model (a Hugging Face directory or `synthetic:NAME`) on the CPU backend and starts the
-/// engine thread.
+/// Loads the generation model (a Hugging Face directory or `synthetic:NAME`) on the configured device
+/// (`engine.device`) and starts the engine thread.
 async fn open_engine(spec: &str, config: &EngineConfig) -> Result<Arc<dyn Generator>, StartError> {
     let spec = spec.to_string();
     let config = config.clone();
     let started = std::time::Instant::now();
     let engine = tokio::task::spawn_blocking(move || -> Result<Engine, StartError> {
-        let files = ModelFiles::load(&spec)?;
-        let model =
-            LlamaModel::new(CpuBackend, &files).map_err(|e| EngineError::Start(e.to_string()))?;
-        let tokenizer = Arc::new(files.tokenizer);
-        Ok(Engine::start(model, tokenizer, files.name, &config)?)
+        let start = |e: &dyn std::fmt::Display| EngineError::Start(e.to_string());
+        let device: DeviceSpec = config.device.parse().map_err(|e| start(&e))?;
+        match device::resolve(device).map_err(|e| start(&e))? {
+            Resolved::Cpu => {
+                let (model, tokenizer, name) =
+                    load_model(CpuBackend, &spec).map_err(|e| start(&e))?;
+                Ok(Engine::start(model, Arc::new(tokenizer), name, &config)?)
+            }
+            Resolved::Cuda(backend) => {
+                let (model, tokenizer, name) =
+                    load_model(*backend, &spec).map_err(|e| start(&e))?;
+                Ok(Engine::start(model, Arc::new(tokenizer), name, &config)?)
+            }
+        }
     })
     .await
     .map_err(|e| StartError::Task(e.to_string()))??;

@@ -301,6 +301,12 @@ impl Config {
             });
         }
         let e = &self.engine;
+        if let Err(err) = e.device.parse::<crate::engine::device::DeviceSpec>() {
+            return Err(ConfigError::Invalid {
+                key: "engine.device",
+                message: err.to_string(),
+            });
+        }
         for (key, v, lo, hi) in [
             ("engine.block_size", e.block_size, 1, 1024),
             ("engine.kv_cache_mib", e.kv_cache_mib, 1, 1 << 20),

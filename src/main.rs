@@ -53,9 +53,17 @@ enum Command {
         /// Log one JSON object per line.
         #[arg(long)]
         json_logs: bool,
-        /// Generation model: a Hugging Face directory or `synthetic:NAME` (tiny, qwen2.5-0.5b).
+        /// Generation model: a Hugging Face directory or `synthetic:NAME` (tiny, qwen2.5-0.5b, llama-3-8b).
         #[arg(long)]
         model: Option<String>,
+        /// Where the model runs: auto, cpu, cuda or cuda:N.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Benchmark the inference engine (prefill or decode) on a model, as JSON and a table.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
     },
     /// Ingest files or directories (txt, md, html, pdf, json, jsonl) through the ingestion pipeline.
     Ingest {
@@ -97,6 +105,48 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Prefill: the 64 long-tailed benchmark prompts (16-2,048 tokens, seed 42) prepacked, and long prompts.
+    Prefill {
+        #[command(flatten)]
+        common: BenchFlags,
+        /// Timed repetitions per configuration (median reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
+    /// Greedy decode at the given batch sizes after a prefill of 128-token prompts.
+    Decode {
+        #[command(flatten)]
+        common: BenchFlags,
+        /// Batch sizes, comma-separated.
+        #[arg(long, default_value = "1,64")]
+        batch: String,
+        /// New tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        steps: usize,
+        /// Prompt tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// Also time every operation of 16 profiled steps (device events) and print the breakdown.
+        #[arg(long)]
+        profile: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchFlags {
+    /// Model: a Hugging Face directory or `synthetic:NAME`.
+    #[arg(long, default_value = "synthetic:llama-3-8b")]
+    model: String,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn load_config(
     cli_config: Option<&Path>,
     storage: &StorageFlags,
@@ -136,8 +186,12 @@ async fn main() -> Result<()> {
             api_key,
             json_logs,
             model,
+            device,
         } => {
             let mut extra = Figment::new();
+            if let Some(device) = device {
+                extra = extra.merge(Serialized::global("engine.device", device));
+            }
             if let Some(bind) = bind {
                 extra = extra.merge(Serialized::global("server.bind", bind));
             }
@@ -161,6 +215,7 @@ async fn main() -> Result<()> {
             engram::server::serve(app, listener, CancellationToken::new()).await?;
             Ok(())
         }
+        Command::Bench { what } => engram_bench::run(what),
         Command::Ingest {
             storage,
             paths,
@@ -332,4 +387,140 @@ async fn ingest_with_progress(app: &Arc<App>, documents: &[NewDocument]) -> Resu
         eprintln!("  item {} ({}): {} {}", e.index, e.title, e.code, e.message);
     }
     Ok(())
+}
+
+/// `engram bench`: loads the model on the device and runs the benchmark.
+mod engram_bench {
+    use super::{BenchCommand, BenchFlags};
+    use anyhow::{Context, Result};
+    use engram::engine::backend::cpu::CpuBackend;
+    use engram::engine::backend::Backend;
+    use engram::engine::bench::{self, DeviceProbe};
+    use engram::engine::device::{self, DeviceSpec, Resolved};
+
+    pub fn run(what: BenchCommand) -> Result<()> {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        let common = match &what {
+            BenchCommand::Prefill { common, .. } | BenchCommand::Decode { common, .. } => {
+                common.clone()
+            }
+        };
+        let spec: DeviceSpec = common.device.parse()?;
+        match device::resolve(spec)? {
+            Resolved::Cpu => on(CpuBackend, &common, &what),
+            Resolved::Cuda(b) => on(*b, &common, &what),
+        }
+    }
+
+    fn on<B: Backend + DeviceProbe>(
+        backend: B,
+        common: &BenchFlags,
+        what: &BenchCommand,
+    ) -> Result<()> {
+        let t = std::time::Instant::now();
+        let (model, _, _) = bench::load_model(backend, &common.model)
+            .with_context(|| format!("loading {}", common.model))?;
+        model.backend().synchronize()?;
+        eprintln!(
+            "model {} loaded in {:.1} s on {}",
+            common.model,
+            t.elapsed().as_secs_f64(),
+            model.backend().device()
+        );
+        let json = match what {
+            BenchCommand::Prefill { reps, .. } => {
+                let r = bench::bench_prefill(&model, &common.model, *reps)?;
+                println!(
+                    "device {} | model {} ({} params)",
+                    r.device, r.model, r.params
+                );
+                if let (Some(g), Some(bw)) = (r.gemm_flops, r.copy_bytes_per_s) {
+                    println!(
+                        "measured ceilings: bf16 GEMM {:.0} TFLOP/s, copy {:.0} GB/s",
+                        g / 1e12,
+                        bw / 1e9
+                    );
+                }
+                println!("| run | tokens | passes | median s | tokens/s | TFLOP/s | MFU (measured) | MFU (790) | peak GB |");
+                println!("|---|---|---|---|---|---|---|---|---|");
+                for x in &r.runs {
+                    println!(
+                        "| {} | {} | {} | {:.4} | {:.0} | {:.1} | {} | {:.3} | {} |",
+                        x.label,
+                        x.tokens,
+                        x.passes,
+                        x.seconds,
+                        x.tokens_per_s,
+                        x.tflops,
+                        x.mfu_measured.map_or("-".into(), |m| format!("{m:.3}")),
+                        x.mfu_reference,
+                        x.peak_bytes
+                            .map_or("-".into(), |b| format!("{:.2}", b as f64 / 1e9)),
+                    );
+                }
+                serde_json::to_string_pretty(&r)?
+            }
+            BenchCommand::Decode {
+                batch,
+                steps,
+                prompt_len,
+                profile,
+                ..
+            } => {
+                let batches: Vec<usize> = batch
+                    .split(',')
+                    .map(|b| b.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .context("--batch must be comma-separated integers")?;
+                let r = bench::bench_decode(
+                    &model,
+                    &common.model,
+                    &batches,
+                    *prompt_len,
+                    *steps,
+                    *profile,
+                )?;
+                println!("device {} | model {}", r.device, r.model);
+                println!("| batch | decode tokens/s | step ms (median) | enqueue ms | end-to-end tokens/s | roofline tokens/s | fraction |");
+                println!("|---|---|---|---|---|---|---|");
+                for x in &r.runs {
+                    println!(
+                        "| {} | {:.1} | {:.3} | {:.3} | {:.1} | {} | {} |",
+                        x.batch,
+                        x.tokens_per_s,
+                        x.step_ms_median,
+                        x.enqueue_ms_median,
+                        x.end_to_end_tokens_per_s,
+                        x.roofline_tokens_per_s
+                            .map_or("-".into(), |v| format!("{v:.1}")),
+                        x.roofline_fraction
+                            .map_or("-".into(), |v| format!("{v:.3}")),
+                    );
+                }
+                for x in r.runs.iter().filter(|x| !x.profile.is_empty()) {
+                    println!(
+                        "profile, batch {} (device ms per step, calls per step):",
+                        x.batch
+                    );
+                    for p in &x.profile {
+                        println!(
+                            "  {:>8.3} ms {:>6.1}x  {}",
+                            p.ms_per_step, p.calls_per_step, p.op
+                        );
+                    }
+                }
+                serde_json::to_string_pretty(&r)?
+            }
+        };
+        if let Some(out) = &common.out {
+            std::fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+        }
+        Ok(())
+    }
 }

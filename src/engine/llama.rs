@@ -3,6 +3,7 @@
 //! of the rows asked for.
 
 use super::backend::{AttentionBatch, Backend, BackendError, KvLayout, SeqChunk};
+use super::model::synthetic::{synthetic_plan, SyntheticTensor};
 use super::model::{ModelConfig, ModelError, ModelFiles};
 
 /// Errors of the model.
@@ -19,18 +20,14 @@ pub enum LlamaError {
     Batch(String),
 }
 
+/// One decoder layer; q/k/v and gate/up are fused into one projection each at load (rows stacked).
 struct Layer<T> {
     input_norm: T,
-    q: T,
-    k: T,
-    v: T,
-    q_bias: Option<T>,
-    k_bias: Option<T>,
-    v_bias: Option<T>,
+    qkv: T,
+    qkv_bias: Option<T>,
     o: T,
     post_norm: T,
-    gate: T,
-    up: T,
+    gate_up: T,
     down: T,
 }
 
@@ -74,32 +71,60 @@ pub struct StepBatch {
 impl<B: Backend> LlamaModel<B> {
     /// Moves the model's weights onto `backend`.
     pub fn new(backend: B, files: &ModelFiles) -> Result<Self, LlamaError> {
-        let c = &files.config;
-        let w = |name: &str| -> Result<B::Tensor, LlamaError> {
-            Ok(backend.weight(files.weights.get(name)?)?)
-        };
-        let opt = |name: &str| -> Result<Option<B::Tensor>, LlamaError> {
-            if c.attention_bias {
-                Ok(Some(w(name)?))
-            } else {
-                Ok(None)
-            }
+        let weights = &files.weights;
+        Self::build(backend, &files.config, |b, name, _shape| {
+            Ok(b.weight(weights.get(name)?)?)
+        })
+    }
+
+    /// A random-weight model of `config` made on the backend itself ([`Backend::random_weight`]), following
+    /// [`synthetic_plan`]: for real shapes (Llama-3-8B) whose weights are too large to build on the host.
+    pub fn synthetic(backend: B, config: &ModelConfig, seed: u64) -> Result<Self, LlamaError> {
+        config.validate()?;
+        let plan: std::collections::HashMap<String, SyntheticTensor> = synthetic_plan(config, seed)
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        Self::build(backend, config, |b, name, _shape| {
+            let t = plan.get(name).ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                files: "synthetic plan".into(),
+            })?;
+            Ok(b.random_weight(&t.shape, t.seed, t.offset, t.std)?)
+        })
+    }
+
+    fn build(
+        backend: B,
+        c: &ModelConfig,
+        source: impl Fn(&B, &str, &[usize]) -> Result<B::Tensor, LlamaError>,
+    ) -> Result<Self, LlamaError> {
+        let w = |name: &str| source(&backend, name, &[]);
+        // Stacks the named tensors' rows (each loaded, joined, then dropped).
+        let fused = |names: [String; 3], n: usize| -> Result<B::Tensor, LlamaError> {
+            let parts = names[..n]
+                .iter()
+                .map(|name| w(name))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(backend.concat_rows(&parts.iter().collect::<Vec<_>>())?)
         };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}.");
+            let attn =
+                |kind: &str| ["q", "k", "v"].map(|x| format!("{p}self_attn.{x}_proj.{kind}"));
+            let mlp = ["gate", "up", ""].map(|x| format!("{p}mlp.{x}_proj.weight"));
             layers.push(Layer {
                 input_norm: w(&format!("{p}input_layernorm.weight"))?,
-                q: w(&format!("{p}self_attn.q_proj.weight"))?,
-                k: w(&format!("{p}self_attn.k_proj.weight"))?,
-                v: w(&format!("{p}self_attn.v_proj.weight"))?,
-                q_bias: opt(&format!("{p}self_attn.q_proj.bias"))?,
-                k_bias: opt(&format!("{p}self_attn.k_proj.bias"))?,
-                v_bias: opt(&format!("{p}self_attn.v_proj.bias"))?,
+                qkv: fused(attn("weight"), 3)?,
+                qkv_bias: if c.attention_bias {
+                    Some(fused(attn("bias"), 3)?)
+                } else {
+                    None
+                },
                 o: w(&format!("{p}self_attn.o_proj.weight"))?,
                 post_norm: w(&format!("{p}post_attention_layernorm.weight"))?,
-                gate: w(&format!("{p}mlp.gate_proj.weight"))?,
-                up: w(&format!("{p}mlp.up_proj.weight"))?,
+                gate_up: fused(mlp, 2)?,
                 down: w(&format!("{p}mlp.down_proj.weight"))?,
             });
         }
@@ -154,6 +179,38 @@ impl<B: Backend> LlamaModel<B> {
         batch: &StepBatch,
         block_size: usize,
     ) -> Result<Vec<Vec<f32>>, LlamaError> {
+        let Some(logits) = self.forward_logits(kv, batch, block_size)? else {
+            return Ok(Vec::new());
+        };
+        let (data, rows, vocab) = self.backend.to_host(&logits)?;
+        Ok((0..rows)
+            .map(|r| data[r * vocab..(r + 1) * vocab].to_vec())
+            .collect())
+    }
+
+    /// Runs one step and picks the next token of each of `batch.logits_rows` on the backend
+    /// ([`Backend::select_tokens`]: greedy at temperature 0), so only token ids leave the device.
+    pub fn forward_select(
+        &self,
+        kv: &mut B::Kv,
+        batch: &StepBatch,
+        block_size: usize,
+        temperature: f32,
+        seed: u64,
+    ) -> Result<Vec<u32>, LlamaError> {
+        match self.forward_logits(kv, batch, block_size)? {
+            Some(logits) => Ok(self.backend.select_tokens(&logits, temperature, seed)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Runs one step, leaving the logits of `batch.logits_rows` on the backend (`None` when no row is asked for).
+    pub fn forward_logits(
+        &self,
+        kv: &mut B::Kv,
+        batch: &StepBatch,
+        block_size: usize,
+    ) -> Result<Option<B::Tensor>, LlamaError> {
         let n = batch.tokens.len();
         let described: usize = batch.seqs.iter().map(|s| s.q_len).sum();
         if n == 0 || batch.positions.len() != n || batch.slots.len() != n || described != n {
@@ -172,29 +229,29 @@ impl<B: Backend> LlamaModel<B> {
         let mut residual = b.embed(&self.embed, &batch.tokens)?;
         let mut h = b.rms_norm(&residual, &self.layers[0].input_norm, eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut q = b.linear(&h, &layer.q, layer.q_bias.as_ref())?;
-            let mut k = b.linear(&h, &layer.k, layer.k_bias.as_ref())?;
-            let v = b.linear(&h, &layer.v, layer.v_bias.as_ref())?;
-            b.rope(&mut q, c.head_dim, &batch.positions, &self.inv_freq)?;
-            b.rope(&mut k, c.head_dim, &batch.positions, &self.inv_freq)?;
-            b.write_kv(kv, i, &k, &v, &batch.slots)?;
+            let qkv = b.linear(&h, &layer.qkv, layer.qkv_bias.as_ref())?;
+            let q = b.rope_qkv_write(
+                &qkv,
+                kv,
+                i,
+                c.num_heads,
+                &batch.positions,
+                &batch.slots,
+                &self.inv_freq,
+            )?;
             let attn = b.attention(&q, kv, i, c.num_heads, &attention)?;
             let o = b.linear(&attn, &layer.o, None)?;
             h = b.add_rms_norm(&mut residual, &o, &layer.post_norm, eps)?;
-            let gate = b.linear(&h, &layer.gate, None)?;
-            let up = b.linear(&h, &layer.up, None)?;
-            let mlp = b.linear(&b.swiglu(&gate, &up)?, &layer.down, None)?;
+            let gate_up = b.linear(&h, &layer.gate_up, None)?;
+            let mlp = b.linear(&b.swiglu_packed(&gate_up)?, &layer.down, None)?;
             let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
             h = b.add_rms_norm(&mut residual, &mlp, next_norm, eps)?;
         }
         if batch.logits_rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let last = b.gather_rows(&h, &batch.logits_rows)?;
         let logits = b.linear(&last, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
-        let (data, rows, vocab) = b.to_host(&logits)?;
-        Ok((0..rows)
-            .map(|r| data[r * vocab..(r + 1) * vocab].to_vec())
-            .collect())
+        Ok(Some(logits))
     }
 }

@@ -3,6 +3,8 @@
 //! Dynamic SplitFuse ([`scheduler`]) and sampling ([`sampling`]).
 
 pub mod backend;
+pub mod bench;
+pub mod device;
 pub mod generator;
 pub mod kv_cache;
 pub mod llama;

@@ -27,6 +27,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 pub struct EngineConfig {
     /// `synthetic:NAME` or a Hugging Face model directory; none: no generation endpoints.
     pub model: Option<String>,
+    /// Where the model runs: `auto` (CUDA device 0 when usable, else the CPU), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
     /// Tokens per KV block.
     pub block_size: usize,
     /// Memory for the KV cache, MiB.
@@ -43,6 +45,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             model: None,
+            device: "auto".into(),
             block_size: 16,
             kv_cache_mib: 512,
             token_budget: 512,

@@ -306,6 +306,60 @@ impl Backend for CpuBackend {
     fn to_host(&self, x: &Tensor) -> Result<(Vec<f32>, usize, usize), BackendError> {
         host(x, "to_host")
     }
+
+    fn concat_rows(&self, parts: &[&Tensor]) -> Result<Tensor, BackendError> {
+        Tensor::cat(parts, 0).map_err(op_err("concat_rows"))
+    }
+
+    fn rope_qkv_write(
+        &self,
+        qkv: &Tensor,
+        kv: &mut CpuKv,
+        layer: usize,
+        heads: usize,
+        positions: &[u32],
+        slots: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<Tensor, BackendError> {
+        let hd = kv.layout.head_dim;
+        let (q_width, kv_width) = (heads * hd, kv.layout.kv_heads * hd);
+        let part = |start: usize, len: usize| {
+            qkv.narrow(1, start, len)
+                .and_then(|t| t.contiguous())
+                .map_err(op_err("rope_qkv_write"))
+        };
+        let (mut q, mut k, v) = (
+            part(0, q_width)?,
+            part(q_width, kv_width)?,
+            part(q_width + kv_width, kv_width)?,
+        );
+        self.rope(&mut q, hd, positions, inv_freq)?;
+        self.rope(&mut k, hd, positions, inv_freq)?;
+        self.write_kv(kv, layer, &k, &v, slots)?;
+        Ok(q)
+    }
+
+    fn swiglu_packed(&self, gate_up: &Tensor) -> Result<Tensor, BackendError> {
+        let (_, c) = gate_up.dims2().map_err(op_err("swiglu_packed"))?;
+        let half = |start: usize| {
+            gate_up
+                .narrow(1, start, c / 2)
+                .and_then(|t| t.contiguous())
+                .map_err(op_err("swiglu_packed"))
+        };
+        self.swiglu(&half(0)?, &half(c / 2)?)
+    }
+
+    fn random_weight(
+        &self,
+        shape: &[usize],
+        seed: u64,
+        offset: f32,
+        std: f32,
+    ) -> Result<Tensor, BackendError> {
+        crate::engine::model::synthetic::random_host_tensor(shape, seed, offset, std)
+            .map_err(op_err("random_weight"))
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! implements the same operations with NVRTC kernels and cuBLASLt.
 
 pub mod cpu;
+pub mod cuda;
 
 /// Errors of a backend.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,9 @@ pub enum BackendError {
         /// Why.
         reason: String,
     },
+    /// The CUDA backend failed (driver, NVRTC, cuBLASLt or a kernel, each named).
+    #[error(transparent)]
+    Cuda(#[from] cuda::CudaError),
     /// Inputs of an operation do not agree (a bug in the caller).
     #[error("{op}: {reason}")]
     Shape {
@@ -146,4 +150,82 @@ pub trait Backend: Send + Sync + 'static {
     fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor, BackendError>;
     /// Copies a 2-D tensor to the host, row-major, with its shape.
     fn to_host(&self, x: &Self::Tensor) -> Result<(Vec<f32>, usize, usize), BackendError>;
+    /// The rows of `parts` stacked (weights of equal width, or rank-1 biases joined): fused projections.
+    fn concat_rows(&self, parts: &[&Self::Tensor]) -> Result<Self::Tensor, BackendError>;
+    /// The attention prologue on the fused projection `qkv` (`[tokens, (heads + 2 * kv_heads) * head_dim]`:
+    /// q, then k, then v): RoPE on q and k at `positions`, k and v written to `layer`'s cache at `slots`;
+    /// returns the rotated q (`[tokens, heads * head_dim]`).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_qkv_write(
+        &self,
+        qkv: &Self::Tensor,
+        kv: &mut Self::Kv,
+        layer: usize,
+        heads: usize,
+        positions: &[u32],
+        slots: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<Self::Tensor, BackendError>;
+    /// `silu(gate) * up` on the fused projection `[tokens, 2 * inter]` (gate columns first).
+    fn swiglu_packed(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// A weight of `shape` (rank 1 or 2) filled with `offset + std * uniform noise` from `seed`, made on the
+    /// backend itself (random-weight models too large for the host). Backends may use different generators.
+    fn random_weight(
+        &self,
+        shape: &[usize],
+        seed: u64,
+        offset: f32,
+        std: f32,
+    ) -> Result<Self::Tensor, BackendError>;
+    /// The next token of each row of `logits` (`[rows, vocab]`): the argmax when `temperature` is 0, else a
+    /// draw from `softmax(logits / temperature)` by the Gumbel-max trick with noise from `seed` (see
+    /// [`gumbel_noise`]). Ties go to the lowest id. GPUs do this on the device so only the ids are copied back.
+    fn select_tokens(
+        &self,
+        logits: &Self::Tensor,
+        temperature: f32,
+        seed: u64,
+    ) -> Result<Vec<u32>, BackendError> {
+        let (data, rows, vocab) = self.to_host(logits)?;
+        Ok((0..rows)
+            .map(|r| select_row(&data[r * vocab..(r + 1) * vocab], r, temperature, seed))
+            .collect())
+    }
+    /// Waits for the backend's queued work (a no-op on the CPU).
+    fn synchronize(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// splitmix64's finaliser, as in `kernels/prelude.cuh`.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The Gumbel noise `-ln(-ln u)` added to token `id` of row `row` under `seed`, the same on every backend.
+pub fn gumbel_noise(seed: u64, row: usize, id: usize) -> f32 {
+    let bits = mix64(seed ^ mix64(((row as u64) << 32) | id as u64));
+    let u = ((bits >> 40) as f32 + 0.5) * (1.0 / 16_777_216.0);
+    -(-u.ln()).ln()
+}
+
+/// Host version of [`Backend::select_tokens`] for one row.
+pub fn select_row(logits: &[f32], row: usize, temperature: f32, seed: u64) -> u32 {
+    let mut best = (f32::NEG_INFINITY, 0u32);
+    let mut found = false;
+    for (i, &l) in logits.iter().enumerate() {
+        let v = if temperature > 0.0 {
+            l / temperature + gumbel_noise(seed, row, i)
+        } else {
+            l
+        };
+        if v > best.0 || !found && v == best.0 {
+            best = (v, i as u32);
+            found = true;
+        }
+    }
+    best.1
 }

@@ -118,20 +118,62 @@ pub fn synthetic_weights(config: &ModelConfig, seed: u64) -> Result<Weights, Mod
         )));
     }
     let mut map = HashMap::new();
-    for (name, shape) in expected_tensors(config) {
-        let (offset, std) = if name.ends_with("norm.weight") {
-            (1.0, 0.02)
-        } else {
-            (0.0, 0.02)
-        };
-        let mut data = vec![0f32; shape.iter().product()];
-        fill(&mut data, mix(seed ^ fnv1a(&name)), offset, std);
-        let tensor = Tensor::from_vec(data, shape, &Device::Cpu).map_err(|e| {
-            ModelError::Unsupported(format!("building synthetic tensor {name}: {e}"))
+    for t in synthetic_plan(config, seed) {
+        let tensor = random_host_tensor(&t.shape, t.seed, t.offset, t.std).map_err(|e| {
+            ModelError::Unsupported(format!("building synthetic tensor {}: {e}", t.name))
         })?;
-        map.insert(name, tensor);
+        map.insert(t.name, tensor);
     }
     Ok(Weights::from_tensors(map))
+}
+
+/// One tensor of a synthetic model: its name, shape, stream seed and distribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticTensor {
+    /// Hugging Face tensor name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Seed of its random stream (the model seed mixed with the name).
+    pub seed: u64,
+    /// Mean: 1 for norm weights, else 0.
+    pub offset: f32,
+    /// Standard deviation (0.02).
+    pub std: f32,
+}
+
+/// Every tensor of a synthetic model with how it is drawn; backends that build weights on the device
+/// ([`crate::engine::llama::LlamaModel::synthetic`]) follow this plan with their own generator.
+pub fn synthetic_plan(config: &ModelConfig, seed: u64) -> Vec<SyntheticTensor> {
+    expected_tensors(config)
+        .into_iter()
+        .map(|(name, shape)| {
+            let offset = if name.ends_with("norm.weight") {
+                1.0
+            } else {
+                0.0
+            };
+            SyntheticTensor {
+                seed: mix(seed ^ fnv1a(&name)),
+                name,
+                shape,
+                offset,
+                std: 0.02,
+            }
+        })
+        .collect()
+}
+
+/// A host f32 tensor of `offset + uniform noise of standard deviation std` from `seed` (the CPU generator).
+pub fn random_host_tensor(
+    shape: &[usize],
+    seed: u64,
+    offset: f32,
+    std: f32,
+) -> candle_core::Result<Tensor> {
+    let mut data = vec![0f32; shape.iter().product()];
+    fill(&mut data, seed, offset, std);
+    Tensor::from_vec(data, shape, &Device::Cpu)
 }
 
 /// A byte-level BPE tokenizer built in code: the 256 byte tokens (ids = byte values, GPT-2 byte-to-char

@@ -1,0 +1,332 @@
+// Attention over the paged KV cache.
+//
+// Cache layout (one buffer per layer for K and one for V): row `slot` holds the keys (values) of every KV head of
+// one token, `kv_heads * D` bf16; slot = block_table[j / block_size] * block_size + j % block_size for the j-th
+// token of a sequence. Queries are the packed batch's rows, `heads * D` bf16 each.
+//
+// Sequences are described by four arrays indexed by sequence: row0 (first packed row of its chunk), q_len,
+// ctx (tokens in the cache, the chunk included: query i of the chunk sits at position ctx - q_len + i and sees
+// keys 0..=that position) and table0 (offset of its block table in `tables`).
+//
+// attn_prefill_dD: FlashAttention-2-style tiling on tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate),
+// no dense mask: a block takes 64 query rows of one sequence and one head, loops over 64-key tiles up to its last
+// row's position with an online softmax. Work items (`work`, pairs of sequence index and 64-row tile index) list
+// the tiles, so prompts of any lengths share one launch.
+//
+// attn_decode_dD + attn_combine: one query row per sequence (decode). A block takes one sequence, one KV head (all
+// its query heads at once, so each key is read once per group) and one split of the context; the combine kernel
+// merges the splits' partial softmax sums (flash-decoding).
+
+#define TILE 64
+#define PAD 8
+
+__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Loads keys [first, first + TILE) of one KV head into shared memory (rows past `last` are zeroed).
+template <int D>
+__device__ __forceinline__ void load_tile(bf16_t (*dst)[D + PAD], const bf16_t* __restrict__ cache,
+                                          const u32* __restrict__ table, int block_size, int kv_width, int head_off,
+                                          int first, int last) {
+    const int chunks = D / 8;  // 16-byte pieces per row
+    for (int c = threadIdx.x; c < TILE * chunks; c += blockDim.x) {
+        int r = c / chunks, piece = c - r * chunks;
+        int j = first + r;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (j <= last) {
+            size_t slot = (size_t)table[j / block_size] * block_size + (j % block_size);
+            val = *reinterpret_cast<const uint4*>(cache + slot * kv_width + head_off + piece * 8);
+        }
+        *reinterpret_cast<uint4*>(&dst[r][piece * 8]) = val;
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16_t* __restrict__ kc,
+                                        const bf16_t* __restrict__ vc, bf16_t* __restrict__ out,
+                                        const u32* __restrict__ work, const u32* __restrict__ row0,
+                                        const u32* __restrict__ q_len, const u32* __restrict__ ctx,
+                                        const u32* __restrict__ table0, const u32* __restrict__ tables, int heads,
+                                        int kv_heads, int block_size, float scale_log2) {
+    __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
+    __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
+    const int seq = work[2 * blockIdx.x], tile = work[2 * blockIdx.x + 1];
+    const int head = blockIdx.y, kvh = head / (heads / kv_heads);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int ql = q_len[seq], cl = ctx[seq], start = cl - ql;
+    const u32* table = tables + table0[seq];
+    const int q_width = heads * D, kv_width = kv_heads * D;
+    const int tile_rows = min(TILE, ql - tile * TILE);
+    // This thread's two query rows (g and g + 8 of its warp's 16) and their positions.
+    const int qi0 = tile * TILE + warp * 16 + g, qi1 = qi0 + 8;
+    const bool ok0 = qi0 < ql, ok1 = qi1 < ql;
+    const int p0 = ok0 ? start + qi0 : start, p1 = ok1 ? start + qi1 : start;
+    const bf16_t* q0 = q + (size_t)(row0[seq] + (ok0 ? qi0 : 0)) * q_width + head * D;
+    const bf16_t* q1 = q + (size_t)(row0[seq] + (ok1 ? qi1 : 0)) * q_width + head * D;
+
+    u32 qa[D / 16][4];
+#pragma unroll
+    for (int s = 0; s < D / 16; ++s) {
+        qa[s][0] = ok0 ? *reinterpret_cast<const u32*>(q0 + s * 16 + 2 * t) : 0u;
+        qa[s][1] = ok1 ? *reinterpret_cast<const u32*>(q1 + s * 16 + 2 * t) : 0u;
+        qa[s][2] = ok0 ? *reinterpret_cast<const u32*>(q0 + s * 16 + 8 + 2 * t) : 0u;
+        qa[s][3] = ok1 ? *reinterpret_cast<const u32*>(q1 + s * 16 + 8 + 2 * t) : 0u;
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+
+    const int last_key = start + tile * TILE + tile_rows - 1;  // the block's last row's position
+    for (int first = 0; first <= last_key; first += TILE) {
+        __syncthreads();
+        load_tile<D>(ks, kc, table, block_size, kv_width, kvh * D, first, last_key);
+        load_tile<D>(vs, vc, table, block_size, kv_width, kvh * D, first, last_key);
+        __syncthreads();
+        float s[TILE / 8][4];
+#pragma unroll
+        for (int n = 0; n < TILE / 8; ++n) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int k = 0; k < D / 16; ++k) {
+                u32 b0 = *reinterpret_cast<const u32*>(&ks[n * 8 + g][k * 16 + 2 * t]);
+                u32 b1 = *reinterpret_cast<const u32*>(&ks[n * 8 + g][k * 16 + 8 + 2 * t]);
+                mma_bf16(s[n], qa[k][0], qa[k][1], qa[k][2], qa[k][3], b0, b1);
+            }
+        }
+        // Scale into the log2 domain, mask the future, and take each row's max over the tile.
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int n = 0; n < TILE / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                int j = first + n * 8 + 2 * t + e;
+                s[n][e] = j <= p0 ? s[n][e] * scale_log2 : NEG_INF;
+                s[n][2 + e] = j <= p1 ? s[n][2 + e] * scale_log2 : NEG_INF;
+                mx0 = fmaxf(mx0, s[n][e]);
+                mx1 = fmaxf(mx1, s[n][2 + e]);
+            }
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+        // Key 0 is visible to every row, so after the first tile the maxima are finite.
+        const float b0 = n0 == NEG_INF ? 0.0f : n0, b1 = n1 == NEG_INF ? 0.0f : n1;
+        const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
+        m0 = n0;
+        m1 = n1;
+        l0 *= a0;
+        l1 *= a1;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            o[n][0] *= a0;
+            o[n][1] *= a0;
+            o[n][2] *= a1;
+            o[n][3] *= a1;
+        }
+#pragma unroll
+        for (int n = 0; n < TILE / 8; ++n) {
+            s[n][0] = exp2f(s[n][0] - b0);
+            s[n][1] = exp2f(s[n][1] - b0);
+            s[n][2] = exp2f(s[n][2] - b1);
+            s[n][3] = exp2f(s[n][3] - b1);
+            l0 += s[n][0] + s[n][1];
+            l1 += s[n][2] + s[n][3];
+        }
+        // O += P V: P's accumulators become A fragments (two 8-key tiles make one 16-key step).
+#pragma unroll
+        for (int k = 0; k < TILE / 16; ++k) {
+            u32 pa0 = pack_bf2(s[2 * k][0], s[2 * k][1]);
+            u32 pa1 = pack_bf2(s[2 * k][2], s[2 * k][3]);
+            u32 pa2 = pack_bf2(s[2 * k + 1][0], s[2 * k + 1][1]);
+            u32 pa3 = pack_bf2(s[2 * k + 1][2], s[2 * k + 1][3]);
+            const int r = k * 16 + 2 * t;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                const int d = n * 8 + g;
+                u32 vb0 = (u32)vs[r][d] | ((u32)vs[r + 1][d] << 16);
+                u32 vb1 = (u32)vs[r + 8][d] | ((u32)vs[r + 9][d] << 16);
+                mma_bf16(o[n], pa0, pa1, pa2, pa3, vb0, vb1);
+            }
+        }
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float r0 = 1.0f / l0, r1 = 1.0f / l1;
+    bf16_t* out0 = out + (size_t)(row0[seq] + qi0) * q_width + head * D;
+    bf16_t* out1 = out + (size_t)(row0[seq] + qi1) * q_width + head * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        if (ok0) *reinterpret_cast<u32*>(out0 + n * 8 + 2 * t) = pack_bf2(o[n][0] * r0, o[n][1] * r0);
+        if (ok1) *reinterpret_cast<u32*>(out1 + n * 8 + 2 * t) = pack_bf2(o[n][2] * r1, o[n][3] * r1);
+    }
+}
+
+#define MAX_GROUP 8
+
+// Partial attention of one sequence's single query row, for the query heads of one KV head, over keys
+// [split * split_len, min(ctx, (split + 1) * split_len)). Writes unnormalised partial outputs, maxima (log2
+// domain) and sums to part_o [seq][head][split][D], part_m / part_l [seq][head][split]. Grid: (sequences,
+// kv_heads, splits); 128 threads.
+template <int D>
+__device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_t* __restrict__ kc,
+                                       const bf16_t* __restrict__ vc, float* __restrict__ part_o,
+                                       float* __restrict__ part_m, float* __restrict__ part_l,
+                                       const u32* __restrict__ row0, const u32* __restrict__ ctx,
+                                       const u32* __restrict__ table0, const u32* __restrict__ tables, int heads,
+                                       int kv_heads, int block_size, float scale_log2, int split_len, int splits) {
+    __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
+    __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
+    __shared__ float sc[MAX_GROUP][TILE];
+    __shared__ __align__(16) float qs[MAX_GROUP][D];
+    __shared__ float stat_m[MAX_GROUP], stat_a[MAX_GROUP];
+    const int seq = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    const int group = heads / kv_heads, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int cl = ctx[seq];
+    const int first_key = split * split_len, end_key = min(cl, first_key + split_len);
+    const u32* table = tables + table0[seq];
+    const int kv_width = kv_heads * D;
+    const size_t stat = ((size_t)seq * heads + kvh * group) * splits + split;  // + g * splits per head
+    if (first_key >= end_key) {
+        if (threadIdx.x < group) {
+            part_m[stat + threadIdx.x * splits] = NEG_INF;
+            part_l[stat + threadIdx.x * splits] = 0.0f;
+        }
+        return;
+    }
+    const bf16_t* qrow = q + (size_t)row0[seq] * heads * D + kvh * group * D;
+    for (int i = threadIdx.x; i < group * D; i += blockDim.x) qs[i / D][i % D] = bf2f(qrow[i]);
+    if (threadIdx.x < MAX_GROUP) stat_m[threadIdx.x] = NEG_INF;
+    float acc[MAX_GROUP];  // output element d = threadIdx.x (when < D) of each head of the group
+    float run_l[MAX_GROUP];
+#pragma unroll
+    for (int h = 0; h < MAX_GROUP; ++h) acc[h] = run_l[h] = 0.0f;
+    for (int first = first_key; first < end_key; first += TILE) {
+        const int last = min(end_key, first + TILE) - 1;
+        __syncthreads();
+        load_tile<D>(ks, kc, table, block_size, kv_width, kvh * D, first, last);
+        load_tile<D>(vs, vc, table, block_size, kv_width, kvh * D, first, last);
+        __syncthreads();
+        // Scores, one key per lane: warp w takes keys (w & 1) * 32 + lane for the heads h = w / 2, w / 2 + 2, ...
+        // (16-byte shared-memory reads of the key row, conflict-free per quarter warp; q is a broadcast).
+        {
+            const int r = (warp & 1) * 32 + lane, h0 = warp >> 1;
+            float dot[MAX_GROUP / 2];
+#pragma unroll
+            for (int i = 0; i < MAX_GROUP / 2; ++i) dot[i] = 0.0f;
+#pragma unroll 4
+            for (int e = 0; e < D; e += 8) {
+                float kf[8];
+                load8_bf16(&ks[r][e], kf);
+#pragma unroll
+                for (int i = 0; i < MAX_GROUP / 2; ++i) {
+                    const int h = h0 + 2 * i;
+                    if (h < group) {
+                        const float4 qa = *reinterpret_cast<const float4*>(&qs[h][e]);
+                        const float4 qb = *reinterpret_cast<const float4*>(&qs[h][e + 4]);
+                        dot[i] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] +
+                                  qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
+                    }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < MAX_GROUP / 2; ++i) {
+                const int h = h0 + 2 * i;
+                if (h < group) sc[h][r] = first + r <= last ? dot[i] * scale_log2 : NEG_INF;
+            }
+        }
+        __syncthreads();
+        // New running maxima: warp h (h < group, up to 4 at a time) reduces head h's scores.
+        for (int h = warp; h < group; h += 4) {
+            float mx = fmaxf(sc[h][lane], sc[h][lane + 32]);
+            mx = warp_max(mx);
+            if (lane == 0) {
+                float m_new = fmaxf(stat_m[h], mx);
+                stat_a[h] = exp2f(stat_m[h] - m_new);
+                stat_m[h] = m_new;
+            }
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < group * TILE; i += blockDim.x) {
+            int h = i / TILE, r = i % TILE;
+            sc[h][r] = exp2f(sc[h][r] - stat_m[h]);
+        }
+        __syncthreads();
+        const int d = threadIdx.x;
+#pragma unroll
+        for (int h = 0; h < MAX_GROUP; ++h) {
+            if (h < group) {
+                float a = stat_a[h], sum = 0.0f, o = 0.0f;
+                for (int r = 0; r < TILE; ++r) {
+                    float p = sc[h][r];
+                    sum += p;
+                    if (d < D) o += p * bf2f(vs[r][d]);
+                }
+                run_l[h] = run_l[h] * a + sum;
+                acc[h] = acc[h] * a + o;
+            }
+        }
+    }
+    const int d = threadIdx.x;
+#pragma unroll
+    for (int h = 0; h < MAX_GROUP; ++h) {
+        if (h < group) {
+            size_t at = stat + (size_t)h * splits;
+            if (d < D) part_o[at * D + d] = acc[h];
+            if (d == 0) {
+                part_m[at] = stat_m[h];
+                part_l[at] = run_l[h];
+            }
+        }
+    }
+}
+
+// Merges the splits of attn_decode: out row of seq, head = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+// Grid: (sequences, heads); D threads (at least 32).
+extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_m,
+                                        const float* __restrict__ part_l, const u32* __restrict__ row0,
+                                        bf16_t* __restrict__ out, int heads, int head_dim, int splits) {
+    const int seq = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
+    const size_t base = ((size_t)seq * heads + head) * splits;
+    float mx = NEG_INF;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_m[base + s]);
+    float num = 0.0f, den = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+        float m = part_m[base + s];
+        if (m == NEG_INF) continue;
+        float w = exp2f(m - mx);
+        den += part_l[base + s] * w;
+        if (d < head_dim) num += part_o[(base + s) * head_dim + d] * w;
+    }
+    if (d < head_dim) out[(size_t)row0[seq] * heads * head_dim + head * head_dim + d] = f2bf(num / den);
+}
+
+#define ATTENTION_KERNELS(D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) attn_prefill_d##D(                                     \
+        const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* out, const u32* work, const u32* row0,  \
+        const u32* q_len, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,    \
+        int block_size, float scale_log2) {                                                                  \
+        prefill<D>(q, kc, vc, out, work, row0, q_len, ctx, table0, tables, heads, kv_heads, block_size,      \
+                   scale_log2);                                                                              \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128) attn_decode_d##D(                                      \
+        const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
+        const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
+        int block_size, float scale_log2, int split_len, int splits) {                                       \
+        decode<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads, block_size, \
+                  scale_log2, split_len, splits);                                                            \
+    }
+
+ATTENTION_KERNELS(16)
+ATTENTION_KERNELS(32)
+ATTENTION_KERNELS(64)
+ATTENTION_KERNELS(128)

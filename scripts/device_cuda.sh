@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The CUDA run of issue 9, in one device call: kernel and whole-model parity against the CPU backend, then
+# `engram bench prefill` and `engram bench decode` on the random-weight Llama-3-8B shape, then the Hugging Face
+# transformers baselines on the same shape and prompts. Results land in $OUT (logs and JSON).
+#
+# Built here (no CUDA needed to build): `make dist-cuda` puts stripped binaries in dist/; then, through the device
+# tool, run `bash scripts/device_cuda.sh` with carry = ["dist"].
+# Stages can be picked: `bash scripts/device_cuda.sh parity prefill decode decode-cublaslt hf` (default: all).
+set -uo pipefail
+OUT=${OUT:-/tmp/engram-out}
+mkdir -p "$OUT"
+stages=${*:-parity prefill decode decode-cublaslt hf}
+# NVRTC and cuBLASLt come from the image's Python CUDA wheels (the driver is on the system path).
+libs=$(find / -xdev \( -name 'libnvrtc.so.13' -o -name 'libcublasLt.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export ENGRAM_KERNEL_CACHE=/tmp/engram-kernels RUST_LOG=${RUST_LOG:-info}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+echo "libraries: $LD_LIBRARY_PATH"
+mkdir -p /tmp/engram-bin && gunzip -c dist/engram.gz > /tmp/engram-bin/engram && chmod +x /tmp/engram-bin/engram
+ENGRAM=/tmp/engram-bin/engram
+for s in $stages; do
+  case $s in
+    parity)
+      echo "== parity"
+      dist/cuda_parity --test-threads=1 --nocapture 2>&1 | tee "$OUT/parity.log" | grep -E "relative error|within|test |panicked|result" ;;
+    prefill)
+      echo "== engram bench prefill"
+      $ENGRAM bench prefill --device cuda:0 --out "$OUT/prefill.json" 2>"$OUT/prefill.err" | tee "$OUT/prefill.txt"
+      tail -5 "$OUT/prefill.err" ;;
+    decode)
+      echo "== engram bench decode"
+      $ENGRAM bench decode --device cuda:0 --profile --out "$OUT/decode.json" 2>"$OUT/decode.err" | tee "$OUT/decode.txt"
+      tail -3 "$OUT/decode.err" ;;
+    decode-cublaslt)
+      echo "== engram bench decode, every product through cuBLASLt (ENGRAM_GEMV=0)"
+      ENGRAM_GEMV=0 $ENGRAM bench decode --device cuda:0 --out "$OUT/decode_cublaslt.json" 2>"$OUT/decode_cublaslt.err" | tee "$OUT/decode_cublaslt.txt"
+      tail -3 "$OUT/decode_cublaslt.err" ;;
+    hf)
+      echo "== transformers baselines"
+      PYTHONUNBUFFERED=1 python3 benches/baselines/hf_llama8b.py --out "$OUT/hf_baseline.json" > "$OUT/hf.log" 2>&1
+      tail -40 "$OUT/hf.log" ;;
+  esac
+done

@@ -1,0 +1,522 @@
+//! The CUDA backend against the CPU backend: every kernel on fresh random inputs (bf16-rounded, so both sides
+//! see the same values), and whole models (the transformers fixtures) end to end. Errors are relative,
+//! ‖cuda − cpu‖ / ‖cpu‖, with bf16 tolerances. Without a CUDA device each test says so and returns: these run on
+//! the GPU machine (see BENCHMARKS.md for the command and the recorded run).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use engram::engine::backend::cpu::CpuBackend;
+use engram::engine::backend::cuda::CudaBackend;
+use engram::engine::backend::{select_row, AttentionBatch, Backend, KvLayout, SeqChunk};
+use engram::engine::kv_cache::{KvCache, KvCacheConfig};
+use engram::engine::llama::LlamaModel;
+use engram::engine::model::ModelFiles;
+use engram::engine::prefill::{decode_step, prefill_prepacked};
+
+fn gpu() -> Option<&'static CudaBackend> {
+    static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    GPU.get_or_init(|| match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("no CUDA device, CUDA parity tests skipped: {e}");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// A small deterministic generator (xorshift) for test inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// bf16-representable values, uniform in [-scale, scale].
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| half::bf16::from_f32((self.unit() * 2.0 - 1.0) * scale).to_f32())
+            .collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn host(data: &[f32], rows: usize, cols: usize) -> Tensor {
+    Tensor::from_slice(data, (rows, cols), &Device::Cpu).unwrap()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite output");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Both backends' copies of the same host tensor.
+fn both(
+    g: &CudaBackend,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+) -> (Tensor, <CudaBackend as Backend>::Tensor) {
+    let t = host(data, rows, cols);
+    (CpuBackend.weight(&t).unwrap(), g.weight(&t).unwrap())
+}
+
+/// f32 residual streams on both backends holding `data` (through the embedding kernel).
+fn residual(
+    g: &CudaBackend,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+) -> (Tensor, <CudaBackend as Backend>::Tensor) {
+    let (ct, gt) = both(g, data, rows, cols);
+    let ids: Vec<u32> = (0..rows as u32).collect();
+    (
+        CpuBackend.embed(&ct, &ids).unwrap(),
+        g.embed(&gt, &ids).unwrap(),
+    )
+}
+
+fn cmp(
+    g: &CudaBackend,
+    cpu: &Tensor,
+    cuda: &<CudaBackend as Backend>::Tensor,
+    tol: f64,
+    what: &str,
+) {
+    let (want, r1, c1) = CpuBackend.to_host(cpu).unwrap();
+    let (got, r2, c2) = g.to_host(cuda).unwrap();
+    assert_eq!((r1, c1), (r2, c2), "{what}: shape");
+    let e = rel_err(&got, &want);
+    eprintln!("{what}: relative error {e:.2e}");
+    assert!(e < tol, "{what}: relative error {e:.3e} over {tol:.0e}");
+}
+
+#[test]
+fn embed_and_norms_match() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(1);
+    for &(rows, width) in &[(1, 64), (37, 896), (300, 4096), (5, 100), (2, 9000)] {
+        let table = r.vec(rows * width, 2.0);
+        let (ct, gt) = both(g, &table, rows, width);
+        let ids: Vec<u32> = (0..rows).map(|_| r.below(rows) as u32).collect();
+        let (ce, ge) = (
+            CpuBackend.embed(&ct, &ids).unwrap(),
+            g.embed(&gt, &ids).unwrap(),
+        );
+        cmp(g, &ce, &ge, 1e-6, &format!("embed {rows}x{width}"));
+        let w = r.vec(width, 1.0);
+        let (cw, gw) = both(g, &w, 1, width);
+        let cw = cw.flatten_all().unwrap();
+        cmp(
+            g,
+            &CpuBackend.rms_norm(&ce, &cw, 1e-5).unwrap(),
+            &g.rms_norm(&ge, &gw, 1e-5).unwrap(),
+            8e-3,
+            "rms_norm",
+        );
+        let delta = r.vec(rows * width, 1.0);
+        let (cd, gd) = both(g, &delta, rows, width);
+        let (mut cres, mut gres) = residual(g, &table, rows, width);
+        let cn = CpuBackend.add_rms_norm(&mut cres, &cd, &cw, 1e-6).unwrap();
+        let gn = g.add_rms_norm(&mut gres, &gd, &gw, 1e-6).unwrap();
+        cmp(g, &cn, &gn, 8e-3, "add_rms_norm output");
+        cmp(g, &cres, &gres, 1e-6, "add_rms_norm residual");
+        CpuBackend.add(&mut cres, &cd).unwrap();
+        g.add(&mut gres, &gd).unwrap();
+        cmp(g, &cres, &gres, 1e-6, "add");
+    }
+}
+
+#[test]
+fn linear_matches_with_and_without_bias() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(2);
+    for &(m, n, k) in &[
+        (1, 64, 64),
+        (7, 1024, 896),
+        (300, 4096, 4096),
+        (1, 14336, 4096),
+        (64, 4096, 14336),
+    ] {
+        let (cx, gx) = both(g, &r.vec(m * k, 1.0), m, k);
+        let (cw, gw) = both(g, &r.vec(n * k, 0.05), n, k);
+        cmp(
+            g,
+            &CpuBackend.linear(&cx, &cw, None).unwrap(),
+            &g.linear(&gx, &gw, None).unwrap(),
+            8e-3,
+            &format!("linear {m}x{n}x{k}"),
+        );
+        let b = r.vec(n, 1.0);
+        let (cb, gb) = both(g, &b, 1, n);
+        let cb = cb.flatten_all().unwrap();
+        cmp(
+            g,
+            &CpuBackend.linear(&cx, &cw, Some(&cb)).unwrap(),
+            &g.linear(&gx, &gw, Some(&gb)).unwrap(),
+            8e-3,
+            "linear + bias",
+        );
+    }
+}
+
+#[test]
+fn skinny_products_match_with_gemv_and_with_cublaslt() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(6);
+    for gemv in [true, false] {
+        g.set_gemv(gemv);
+        for &(m, n, k) in &[
+            (1, 6144, 4096),
+            (2, 4096, 4096),
+            (3, 28672, 4096),
+            (5, 4096, 14336),
+            (8, 1000, 64),
+            (1, 130, 24),
+        ] {
+            let (cx, gx) = both(g, &r.vec(m * k, 1.0), m, k);
+            let (cw, gw) = both(g, &r.vec(n * k, 0.05), n, k);
+            cmp(
+                g,
+                &CpuBackend.linear(&cx, &cw, None).unwrap(),
+                &g.linear(&gx, &gw, None).unwrap(),
+                8e-3,
+                &format!("linear (gemv {gemv}) {m}x{n}x{k}"),
+            );
+        }
+    }
+    g.set_gemv(true);
+}
+
+#[test]
+fn fused_attention_prologue_matches() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(7);
+    for &(heads, kv_heads, hd) in &[(4, 2, 16), (32, 8, 128), (14, 2, 64)] {
+        let rows = 37;
+        let layout = KvLayout {
+            layers: 2,
+            num_blocks: 8,
+            block_size: 16,
+            kv_heads,
+            head_dim: hd,
+        };
+        let mut ckv = CpuBackend.alloc_kv(layout).unwrap();
+        let mut gkv = g.alloc_kv(layout).unwrap();
+        let width = (heads + 2 * kv_heads) * hd;
+        let (cqkv, gqkv) = both(g, &r.vec(rows * width, 2.0), rows, width);
+        let positions: Vec<u32> = (0..rows as u32).collect();
+        // The sequence's blocks are 5, 2 and 7.
+        let table = vec![5u32, 2, 7];
+        let slots: Vec<u32> = (0..rows)
+            .map(|j| table[j / 16] * 16 + (j % 16) as u32)
+            .collect();
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| 10000f32.powf(-2.0 * i as f32 / hd as f32))
+            .collect();
+        let cq = CpuBackend
+            .rope_qkv_write(&cqkv, &mut ckv, 1, heads, &positions, &slots, &inv_freq)
+            .unwrap();
+        let gq = g
+            .rope_qkv_write(&gqkv, &mut gkv, 1, heads, &positions, &slots, &inv_freq)
+            .unwrap();
+        cmp(
+            g,
+            &cq,
+            &gq,
+            8e-3,
+            &format!("rope_qkv_write q, heads {heads}/{kv_heads} d{hd}"),
+        );
+        // The cached keys and values, through attention over them with the rotated queries.
+        let batch = AttentionBatch {
+            seqs: vec![SeqChunk {
+                q_len: rows,
+                context_len: rows,
+                block_table: table,
+            }],
+            block_size: 16,
+        };
+        let (cq2, gq2) = both(g, &CpuBackend.to_host(&cq).unwrap().0, rows, heads * hd);
+        let co = CpuBackend.attention(&cq2, &ckv, 1, heads, &batch).unwrap();
+        let go = g.attention(&gq2, &gkv, 1, heads, &batch).unwrap();
+        cmp(
+            g,
+            &co,
+            &go,
+            1.5e-2,
+            "attention over the fused prologue's cache",
+        );
+    }
+}
+
+#[test]
+fn rope_swiglu_and_gather_match() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(3);
+    for &(rows, heads, hd) in &[(5, 4, 16), (129, 32, 128), (64, 14, 64)] {
+        let width = heads * hd;
+        let data = r.vec(rows * width, 1.0);
+        let (mut cx, mut gx) = both(g, &data, rows, width);
+        let positions: Vec<u32> = (0..rows).map(|_| r.below(8192) as u32).collect();
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| 500000f32.powf(-2.0 * i as f32 / hd as f32))
+            .collect();
+        CpuBackend.rope(&mut cx, hd, &positions, &inv_freq).unwrap();
+        g.rope(&mut gx, hd, &positions, &inv_freq).unwrap();
+        cmp(g, &cx, &gx, 8e-3, &format!("rope {rows}x{heads}x{hd}"));
+        let (cu, gu) = both(g, &r.vec(rows * width, 3.0), rows, width);
+        cmp(
+            g,
+            &CpuBackend.swiglu(&cx, &cu).unwrap(),
+            &g.swiglu(&gx, &gu).unwrap(),
+            8e-3,
+            "swiglu",
+        );
+        let pick: Vec<u32> = (0..rows / 2 + 1).map(|_| r.below(rows) as u32).collect();
+        let (cy, gy) = both(g, &r.vec(rows * width, 1.0), rows, width);
+        cmp(
+            g,
+            &CpuBackend.gather_rows(&cy, &pick).unwrap(),
+            &g.gather_rows(&gy, &pick).unwrap(),
+            1e-6,
+            "gather_rows",
+        );
+        let (cgu, ggu) = both(g, &r.vec(rows * 2 * width, 3.0), rows, 2 * width);
+        cmp(
+            g,
+            &CpuBackend.swiglu_packed(&cgu).unwrap(),
+            &g.swiglu_packed(&ggu).unwrap(),
+            8e-3,
+            "swiglu_packed",
+        );
+        let odd = 2 * 37;
+        let (cgu, ggu) = both(g, &r.vec(rows * odd, 3.0), rows, odd);
+        cmp(
+            g,
+            &CpuBackend.swiglu_packed(&cgu).unwrap(),
+            &g.swiglu_packed(&ggu).unwrap(),
+            8e-3,
+            "swiglu_packed (odd width)",
+        );
+        let (cz, gz) = both(g, &r.vec(3 * width, 1.0), 3, width);
+        cmp(
+            g,
+            &CpuBackend.concat_rows(&[&cy, &cz]).unwrap(),
+            &g.concat_rows(&[&gy, &gz]).unwrap(),
+            1e-6,
+            "concat_rows",
+        );
+    }
+}
+
+/// Random sequences over a shuffled block pool: (q_len, context_len) each.
+fn attention_case(
+    g: &CudaBackend,
+    r: &mut Rng,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    seqs: &[(usize, usize)],
+) {
+    let block_size = 16;
+    let blocks_needed: usize = seqs.iter().map(|&(_, c)| c.div_ceil(block_size)).sum();
+    let num_blocks = blocks_needed + 7;
+    let layout = KvLayout {
+        layers: 2,
+        num_blocks,
+        block_size,
+        kv_heads,
+        head_dim: hd,
+    };
+    let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..pool.len()).rev() {
+        pool.swap(i, r.below(i + 1));
+    }
+    let mut ckv = CpuBackend.alloc_kv(layout).unwrap();
+    let mut gkv = g.alloc_kv(layout).unwrap();
+    let kv_width = kv_heads * hd;
+    let mut chunks = Vec::new();
+    let mut next = 0;
+    for &(q_len, ctx) in seqs {
+        let table: Vec<u32> = pool[next..next + ctx.div_ceil(block_size)].to_vec();
+        next += table.len();
+        // The whole context's keys and values, written through write_kv on both backends (layer 1).
+        let slots: Vec<u32> = (0..ctx)
+            .map(|j| table[j / block_size] * block_size as u32 + (j % block_size) as u32)
+            .collect();
+        let (ck, gk) = both(g, &r.vec(ctx * kv_width, 2.0), ctx, kv_width);
+        let (cv, gv) = both(g, &r.vec(ctx * kv_width, 1.0), ctx, kv_width);
+        CpuBackend.write_kv(&mut ckv, 1, &ck, &cv, &slots).unwrap();
+        g.write_kv(&mut gkv, 1, &gk, &gv, &slots).unwrap();
+        chunks.push(SeqChunk {
+            q_len,
+            context_len: ctx,
+            block_table: table,
+        });
+    }
+    let tokens: usize = seqs.iter().map(|s| s.0).sum();
+    let (cq, gq) = both(g, &r.vec(tokens * heads * hd, 2.0), tokens, heads * hd);
+    let batch = AttentionBatch {
+        seqs: chunks,
+        block_size,
+    };
+    let co = CpuBackend.attention(&cq, &ckv, 1, heads, &batch).unwrap();
+    let go = g.attention(&gq, &gkv, 1, heads, &batch).unwrap();
+    cmp(
+        g,
+        &co,
+        &go,
+        1.5e-2,
+        &format!("attention heads {heads}/{kv_heads} d{hd} seqs {seqs:?}"),
+    );
+}
+
+#[test]
+fn varlen_prefill_and_paged_decode_attention_match() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(4);
+    for &(heads, kv_heads, hd) in &[
+        (4, 2, 16),
+        (32, 8, 128),
+        (14, 2, 64),
+        (8, 8, 32),
+        (16, 1, 64),
+    ] {
+        // Whole prompts of mixed lengths (tile edges included), chunked prefill over a cached prefix, decode rows.
+        attention_case(
+            g,
+            &mut r,
+            heads,
+            kv_heads,
+            hd,
+            &[(1, 1), (63, 63), (64, 64), (65, 65), (300, 300)],
+        );
+        attention_case(
+            g,
+            &mut r,
+            heads,
+            kv_heads,
+            hd,
+            &[(40, 200), (1, 77), (129, 129), (1, 1000)],
+        );
+        attention_case(
+            g,
+            &mut r,
+            heads,
+            kv_heads,
+            hd,
+            &[(1, 5), (1, 64), (1, 65), (1, 2500), (1, 17)],
+        );
+    }
+}
+
+#[test]
+fn token_selection_matches_the_host() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(5);
+    let (rows, vocab) = (64, 50_000);
+    let logits = r.vec(rows * vocab, 8.0);
+    let (_, gl) = both(g, &logits, rows, vocab);
+    let greedy = g.select_tokens(&gl, 0.0, 0).unwrap();
+    for (i, &id) in greedy.iter().enumerate() {
+        assert_eq!(
+            id,
+            select_row(&logits[i * vocab..(i + 1) * vocab], i, 0.0, 0),
+            "greedy row {i}"
+        );
+    }
+    let sampled = g.select_tokens(&gl, 0.8, 1234).unwrap();
+    let same = sampled
+        .iter()
+        .enumerate()
+        .filter(|&(i, &id)| id == select_row(&logits[i * vocab..(i + 1) * vocab], i, 0.8, 1234))
+        .count();
+    // The same Gumbel noise on both sides; only float rounding of near-ties may differ.
+    assert!(
+        same >= rows - 2,
+        "{same} of {rows} sampled tokens agree with the host"
+    );
+    assert_ne!(
+        sampled, greedy,
+        "sampling at T = 0.8 over 50,000 tokens should not be greedy"
+    );
+}
+
+fn fixture(name: &str) -> ModelFiles {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/engine")
+        .join(name);
+    ModelFiles::load(dir.to_str().unwrap()).unwrap()
+}
+
+#[test]
+fn whole_models_match_the_cpu_backend() {
+    let Some(g) = gpu() else { return };
+    let cfg = KvCacheConfig {
+        block_size: 16,
+        num_blocks: 128,
+    };
+    for name in ["llama", "llama31", "qwen2", "qwen2_bf16", "mistral"] {
+        let files = fixture(name);
+        let cpu = LlamaModel::new(CpuBackend, &files).unwrap();
+        // A second backend on the same device (the model owns its backend).
+        let gpu_model = LlamaModel::new(CudaBackend::new(0).unwrap(), &files).unwrap();
+        let _ = g;
+        let vocab = files.config.vocab_size as u64;
+        let prompts: Vec<Vec<u32>> = [1usize, 7, 40, 130]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                (0..n)
+                    .map(|j| ((i * 31 + j * 17) as u64 % vocab) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut ckv = cpu.backend_kv(&cfg).unwrap();
+        let mut gkv = gpu_model.backend_kv(&cfg).unwrap();
+        let (mut cc, mut gc) = (KvCache::new(cfg), KvCache::new(cfg));
+        let want = prefill_prepacked(&cpu, &mut ckv, &mut cc, &prompts, None, 0).unwrap();
+        let got = prefill_prepacked(&gpu_model, &mut gkv, &mut gc, &prompts, None, 0).unwrap();
+        let mut steps: Vec<(u64, u32)> = Vec::new();
+        for (i, (w, o)) in want.iter().zip(&got).enumerate() {
+            let e = rel_err(o, w);
+            eprintln!(
+                "{name} prompt {i} ({} tokens): logits relative error {e:.2e}",
+                prompts[i].len()
+            );
+            assert!(e < 3e-2, "{name} prompt {i}: {e:.3e}");
+            steps.push((i as u64, select_row(w, 0, 0.0, 0)));
+        }
+        // Four batched decode steps, fed the CPU's greedy tokens on both sides.
+        for step in 0..4 {
+            let want = decode_step(&cpu, &mut ckv, &mut cc, &steps).unwrap();
+            let got = decode_step(&gpu_model, &mut gkv, &mut gc, &steps).unwrap();
+            for (i, (w, o)) in want.iter().zip(&got).enumerate() {
+                let e = rel_err(o, w);
+                assert!(e < 3e-2, "{name} decode step {step} seq {i}: {e:.3e}");
+                steps[i].1 = select_row(w, 0, 0.0, 0);
+            }
+        }
+        eprintln!("{name}: prefill and 4 decode steps within bf16 tolerance");
+    }
+}

@@ -28,22 +28,52 @@ __device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Loads keys [first, first + TILE) of one KV head into shared memory (rows past `last` are zeroed).
+// Loads keys and values [first, first + TILE) of one KV head into registers (`fetch_kv`: rows past `last` are
+// zeros), then into shared memory (`store_kv`). Every thread issues all its 16-byte loads before storing any, so a
+// tile costs one memory round trip, and the decode kernel fetches the next tile while it computes on this one.
 template <int D>
-__device__ __forceinline__ void load_tile(bf16_t (*dst)[D + PAD], const bf16_t* __restrict__ cache,
-                                          const u32* __restrict__ table, int block_size, int kv_width, int head_off,
-                                          int first, int last) {
-    const int chunks = D / 8;  // 16-byte pieces per row
-    for (int c = threadIdx.x; c < TILE * chunks; c += blockDim.x) {
-        int r = c / chunks, piece = c - r * chunks;
-        int j = first + r;
-        uint4 val = make_uint4(0, 0, 0, 0);
+struct KvTile {
+    static constexpr int chunks = D / 8;                // 16-byte pieces per row
+    static constexpr int iters = TILE * chunks / 128;  // blockDim.x is 128
+    uint4 k[iters], v[iters];
+};
+
+template <int D>
+__device__ __forceinline__ void fetch_kv(KvTile<D>& t, const bf16_t* __restrict__ kc, const bf16_t* __restrict__ vc,
+                                         const u32* __restrict__ table, int block_size, int kv_width, int head_off,
+                                         int first, int last) {
+#pragma unroll
+    for (int it = 0; it < KvTile<D>::iters; ++it) {
+        const int c = threadIdx.x + it * 128, r = c / KvTile<D>::chunks, piece = c - r * KvTile<D>::chunks;
+        const int j = first + r;
+        t.k[it] = t.v[it] = make_uint4(0, 0, 0, 0);
         if (j <= last) {
-            size_t slot = (size_t)table[j / block_size] * block_size + (j % block_size);
-            val = *reinterpret_cast<const uint4*>(cache + slot * kv_width + head_off + piece * 8);
+            const size_t at = ((size_t)table[j / block_size] * block_size + (j % block_size)) * kv_width +
+                              head_off + piece * 8;
+            t.k[it] = *reinterpret_cast<const uint4*>(kc + at);
+            t.v[it] = *reinterpret_cast<const uint4*>(vc + at);
         }
-        *reinterpret_cast<uint4*>(&dst[r][piece * 8]) = val;
     }
+}
+
+template <int D>
+__device__ __forceinline__ void store_kv(const KvTile<D>& t, bf16_t (*kdst)[D + PAD], bf16_t (*vdst)[D + PAD]) {
+#pragma unroll
+    for (int it = 0; it < KvTile<D>::iters; ++it) {
+        const int c = threadIdx.x + it * 128, r = c / KvTile<D>::chunks, piece = c - r * KvTile<D>::chunks;
+        *reinterpret_cast<uint4*>(&kdst[r][piece * 8]) = t.k[it];
+        *reinterpret_cast<uint4*>(&vdst[r][piece * 8]) = t.v[it];
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void load_kv_tile(bf16_t (*kdst)[D + PAD], bf16_t (*vdst)[D + PAD],
+                                             const bf16_t* __restrict__ kc, const bf16_t* __restrict__ vc,
+                                             const u32* __restrict__ table, int block_size, int kv_width,
+                                             int head_off, int first, int last) {
+    KvTile<D> t;
+    fetch_kv<D>(t, kc, vc, table, block_size, kv_width, head_off, first, last);
+    store_kv<D>(t, kdst, vdst);
 }
 
 template <int D>
@@ -85,8 +115,7 @@ __device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16
     const int last_key = start + tile * TILE + tile_rows - 1;  // the block's last row's position
     for (int first = 0; first <= last_key; first += TILE) {
         __syncthreads();
-        load_tile<D>(ks, kc, table, block_size, kv_width, kvh * D, first, last_key);
-        load_tile<D>(vs, vc, table, block_size, kv_width, kvh * D, first, last_key);
+        load_kv_tile<D>(ks, vs, kc, vc, table, block_size, kv_width, kvh * D, first, last_key);
         __syncthreads();
         float s[TILE / 8][4];
 #pragma unroll
@@ -175,20 +204,22 @@ __device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16
 
 // Partial attention of one sequence's single query row, for the query heads of one KV head, over keys
 // [split * split_len, min(ctx, (split + 1) * split_len)). Writes unnormalised partial outputs, maxima (log2
-// domain) and sums to part_o [seq][head][split][D], part_m / part_l [seq][head][split]. Grid: (sequences,
-// kv_heads, splits); 128 threads.
+// domain) and sums to part_o [seq][head][split][D], part_m / part_l [seq][head][split]; with a single split it
+// writes the normalised bf16 output row instead (no combine pass). Grid: (sequences, kv_heads, splits); 128
+// threads.
 template <int D>
 __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_t* __restrict__ kc,
                                        const bf16_t* __restrict__ vc, float* __restrict__ part_o,
                                        float* __restrict__ part_m, float* __restrict__ part_l,
                                        const u32* __restrict__ row0, const u32* __restrict__ ctx,
                                        const u32* __restrict__ table0, const u32* __restrict__ tables, int heads,
-                                       int kv_heads, int block_size, float scale_log2, int split_len, int splits) {
+                                       int kv_heads, int block_size, float scale_log2, int split_len, int splits,
+                                       bf16_t* __restrict__ out) {
     __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
     __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
     __shared__ float sc[MAX_GROUP][TILE];
     __shared__ __align__(16) float qs[MAX_GROUP][D];
-    __shared__ float stat_m[MAX_GROUP], stat_a[MAX_GROUP];
+    __shared__ float stat_m[MAX_GROUP], stat_a[MAX_GROUP], stat_l[MAX_GROUP];
     const int seq = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
     const int group = heads / kv_heads, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int cl = ctx[seq];
@@ -204,18 +235,30 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
         return;
     }
     const bf16_t* qrow = q + (size_t)row0[seq] * heads * D + kvh * group * D;
-    for (int i = threadIdx.x; i < group * D; i += blockDim.x) qs[i / D][i % D] = bf2f(qrow[i]);
-    if (threadIdx.x < MAX_GROUP) stat_m[threadIdx.x] = NEG_INF;
-    float acc[MAX_GROUP];  // output element d = threadIdx.x (when < D) of each head of the group
-    float run_l[MAX_GROUP];
+    // group * D <= 8 * 128 values: at most one 16-byte load per thread, all in flight together.
+    for (int i = threadIdx.x * 8; i < group * D; i += blockDim.x * 8) {
+        float f[8];
+        load8_bf16(qrow + i, f);
 #pragma unroll
-    for (int h = 0; h < MAX_GROUP; ++h) acc[h] = run_l[h] = 0.0f;
+        for (int e = 0; e < 8; ++e) qs[(i + e) / D][(i + e) % D] = f[e];
+    }
+    if (threadIdx.x < MAX_GROUP) {
+        stat_m[threadIdx.x] = NEG_INF;
+        stat_l[threadIdx.x] = 0.0f;
+    }
+    float acc[MAX_GROUP];  // output element d = threadIdx.x (when < D) of each head of the group
+#pragma unroll
+    for (int h = 0; h < MAX_GROUP; ++h) acc[h] = 0.0f;
+    KvTile<D> next;
+    fetch_kv<D>(next, kc, vc, table, block_size, kv_width, kvh * D, first_key, min(end_key, first_key + TILE) - 1);
     for (int first = first_key; first < end_key; first += TILE) {
         const int last = min(end_key, first + TILE) - 1;
         __syncthreads();
-        load_tile<D>(ks, kc, table, block_size, kv_width, kvh * D, first, last);
-        load_tile<D>(vs, vc, table, block_size, kv_width, kvh * D, first, last);
+        store_kv<D>(next, ks, vs);
         __syncthreads();
+        if (first + TILE < end_key)  // prefetch the next tile while this one is computed
+            fetch_kv<D>(next, kc, vc, table, block_size, kv_width, kvh * D, first + TILE,
+                        min(end_key, first + 2 * TILE) - 1);
         // Scores, one key per lane: warp w takes keys (w & 1) * 32 + lane for the heads h = w / 2, w / 2 + 2, ...
         // (16-byte shared-memory reads of the key row, conflict-free per quarter warp; q is a broadcast).
         {
@@ -245,38 +288,48 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
             }
         }
         __syncthreads();
-        // New running maxima: warp h (h < group, up to 4 at a time) reduces head h's scores.
+        // Softmax bookkeeping, one warp per head: the new running maximum, the rescale factor of what came before,
+        // the tile's probabilities (in place) and the running sum.
         for (int h = warp; h < group; h += 4) {
-            float mx = fmaxf(sc[h][lane], sc[h][lane + 32]);
-            mx = warp_max(mx);
+            const float mx = warp_max(fmaxf(sc[h][lane], sc[h][lane + 32]));
+            const float m_new = fmaxf(stat_m[h], mx);
+            const float p0 = exp2f(sc[h][lane] - m_new), p1 = exp2f(sc[h][lane + 32] - m_new);
+            sc[h][lane] = p0;
+            sc[h][lane + 32] = p1;
+            const float sum = warp_sum(p0 + p1);
             if (lane == 0) {
-                float m_new = fmaxf(stat_m[h], mx);
-                stat_a[h] = exp2f(stat_m[h] - m_new);
+                const float a = exp2f(stat_m[h] - m_new);
+                stat_a[h] = a;
                 stat_m[h] = m_new;
+                stat_l[h] = stat_l[h] * a + sum;
             }
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < group * TILE; i += blockDim.x) {
-            int h = i / TILE, r = i % TILE;
-            sc[h][r] = exp2f(sc[h][r] - stat_m[h]);
-        }
-        __syncthreads();
-        const int d = threadIdx.x;
+        // O = O * a + P V: thread d owns output element d of every head; each value row is read once.
+        {
+            const int d = threadIdx.x;
 #pragma unroll
-        for (int h = 0; h < MAX_GROUP; ++h) {
-            if (h < group) {
-                float a = stat_a[h], sum = 0.0f, o = 0.0f;
+            for (int h = 0; h < MAX_GROUP; ++h)
+                if (h < group) acc[h] *= stat_a[h];
+            if (d < D) {
+#pragma unroll 4
                 for (int r = 0; r < TILE; ++r) {
-                    float p = sc[h][r];
-                    sum += p;
-                    if (d < D) o += p * bf2f(vs[r][d]);
+                    const float v = bf2f(vs[r][d]);
+#pragma unroll
+                    for (int h = 0; h < MAX_GROUP; ++h)
+                        if (h < group) acc[h] += sc[h][r] * v;
                 }
-                run_l[h] = run_l[h] * a + sum;
-                acc[h] = acc[h] * a + o;
             }
         }
     }
     const int d = threadIdx.x;
+    if (splits == 1) {
+        bf16_t* orow = out + (size_t)row0[seq] * heads * D + kvh * group * D;
+#pragma unroll
+        for (int h = 0; h < MAX_GROUP; ++h)
+            if (h < group && d < D) orow[h * D + d] = f2bf(acc[h] / stat_l[h]);
+        return;
+    }
 #pragma unroll
     for (int h = 0; h < MAX_GROUP; ++h) {
         if (h < group) {
@@ -284,7 +337,7 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
             if (d < D) part_o[at * D + d] = acc[h];
             if (d == 0) {
                 part_m[at] = stat_m[h];
-                part_l[at] = run_l[h];
+                part_l[at] = stat_l[h];
             }
         }
     }
@@ -295,16 +348,22 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
 extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_m,
                                         const float* __restrict__ part_l, const u32* __restrict__ row0,
                                         bf16_t* __restrict__ out, int heads, int head_dim, int splits) {
+    __shared__ float wm[32], wl[32];
     const int seq = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
     const size_t base = ((size_t)seq * heads + head) * splits;
+    if (d < splits) {  // splits <= 32 <= blockDim.x: every split's statistics in one round trip
+        wm[d] = part_m[base + d];
+        wl[d] = part_l[base + d];
+    }
+    __syncthreads();
     float mx = NEG_INF;
-    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_m[base + s]);
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, wm[s]);
     float num = 0.0f, den = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < splits; ++s) {
-        float m = part_m[base + s];
-        if (m == NEG_INF) continue;
-        float w = exp2f(m - mx);
-        den += part_l[base + s] * w;
+        const float m = wm[s];
+        const float w = m == NEG_INF ? 0.0f : exp2f(m - mx);
+        den += wl[s] * w;
         if (d < head_dim) num += part_o[(base + s) * head_dim + d] * w;
     }
     if (d < head_dim) out[(size_t)row0[seq] * heads * head_dim + head * head_dim + d] = f2bf(num / den);
@@ -321,9 +380,9 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
     extern "C" __global__ void __launch_bounds__(128) attn_decode_d##D(                                      \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
         const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
-        int block_size, float scale_log2, int split_len, int splits) {                                       \
+        int block_size, float scale_log2, int split_len, int splits, bf16_t* out) {                          \
         decode<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads, block_size, \
-                  scale_log2, split_len, splits);                                                            \
+                  scale_log2, split_len, splits, out);                                                       \
     }
 
 ATTENTION_KERNELS(16)

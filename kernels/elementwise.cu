@@ -132,10 +132,10 @@ extern "C" __global__ void rms_norm_v8(const float* __restrict__ x, const bf16_t
 #pragma unroll
         for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
     }
+    float wf[8];
+    if (on) load8_bf16(w + c, wf);  // in flight during the reduction
     const float scale = rsqrtf(block_sum(ss) / (float)width + eps);
     if (on) {
-        float wf[8];
-        load8_bf16(w + c, wf);
 #pragma unroll
         for (int i = 0; i < 8; ++i) v[i] = v[i] * scale * wf[i];
         store8_bf16(out + (size_t)blockIdx.x * width + c, v);
@@ -160,10 +160,10 @@ extern "C" __global__ void add_rms_norm_v8(float* __restrict__ residual, const b
 #pragma unroll
         for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
     }
+    float wf[8];
+    if (on) load8_bf16(w + c, wf);  // in flight during the reduction
     const float scale = rsqrtf(block_sum(ss) / (float)width + eps);
     if (on) {
-        float wf[8];
-        load8_bf16(w + c, wf);
 #pragma unroll
         for (int i = 0; i < 8; ++i) v[i] = v[i] * scale * wf[i];
         store8_bf16(out + (size_t)blockIdx.x * width + c, v);

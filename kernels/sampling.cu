@@ -2,35 +2,37 @@
 // takes the argmax of logits / T + Gumbel noise, which draws exactly from softmax(logits / T) (the Gumbel-max
 // trick), so only one token id per row crosses to the host. Ties go to the lowest id, as on the CPU.
 
-// One block per row (blockDim.x a power of two, at most 1024). sample == 0: greedy.
-extern "C" __global__ void select_tokens(const bf16_t* __restrict__ logits, int vocab, u32* __restrict__ out,
-                                         float inv_temp, u64 seed, int sample) {
-    __shared__ float best_v[1024];
-    __shared__ int best_i[1024];
-    const bf16_t* row = logits + (size_t)blockIdx.x * vocab;
-    float bv = NEG_INF;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = bf2f(row[i]);
+// Token selection split over many blocks per row, for large vocabularies: block (c, row) scans its chunk, then
+// folds (value, id) into out[row] with one 64-bit atomicMax on an order-preserving key: the float's bits mapped
+// to an unsigned order in the high word, the id's complement in the low word (so ties go to the lowest id).
+// out must be zeroed first. Grid: (chunks, rows); blockDim.x a power of two, at most 1024.
+__device__ __forceinline__ u64 order_key(float v, int id) {
+    u32 b = __float_as_uint(v);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((u64)b << 32) | (u32)(0xffffffffu - (u32)id);
+}
+
+extern "C" __global__ void select_tokens(const bf16_t* __restrict__ logits, int vocab, int chunk,
+                                              u64* __restrict__ out, float inv_temp, u64 seed, int sample) {
+    __shared__ u64 best[1024];
+    const int row = blockIdx.y, start = blockIdx.x * chunk, end = min(vocab, start + chunk);
+    const bf16_t* lr = logits + (size_t)row * vocab;
+    u64 b = 0;
+    for (int i = start + threadIdx.x; i < end; i += blockDim.x) {
+        float v = bf2f(lr[i]);
+        if (v != v) continue;  // NaN never wins
         if (sample) {
-            float u = unit_open(mix64(seed ^ mix64(((u64)blockIdx.x << 32) | (u32)i)));
+            float u = unit_open(mix64(seed ^ mix64(((u64)row << 32) | (u32)i)));
             v = v * inv_temp - __logf(-__logf(u));
         }
-        if (v > bv || (v == bv && i < bi)) { bv = v; bi = i; }
+        const u64 key = order_key(v, i);
+        b = key > b ? key : b;
     }
-    best_v[threadIdx.x] = bv;
-    best_i[threadIdx.x] = bi;
+    best[threadIdx.x] = b;
     __syncthreads();
     for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            float ov = best_v[threadIdx.x + s];
-            int oi = best_i[threadIdx.x + s];
-            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
-                best_v[threadIdx.x] = ov;
-                best_i[threadIdx.x] = oi;
-            }
-        }
+        if (threadIdx.x < s && best[threadIdx.x + s] > best[threadIdx.x]) best[threadIdx.x] = best[threadIdx.x + s];
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[blockIdx.x] = (u32)(best_i[0] == 0x7fffffff ? 0 : best_i[0]);
+    if (threadIdx.x == 0 && best[0]) atomicMax(out + row, best[0]);
 }

@@ -31,6 +31,10 @@ for s in $stages; do
       echo "== engram bench decode"
       $ENGRAM bench decode --device cuda:0 --profile --out "$OUT/decode.json" 2>"$OUT/decode.err" | tee "$OUT/decode.txt"
       tail -3 "$OUT/decode.err" ;;
+    decode-tiles4)
+      echo "== engram bench decode, decode attention splits of at least 4 tiles (ENGRAM_DECODE_MIN_TILES=4)"
+      ENGRAM_DECODE_MIN_TILES=4 $ENGRAM bench decode --device cuda:0 --out "$OUT/decode_tiles4.json" 2>"$OUT/decode_tiles4.err" | tee "$OUT/decode_tiles4.txt"
+      tail -3 "$OUT/decode_tiles4.err" ;;
     decode-cublaslt)
       echo "== engram bench decode, every product through cuBLASLt (ENGRAM_GEMV=0)"
       ENGRAM_GEMV=0 $ENGRAM bench decode --device cuda:0 --out "$OUT/decode_cublaslt.json" 2>"$OUT/decode_cublaslt.err" | tee "$OUT/decode_cublaslt.txt"

@@ -451,6 +451,35 @@ mod tests {
     }
 
     #[test]
+    fn engine_device_is_validated() {
+        let cfg = Config::load(
+            None,
+            &env(&[("ENGRAM__ENGINE__DEVICE", "cuda:1")]),
+            Figment::new(),
+        )
+        .unwrap();
+        assert_eq!(cfg.engine.device, "cuda:1");
+        assert_eq!(
+            Config::load(None, &[], Figment::new())
+                .unwrap()
+                .engine
+                .device,
+            "auto"
+        );
+        let err = Config::load(
+            None,
+            &env(&[("ENGRAM__ENGINE__DEVICE", "tpu")]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("engine.device") && msg.contains("cuda:N"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn errors_name_the_bad_key() {
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "[server]\nbind = \"nonsense\"\n");

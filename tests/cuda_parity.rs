@@ -270,6 +270,87 @@ fn fused_attention_prologue_matches() {
 }
 
 #[test]
+fn fused_decode_projections_match() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(8);
+    for &(m, heads, kv_heads, hd, hidden, inter, bias) in &[
+        (1, 32, 8, 128, 4096, 14336, false),
+        (3, 14, 2, 64, 896, 4864, true),
+        (8, 4, 2, 16, 64, 128, true),
+    ] {
+        let (cx, gx) = both(g, &r.vec(m * hidden, 1.0), m, hidden);
+        let (cgu, ggu) = both(g, &r.vec(2 * inter * hidden, 0.05), 2 * inter, hidden);
+        cmp(
+            g,
+            &CpuBackend.linear_swiglu(&cx, &cgu).unwrap(),
+            &g.linear_swiglu(&gx, &ggu).unwrap(),
+            1e-2,
+            &format!("linear_swiglu m={m} inter={inter}"),
+        );
+        let n = (heads + 2 * kv_heads) * hd;
+        let (cw, gw) = both(g, &r.vec(n * hidden, 0.05), n, hidden);
+        let (cb, gb) = both(g, &r.vec(n, 0.5), 1, n);
+        let cb = cb.flatten_all().unwrap();
+        let layout = KvLayout {
+            layers: 1,
+            num_blocks: 4,
+            block_size: 16,
+            kv_heads,
+            head_dim: hd,
+        };
+        let mut ckv = CpuBackend.alloc_kv(layout).unwrap();
+        let mut gkv = g.alloc_kv(layout).unwrap();
+        // m sequences with one cached token each (blocks 3, 1, 0, 2, ...), decoding at positions 1000 + i.
+        let positions: Vec<u32> = (0..m as u32).map(|i| 1000 + 7 * i).collect();
+        let slots: Vec<u32> = (0..m as u32)
+            .map(|i| [3u32, 1, 0, 2][i as usize % 4] * 16 + i / 4)
+            .collect();
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| 500000f32.powf(-2.0 * i as f32 / hd as f32))
+            .collect();
+        let (cbias, gbias) = if bias {
+            (Some(&cb), Some(&gb))
+        } else {
+            (None, None)
+        };
+        let cq = CpuBackend
+            .qkv_rope_write(
+                &cx, &cw, cbias, &mut ckv, 0, heads, &positions, &slots, &inv_freq,
+            )
+            .unwrap();
+        let gq = g
+            .qkv_rope_write(
+                &gx, &gw, gbias, &mut gkv, 0, heads, &positions, &slots, &inv_freq,
+            )
+            .unwrap();
+        cmp(
+            g,
+            &cq,
+            &gq,
+            1e-2,
+            &format!("qkv_rope_write q, m={m} heads {heads}/{kv_heads} d{hd}"),
+        );
+        // The cache rows it wrote (zeros elsewhere), through one query attending to the whole cache.
+        let full = AttentionBatch {
+            seqs: vec![SeqChunk {
+                q_len: 1,
+                context_len: 64,
+                block_table: vec![0, 1, 2, 3],
+            }],
+            block_size: 16,
+        };
+        let (cq1, gq1) = both(g, &r.vec(heads * hd, 1.0), 1, heads * hd);
+        cmp(
+            g,
+            &CpuBackend.attention(&cq1, &ckv, 0, heads, &full).unwrap(),
+            &g.attention(&gq1, &gkv, 0, heads, &full).unwrap(),
+            1.5e-2,
+            "attention over the fused projection's cache",
+        );
+    }
+}
+
+#[test]
 fn rope_swiglu_and_gather_match() {
     let Some(g) = gpu() else { return };
     let mut r = Rng::new(3);

@@ -229,9 +229,10 @@ impl<B: Backend> LlamaModel<B> {
         let mut residual = b.embed(&self.embed, &batch.tokens)?;
         let mut h = b.rms_norm(&residual, &self.layers[0].input_norm, eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = b.linear(&h, &layer.qkv, layer.qkv_bias.as_ref())?;
-            let q = b.rope_qkv_write(
-                &qkv,
+            let q = b.qkv_rope_write(
+                &h,
+                &layer.qkv,
+                layer.qkv_bias.as_ref(),
                 kv,
                 i,
                 c.num_heads,
@@ -242,8 +243,7 @@ impl<B: Backend> LlamaModel<B> {
             let attn = b.attention(&q, kv, i, c.num_heads, &attention)?;
             let o = b.linear(&attn, &layer.o, None)?;
             h = b.add_rms_norm(&mut residual, &o, &layer.post_norm, eps)?;
-            let gate_up = b.linear(&h, &layer.gate_up, None)?;
-            let mlp = b.linear(&b.swiglu_packed(&gate_up)?, &layer.down, None)?;
+            let mlp = b.linear(&b.linear_swiglu(&h, &layer.gate_up)?, &layer.down, None)?;
             let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
             h = b.add_rms_norm(&mut residual, &mlp, next_norm, eps)?;
         }

@@ -168,6 +168,31 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Self::Tensor, BackendError>;
     /// `silu(gate) * up` on the fused projection `[tokens, 2 * inter]` (gate columns first).
     fn swiglu_packed(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// `swiglu_packed(linear(x, gate_up))`; GPUs fuse the two for decode-sized batches.
+    fn linear_swiglu(
+        &self,
+        x: &Self::Tensor,
+        gate_up: &Self::Tensor,
+    ) -> Result<Self::Tensor, BackendError> {
+        self.swiglu_packed(&self.linear(x, gate_up, None)?)
+    }
+    /// `rope_qkv_write(linear(x, qkv, bias), ...)`; GPUs fuse the two for decode-sized batches.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_rope_write(
+        &self,
+        x: &Self::Tensor,
+        qkv: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        kv: &mut Self::Kv,
+        layer: usize,
+        heads: usize,
+        positions: &[u32],
+        slots: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<Self::Tensor, BackendError> {
+        let projected = self.linear(x, qkv, bias)?;
+        self.rope_qkv_write(&projected, kv, layer, heads, positions, slots, inv_freq)
+    }
     /// A weight of `shape` (rank 1 or 2) filled with `offset + std * uniform noise` from `seed`, made on the
     /// backend itself (random-weight models too large for the host). Backends may use different generators.
     fn random_weight(

@@ -83,13 +83,45 @@ pub fn plan(batch: &AttentionBatch, decode_kernel: bool) -> Plan {
     }
 }
 
-/// Keys per decode split: enough splits that the grid fills about two waves of the device, at most 32 splits.
-pub fn split_len(max_ctx: usize, blocks_without_split: usize, sm_count: usize) -> usize {
+/// Fewest key tiles a decode split takes by default (when the context has that many); `ENGRAM_DECODE_MIN_TILES`
+/// overrides it for measurements.
+pub const MIN_TILES_PER_SPLIT: usize = 1;
+
+fn min_tiles_per_split() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("ENGRAM_DECODE_MIN_TILES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(MIN_TILES_PER_SPLIT)
+    })
+}
+
+/// Keys per decode split: enough splits that the grid fills about two waves of the device, at most 32 splits,
+/// each of at least `min_tiles` tiles (a single split writes its output directly, with no combine).
+pub fn split_len_with(
+    max_ctx: usize,
+    blocks_without_split: usize,
+    sm_count: usize,
+    min_tiles: usize,
+) -> usize {
     let tiles = max_ctx.div_ceil(TILE).max(1);
     let wanted = (2 * sm_count)
         .div_ceil(blocks_without_split.max(1))
         .clamp(1, 32);
-    TILE * tiles.div_ceil(wanted.min(tiles))
+    let per = tiles.div_ceil(wanted.min(tiles)).max(min_tiles.min(tiles));
+    TILE * per
+}
+
+/// [`split_len_with`] at the configured minimum tiles per split.
+pub fn split_len(max_ctx: usize, blocks_without_split: usize, sm_count: usize) -> usize {
+    split_len_with(
+        max_ctx,
+        blocks_without_split,
+        sm_count,
+        min_tiles_per_split(),
+    )
 }
 
 /// Runs attention for `batch` on `layer`.
@@ -207,13 +239,22 @@ pub fn run(
             .arg(&bs)
             .arg(&scale_log2)
             .arg(&sl)
-            .arg(&sp);
+            .arg(&sp)
+            .arg(&mut out);
         let cfg = LaunchConfig {
             grid_dim: (nd as u32, l.kv_heads as u32, splits as u32),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         launch(b, cfg, "attention", &format!("attn_decode_d{d}"))?;
+        if splits == 1 {
+            // The decode kernel wrote the normalised rows itself.
+            return Ok(CudaTensor {
+                buf: CudaBuf::Bf16(out),
+                rows: tokens,
+                cols: width,
+            });
+        }
         let hd = d as i32;
         let mut b = be.builder(&be.kernels.attn_combine);
         b.arg(&part_o)
@@ -276,11 +317,15 @@ mod tests {
 
     #[test]
     fn split_len_fills_the_device_within_bounds() {
-        // One sequence, 8 KV heads on 132 SMs: split as finely as one tile each up to 32 splits.
-        assert_eq!(split_len(256, 8, 132), 64);
-        assert_eq!(split_len(8192, 8, 132), 256);
+        // One sequence, 8 KV heads on 132 SMs: as fine as one tile per split, at most 32 splits.
+        assert_eq!(split_len_with(256, 8, 132, 1), 64);
+        assert_eq!(split_len_with(8192, 8, 132, 1), 256);
+        // With at least 4 tiles per split, short contexts stay in one split (no combine pass).
+        assert_eq!(split_len_with(256, 8, 132, 4), 256);
+        assert_eq!(split_len_with(2048, 8, 132, 4), 256);
+        assert_eq!(split_len_with(32768, 8, 132, 4), 1024);
         // Plenty of blocks already: one split covering the whole context.
-        assert_eq!(split_len(256, 512, 132), 256);
-        assert_eq!(split_len(1, 1, 132), 64);
+        assert_eq!(split_len_with(256, 512, 132, 1), 256);
+        assert_eq!(split_len_with(1, 1, 132, 1), 64);
     }
 }

@@ -170,8 +170,10 @@ struct Kernels {
     add_rms_norm_v8: CudaFunction,
     swiglu_packed_v8: CudaFunction,
     fill_uniform: CudaFunction,
-    /// `gemv_m1` ..= `gemv_m8`.
+    /// `gemv_m1` ..= `gemv_m8`, and the fused variants.
     gemv: Vec<CudaFunction>,
+    gemv_swiglu: Vec<CudaFunction>,
+    gemv_qkv_rope: Vec<CudaFunction>,
     select_tokens: CudaFunction,
     attn_combine: CudaFunction,
     attn_prefill: Vec<CudaFunction>,
@@ -205,6 +207,12 @@ impl Kernels {
             fill_uniform: e("fill_uniform")?,
             gemv: (1..=GEMV_MAX_ROWS)
                 .map(|m| r.function("gemv", &format!("gemv_m{m}")))
+                .collect::<Result<_, _>>()?,
+            gemv_swiglu: (1..=GEMV_MAX_ROWS)
+                .map(|m| r.function("gemv", &format!("gemv_swiglu_m{m}")))
+                .collect::<Result<_, _>>()?,
+            gemv_qkv_rope: (1..=GEMV_MAX_ROWS)
+                .map(|m| r.function("gemv", &format!("gemv_qkv_rope_m{m}")))
                 .collect::<Result<_, _>>()?,
             select_tokens: r.function("sampling", "select_tokens")?,
             attn_combine: r.function("attention", "attn_combine")?,
@@ -352,6 +360,13 @@ impl CudaBackend {
     pub fn set_gemv(&self, on: bool) {
         self.use_gemv
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether an `m x k` input takes the skinny-product kernels.
+    fn skinny(&self, m: usize, k: usize) -> bool {
+        (1..=GEMV_MAX_ROWS).contains(&m)
+            && k % 8 == 0
+            && self.use_gemv.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Starts (or stops) timing every operation with device events.
@@ -879,6 +894,108 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn linear_swiglu(
+        &self,
+        x: &CudaTensor,
+        gate_up: &CudaTensor,
+    ) -> Result<CudaTensor, BackendError> {
+        let (m, k) = x.shape();
+        let (n2, wk) = gate_up.shape();
+        if !self.skinny(m, k) || n2 % 4 != 0 || k != wk {
+            return self.swiglu_packed(&self.linear(x, gate_up, None)?);
+        }
+        let inter = n2 / 2;
+        let _span = self.span(|| format!("linear+swiglu gemv m={m} n={n2} k={k}"));
+        let mut y = self.alloc_bf16(m * inter)?;
+        let (i, kk) = (inter as i32, k as i32);
+        let mut b = self.builder(&self.kernels.gemv_swiglu[m - 1]);
+        b.arg(x.bf16("linear_swiglu")?)
+            .arg(gate_up.bf16("linear_swiglu")?)
+            .arg(&mut y)
+            .arg(&i)
+            .arg(&kk);
+        launch(
+            b,
+            rows_cfg(inter / 2, 256),
+            "gemv",
+            &format!("gemv_swiglu_m{m}"),
+        )?;
+        Ok(CudaTensor {
+            buf: CudaBuf::Bf16(y),
+            rows: m,
+            cols: inter,
+        })
+    }
+
+    fn qkv_rope_write(
+        &self,
+        x: &CudaTensor,
+        qkv: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        kv: &mut CudaKv,
+        layer: usize,
+        heads: usize,
+        positions: &[u32],
+        slots: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<CudaTensor, BackendError> {
+        let (m, k) = x.shape();
+        let l = kv.layout;
+        let hd = l.head_dim;
+        let (n, wk) = qkv.shape();
+        let capacity = (l.num_blocks * l.block_size) as u32;
+        let fits = n == (heads + 2 * l.kv_heads) * hd
+            && wk == k
+            && hd % 4 == 0
+            && positions.len() == m
+            && slots.len() == m
+            && inv_freq.len() * 2 == hd
+            && layer < l.layers
+            && slots.iter().all(|&s| s < capacity);
+        if !self.skinny(m, k) || !fits {
+            let projected = self.linear(x, qkv, bias)?;
+            return self.rope_qkv_write(&projected, kv, layer, heads, positions, slots, inv_freq);
+        }
+        let _span = self.span(|| format!("qkv+rope gemv m={m} n={n} k={k}"));
+        let pos = self.upload("positions", positions)?;
+        let dev_slots = self.upload("slots", slots)?;
+        let bits: Vec<u32> = inv_freq.iter().map(|f| f.to_bits()).collect();
+        let freq = self.upload("inv_freq", &bits)?;
+        let mut q = self.alloc_bf16(m * heads * hd)?;
+        let (h, kvh, d, kk) = (heads as i32, l.kv_heads as i32, hd as i32, k as i32);
+        let (kc, vc) = (&mut kv.k[layer], &mut kv.v[layer]);
+        let mut b = self.builder(&self.kernels.gemv_qkv_rope[m - 1]);
+        b.arg(x.bf16("qkv_rope_write")?)
+            .arg(qkv.bf16("qkv_rope_write")?);
+        // The kernel takes a null bias pointer for "no bias".
+        let null: u64 = 0;
+        match bias {
+            Some(bias) => b.arg(bias.bf16("qkv_rope_write bias")?),
+            None => b.arg(&null),
+        };
+        b.arg(&mut q)
+            .arg(kc)
+            .arg(vc)
+            .arg(&*pos)
+            .arg(&*dev_slots)
+            .arg(&*freq)
+            .arg(&h)
+            .arg(&kvh)
+            .arg(&d)
+            .arg(&kk);
+        launch(
+            b,
+            rows_cfg(n / 4, 256),
+            "gemv",
+            &format!("gemv_qkv_rope_m{m}"),
+        )?;
+        Ok(CudaTensor {
+            buf: CudaBuf::Bf16(q),
+            rows: m,
+            cols: heads * hd,
+        })
+    }
+
     fn linear(
         &self,
         x: &CudaTensor,
@@ -893,9 +1010,7 @@ impl Backend for CudaBackend {
                 format!("x {:?} times w {:?}^T", x.shape(), w.shape()),
             ));
         }
-        let skinny = m <= GEMV_MAX_ROWS
-            && k % 8 == 0
-            && self.use_gemv.load(std::sync::atomic::Ordering::Relaxed);
+        let skinny = self.skinny(m, k);
         let _span = self.span(|| {
             format!(
                 "linear {} m={m} n={n} k={k}",
@@ -1110,7 +1225,7 @@ impl Backend for CudaBackend {
         let (rows, vocab) = logits.shape();
         let mut out = self
             .stream
-            .alloc_zeros::<u32>(rows.max(1))
+            .alloc_zeros::<u64>(rows.max(1))
             .map_err(|e| CudaError::driver("alloc", e))?;
         let sample: i32 = (temperature > 0.0) as i32;
         let inv_temp = if temperature > 0.0 {
@@ -1118,21 +1233,32 @@ impl Backend for CudaBackend {
         } else {
             1.0
         };
-        let v = vocab as i32;
+        const CHUNK: usize = 4096;
+        let (v, chunk) = (vocab as i32, CHUNK as i32);
         let mut b = self.builder(&self.kernels.select_tokens);
         b.arg(logits.bf16("select_tokens")?)
             .arg(&v)
+            .arg(&chunk)
             .arg(&mut out)
             .arg(&inv_temp)
             .arg(&seed)
             .arg(&sample);
-        launch(b, rows_cfg(rows, 512), "sampling", "select_tokens")?;
-        let mut ids = self
+        let cfg = LaunchConfig {
+            grid_dim: (vocab.div_ceil(CHUNK).max(1) as u32, rows.max(1) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch(b, cfg, "sampling", "select_tokens")?;
+        let keys = self
             .stream
             .clone_dtoh(&out)
             .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
-        ids.truncate(rows);
-        Ok(ids)
+        // The low word holds the complement of the id; a zero key means every logit was NaN.
+        Ok(keys
+            .iter()
+            .take(rows)
+            .map(|&k| if k == 0 { 0 } else { u32::MAX - (k as u32) })
+            .collect())
     }
 
     fn synchronize(&self) -> Result<(), BackendError> {

@@ -28,30 +28,13 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Long-tailed lengths in [lo, hi]: most prompts short, a few long (fixed seed).
+/// Long-tailed lengths in [lo, hi] (fixed seed): the generator `engram bench` and the transformers baseline use.
 fn lengths(n: usize, lo: usize, hi: usize, seed: u64) -> Vec<usize> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = ((s >> 11) as f64 / (1u64 << 53) as f64).max(1e-9);
-            // Pareto-like: lo / u^(1/1.2), capped.
-            ((lo as f64 / u.powf(1.0 / 1.2)) as usize).clamp(lo, hi)
-        })
-        .collect()
+    engram::engine::bench::prompt_lengths(n, lo, hi, seed)
 }
 
 fn prompts(lens: &[usize], vocab: usize) -> Vec<Vec<u32>> {
-    lens.iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            (0..n)
-                .map(|j| ((i * 7919 + j * 104729) % (vocab - 10) + 5) as u32)
-                .collect()
-        })
-        .collect()
+    engram::engine::bench::prompt_tokens(lens, vocab)
 }
 
 fn main() {

@@ -54,6 +54,19 @@ async fn chat_and_completions_answer_and_count_tokens() {
         .post_json("/v1/chat/completions", &chat("Hello there", json!({})))
         .await;
     assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    // Without logprobs the greedy token is picked on the backend (only ids leave it); with them the host samples
+    // from the full logits. The answer is the same.
+    let (_, c) = t
+        .post_json(
+            "/v1/chat/completions",
+            &chat("Hello there", json!({"logprobs": true})),
+        )
+        .await;
+    assert_eq!(
+        a["choices"][0]["message"], c["choices"][0]["message"],
+        "{c}"
+    );
+    assert_eq!(a["usage"], c["usage"], "{c}");
 
     let (status, c) = t
         .post_json(

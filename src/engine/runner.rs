@@ -11,7 +11,7 @@ use super::kv_cache::{KvCache, KvCacheConfig};
 use super::llama::{LlamaModel, StepBatch};
 use super::model::ModelTokenizer;
 use super::prefill::push_chunk;
-use super::sampling::{Sampler, StopMatcher};
+use super::sampling::{Sampled, Sampler, StopMatcher};
 use super::scheduler::{ChunkKind, Scheduler, SchedulerConfig, SeqState};
 use crate::metrics;
 use serde::{Deserialize, Serialize};
@@ -378,13 +378,37 @@ impl LoopState {
                 }
             }
         }
-        let logits = model
-            .forward(kv, &batch, self.cache.block_size())
-            .map_err(|e| e.to_string())?;
+        // Greedy requests without logprobs or penalties take the argmax on the backend, so only token ids leave
+        // the device; any other request in the step needs the full logits on the host.
+        let on_device = !sampled_ids.is_empty()
+            && sampled_ids.iter().all(|id| {
+                self.active
+                    .get(id)
+                    .is_some_and(|a| a.request.params.greedy_on_device())
+            });
         let mut finished = Vec::new();
-        for (id, mut row) in sampled_ids.into_iter().zip(logits) {
-            if let Some(reason) = self.emit(id, &mut row) {
-                finished.push((id, reason));
+        if on_device {
+            let tokens = model
+                .forward_select(kv, &batch, self.cache.block_size(), 0.0, 0)
+                .map_err(|e| e.to_string())?;
+            for (id, token) in sampled_ids.into_iter().zip(tokens) {
+                let sampled = Sampled {
+                    token,
+                    logprob: f32::NAN, // not computed: the request asked for no logprobs
+                    top: Vec::new(),
+                };
+                if let Some(reason) = self.emit_sampled(id, sampled) {
+                    finished.push((id, reason));
+                }
+            }
+        } else {
+            let logits = model
+                .forward(kv, &batch, self.cache.block_size())
+                .map_err(|e| e.to_string())?;
+            for (id, mut row) in sampled_ids.into_iter().zip(logits) {
+                if let Some(reason) = self.emit(id, &mut row) {
+                    finished.push((id, reason));
+                }
             }
         }
         let ids: Vec<u64> = finished.iter().map(|f| f.0).collect();
@@ -405,10 +429,16 @@ impl LoopState {
     /// Samples the next token of `id` from `logits` and streams it; returns why the request ends, if it does.
     fn emit(&mut self, id: u64, logits: &mut [f32]) -> Option<FinishReason> {
         let a = self.active.get_mut(&id)?;
-        let params = &a.request.params;
         let mut context = a.request.prompt.clone();
         context.extend_from_slice(&a.generated);
-        let s = a.sampler.sample(logits, params, &context);
+        let s = a.sampler.sample(logits, &a.request.params, &context);
+        self.emit_sampled(id, s)
+    }
+
+    /// Streams the chosen token of `id`; returns why the request ends, if it does.
+    fn emit_sampled(&mut self, id: u64, s: Sampled) -> Option<FinishReason> {
+        let a = self.active.get_mut(&id)?;
+        let params = &a.request.params;
         a.generated.push(s.token);
         metrics::TOKENS_GENERATED.inc();
         let now = Instant::now();

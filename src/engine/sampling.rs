@@ -35,6 +35,15 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
 }
 
+impl SamplingParams {
+    /// Whether the token is the plain argmax of the logits with nothing else to report (greedy, no repetition
+    /// penalty, no logprobs), so a backend can pick it on the device ([`crate::engine::backend::Backend::select_tokens`]).
+    pub fn greedy_on_device(&self) -> bool {
+        let greedy = self.temperature <= 0.0 || self.top_k == Some(1);
+        greedy && self.logprobs.is_none() && self.repetition_penalty.is_none_or(|r| r == 1.0)
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         Self {
@@ -365,6 +374,53 @@ mod tests {
         let mut p = SamplingParams::default();
         f(&mut p);
         p
+    }
+
+    #[test]
+    fn greedy_on_device_only_without_anything_else_to_compute() {
+        assert!(with(|p| p.temperature = 0.0).greedy_on_device());
+        assert!(with(|p| p.top_k = Some(1)).greedy_on_device());
+        assert!(with(|p| {
+            p.temperature = 0.0;
+            p.repetition_penalty = Some(1.0);
+        })
+        .greedy_on_device());
+        assert!(!with(|_| {}).greedy_on_device());
+        assert!(!with(|p| {
+            p.temperature = 0.0;
+            p.logprobs = Some(0);
+        })
+        .greedy_on_device());
+        assert!(!with(|p| {
+            p.temperature = 0.0;
+            p.repetition_penalty = Some(1.2);
+        })
+        .greedy_on_device());
+    }
+
+    #[test]
+    fn greedy_sampling_equals_backend_token_selection() {
+        // The runner takes either path for greedy requests; they must pick the same token, ties, NaN and
+        // infinities included.
+        let mut state = 0x1234_5678_u64;
+        let mut next = move || {
+            state = crate::engine::backend::mix64(state);
+            state
+        };
+        let params = with(|p| p.temperature = 0.0);
+        for trial in 0..200 {
+            let n = 1 + (next() % 300) as usize;
+            let mut logits: Vec<f32> = (0..n).map(|_| ((next() % 7) as f32) - 3.0).collect();
+            if trial % 3 == 0 {
+                logits[(next() % n as u64) as usize] = f32::NAN;
+            }
+            if trial % 5 == 0 {
+                logits[(next() % n as u64) as usize] = f32::INFINITY;
+            }
+            let on_device = crate::engine::backend::select_row(&logits, 0, 0.0, 0);
+            let sampled = Sampler::new(trial).sample(&mut logits.clone(), &params, &[]);
+            assert_eq!(sampled.token, on_device, "trial {trial}: {logits:?}");
+        }
     }
 
     fn temp(t: f32) -> SamplingParams {

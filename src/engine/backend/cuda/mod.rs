@@ -483,6 +483,29 @@ impl CudaBackend {
         Ok(dev)
     }
 
+    /// Device copies of a step's positions, cache slots and RoPE inverse frequencies (as f32 bits).
+    #[allow(clippy::type_complexity)]
+    fn rope_inputs(
+        &self,
+        positions: &[u32],
+        slots: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<
+        (
+            Arc<CudaSlice<u32>>,
+            Arc<CudaSlice<u32>>,
+            Arc<CudaSlice<u32>>,
+        ),
+        CudaError,
+    > {
+        let bits: Vec<u32> = inv_freq.iter().map(|f| f.to_bits()).collect();
+        Ok((
+            self.upload("positions", positions)?,
+            self.upload("slots", slots)?,
+            self.upload("inv_freq", &bits)?,
+        ))
+    }
+
     fn alloc_bf16(&self, n: usize) -> Result<CudaSlice<u16>, CudaError> {
         // SAFETY: every caller's kernel writes all `n` elements before anything reads them.
         unsafe { self.stream.alloc::<u16>(n.max(1)) }
@@ -688,10 +711,7 @@ impl Backend for CudaBackend {
                 ),
             ));
         }
-        let pos = self.upload("positions", positions)?;
-        let dev_slots = self.upload("slots", slots)?;
-        let bits: Vec<u32> = inv_freq.iter().map(|f| f.to_bits()).collect();
-        let freq = self.upload("inv_freq", &bits)?;
+        let (pos, dev_slots, freq) = self.rope_inputs(positions, slots, inv_freq)?;
         let mut q = self.alloc_bf16(rows * heads * hd)?;
         let (h, kvh, d) = (heads as i32, l.kv_heads as i32, hd as i32);
         let (kc, vc) = (&mut kv.k[layer], &mut kv.v[layer]);
@@ -957,10 +977,7 @@ impl Backend for CudaBackend {
             return self.rope_qkv_write(&projected, kv, layer, heads, positions, slots, inv_freq);
         }
         let _span = self.span(|| format!("qkv+rope gemv m={m} n={n} k={k}"));
-        let pos = self.upload("positions", positions)?;
-        let dev_slots = self.upload("slots", slots)?;
-        let bits: Vec<u32> = inv_freq.iter().map(|f| f.to_bits()).collect();
-        let freq = self.upload("inv_freq", &bits)?;
+        let (pos, dev_slots, freq) = self.rope_inputs(positions, slots, inv_freq)?;
         let mut q = self.alloc_bf16(m * heads * hd)?;
         let (h, kvh, d, kk) = (heads as i32, l.kv_heads as i32, hd as i32, k as i32);
         let (kc, vc) = (&mut kv.k[layer], &mut kv.v[layer]);

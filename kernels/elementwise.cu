@@ -120,6 +120,19 @@ extern "C" __global__ void swiglu_packed(const bf16_t* __restrict__ gu, bf16_t* 
 // Vectorised row kernels for widths that are a multiple of 8 (width / 8 threads per row, rounded up to a warp
 // multiple, at most 1024): each thread loads its 8 elements once with 16-byte accesses, so a row costs one round
 // trip to memory instead of a strided loop's many. Same results as rms_norm / add_rms_norm above.
+// The shared end of the vectorised norms: scale this thread's 8 values by the row's RMS and the weights, store.
+__device__ __forceinline__ void norm8_store(float* v, float ss, const bf16_t* __restrict__ w,
+                                            bf16_t* __restrict__ out, int width, float eps, int c, bool on) {
+    float wf[8];
+    if (on) load8_bf16(w + c, wf);  // in flight during the reduction
+    const float scale = rsqrtf(block_sum(ss) / (float)width + eps);
+    if (on) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = v[i] * scale * wf[i];
+        store8_bf16(out + (size_t)blockIdx.x * width + c, v);
+    }
+}
+
 extern "C" __global__ void rms_norm_v8(const float* __restrict__ x, const bf16_t* __restrict__ w,
                                        bf16_t* __restrict__ out, int width, float eps) {
     const int c = threadIdx.x * 8;
@@ -132,14 +145,7 @@ extern "C" __global__ void rms_norm_v8(const float* __restrict__ x, const bf16_t
 #pragma unroll
         for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
     }
-    float wf[8];
-    if (on) load8_bf16(w + c, wf);  // in flight during the reduction
-    const float scale = rsqrtf(block_sum(ss) / (float)width + eps);
-    if (on) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = v[i] * scale * wf[i];
-        store8_bf16(out + (size_t)blockIdx.x * width + c, v);
-    }
+    norm8_store(v, ss, w, out, width, eps, c, on);
 }
 
 extern "C" __global__ void add_rms_norm_v8(float* __restrict__ residual, const bf16_t* __restrict__ delta,
@@ -160,14 +166,7 @@ extern "C" __global__ void add_rms_norm_v8(float* __restrict__ residual, const b
 #pragma unroll
         for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
     }
-    float wf[8];
-    if (on) load8_bf16(w + c, wf);  // in flight during the reduction
-    const float scale = rsqrtf(block_sum(ss) / (float)width + eps);
-    if (on) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = v[i] * scale * wf[i];
-        store8_bf16(out + (size_t)blockIdx.x * width + c, v);
-    }
+    norm8_store(v, ss, w, out, width, eps, c, on);
 }
 
 // swiglu_packed for inter % 8 == 0: 8 outputs per thread. Grid: (ceil(inter / 8 / 256), rows); 256 threads.

@@ -192,10 +192,10 @@ pub fn prefill_flops(c: &super::model::ModelConfig, lens: &[usize]) -> f64 {
     let embed = (c.vocab_size * c.hidden_size) as f64;
     let head = if c.tie_word_embeddings { 0.0 } else { embed };
     let body = c.param_count() as f64 - embed - head;
-    let lm = (c.vocab_size * c.hidden_size) as f64;
     let tri: f64 = lens.iter().map(|&l| (l * (l + 1) / 2) as f64).sum();
     let attention = 4.0 * (c.num_heads * c.head_dim) as f64 * tri * c.num_layers as f64;
-    2.0 * body * tokens + 2.0 * lm * lens.len() as f64 + attention
+    // The LM head (`embed` elements, tied or not) runs on one row per prompt.
+    2.0 * body * tokens + 2.0 * embed * lens.len() as f64 + attention
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -612,6 +612,28 @@ fn pool_attribute(
     Ok(value)
 }
 
+/// Whether a fused q/k/v projection of `rows x cols` fits the attention prologue of `layer`: its width is q, k and
+/// v of the layout's heads, and there is one position and one in-range cache slot per row.
+#[allow(clippy::too_many_arguments)]
+fn prologue_fits(
+    l: KvLayout,
+    rows: usize,
+    cols: usize,
+    layer: usize,
+    heads: usize,
+    positions: &[u32],
+    slots: &[u32],
+    inv_freq: &[f32],
+) -> bool {
+    let capacity = (l.num_blocks * l.block_size) as u32;
+    cols == (heads + 2 * l.kv_heads) * l.head_dim
+        && positions.len() == rows
+        && slots.len() == rows
+        && inv_freq.len() * 2 == l.head_dim
+        && layer < l.layers
+        && slots.iter().all(|&s| s < capacity)
+}
+
 fn bf16_bits(data: &[f32]) -> Vec<u16> {
     data.iter()
         .map(|&v| half::bf16::from_f32(v).to_bits())
@@ -694,14 +716,7 @@ impl Backend for CudaBackend {
         let l = kv.layout;
         let hd = l.head_dim;
         let (rows, cols) = qkv.shape();
-        let capacity = (l.num_blocks * l.block_size) as u32;
-        if cols != (heads + 2 * l.kv_heads) * hd
-            || rows != positions.len()
-            || rows != slots.len()
-            || inv_freq.len() * 2 != hd
-            || layer >= l.layers
-            || slots.iter().any(|&s| s >= capacity)
-        {
+        if !prologue_fits(l, rows, cols, layer, heads, positions, slots, inv_freq) {
             return Err(shape_err(
                 "rope_qkv_write",
                 format!(
@@ -963,15 +978,9 @@ impl Backend for CudaBackend {
         let l = kv.layout;
         let hd = l.head_dim;
         let (n, wk) = qkv.shape();
-        let capacity = (l.num_blocks * l.block_size) as u32;
-        let fits = n == (heads + 2 * l.kv_heads) * hd
-            && wk == k
+        let fits = wk == k
             && hd % 4 == 0
-            && positions.len() == m
-            && slots.len() == m
-            && inv_freq.len() * 2 == hd
-            && layer < l.layers
-            && slots.iter().all(|&s| s < capacity);
+            && prologue_fits(l, m, n, layer, heads, positions, slots, inv_freq);
         if !self.skinny(m, k) || !fits {
             let projected = self.linear(x, qkv, bias)?;
             return self.rope_qkv_write(&projected, kv, layer, heads, positions, slots, inv_freq);

@@ -20,14 +20,6 @@
 #define TILE 64
 #define PAD 8
 
-__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // Loads keys and values [first, first + TILE) of one KV head into registers (`fetch_kv`: rows past `last` are
 // zeros), then into shared memory (`store_kv`). Every thread issues all its 16-byte loads before storing any, so a
 // tile costs one memory round trip, and the decode kernel fetches the next tile while it computes on this one.
@@ -37,6 +29,12 @@ struct KvTile {
     static constexpr int iters = TILE * chunks / 128;  // blockDim.x is 128
     uint4 k[iters], v[iters];
 };
+
+// Element offset of 16-byte piece `piece` of key/value row j of one KV head in the paged cache.
+__device__ __forceinline__ size_t kv_offset(const u32* __restrict__ table, int block_size, int kv_width, int head_off,
+                                            int j, int piece) {
+    return ((size_t)table[j / block_size] * block_size + (j % block_size)) * kv_width + head_off + piece * 8;
+}
 
 template <int D>
 __device__ __forceinline__ void fetch_kv(KvTile<D>& t, const bf16_t* __restrict__ kc, const bf16_t* __restrict__ vc,
@@ -48,8 +46,7 @@ __device__ __forceinline__ void fetch_kv(KvTile<D>& t, const bf16_t* __restrict_
         const int j = first + r;
         t.k[it] = t.v[it] = make_uint4(0, 0, 0, 0);
         if (j <= last) {
-            const size_t at = ((size_t)table[j / block_size] * block_size + (j % block_size)) * kv_width +
-                              head_off + piece * 8;
+            const size_t at = kv_offset(table, block_size, kv_width, head_off, j, piece);
             t.k[it] = *reinterpret_cast<const uint4*>(kc + at);
             t.v[it] = *reinterpret_cast<const uint4*>(vc + at);
         }
@@ -76,6 +73,24 @@ __device__ __forceinline__ void load_kv_tile(bf16_t (*kdst)[D + PAD], bf16_t (*v
     store_kv<D>(t, kdst, vdst);
 }
 
+// Copies keys and values [first, first + TILE) of one KV head straight into shared memory with cp.async (rows
+// past `last` are zeros); the caller commits and waits. No registers are held for the copy.
+template <int D>
+__device__ __forceinline__ void stage_kv(bf16_t (*kdst)[D + PAD], bf16_t (*vdst)[D + PAD],
+                                         const bf16_t* __restrict__ kc, const bf16_t* __restrict__ vc,
+                                         const u32* __restrict__ table, int block_size, int kv_width, int head_off,
+                                         int first, int last) {
+#pragma unroll
+    for (int it = 0; it < KvTile<D>::iters; ++it) {
+        const int c = threadIdx.x + it * 128, r = c / KvTile<D>::chunks, piece = c - r * KvTile<D>::chunks;
+        const int j = first + r;
+        const bool ok = j <= last;
+        const size_t at = ok ? kv_offset(table, block_size, kv_width, head_off, j, piece) : 0;
+        cp_async16(&kdst[r][piece * 8], kc + at, ok);
+        cp_async16(&vdst[r][piece * 8], vc + at, ok);
+    }
+}
+
 template <int D>
 __device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16_t* __restrict__ kc,
                                         const bf16_t* __restrict__ vc, bf16_t* __restrict__ out,
@@ -83,6 +98,7 @@ __device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16
                                         const u32* __restrict__ q_len, const u32* __restrict__ ctx,
                                         const u32* __restrict__ table0, const u32* __restrict__ tables, int heads,
                                         int kv_heads, int block_size, float scale_log2) {
+    PDL_ENTER();
     __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
     __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
     const int seq = work[2 * blockIdx.x], tile = work[2 * blockIdx.x + 1];
@@ -202,6 +218,32 @@ __device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16
 
 #define MAX_GROUP 8
 
+// The keys of one decode block (sequence blockIdx.x, KV head blockIdx.y, split blockIdx.z): [first, end), the
+// sequence's block table and `stat`, the index of the group's first head in part_m / part_l (+ h * splits per
+// head). A split past the end of the sequence's context records m = -inf, l = 0 for the group and returns false.
+struct DecodeSplit {
+    int first, end;
+    const u32* table;
+    size_t stat;
+};
+
+__device__ __forceinline__ bool decode_split(DecodeSplit& d, const u32* __restrict__ ctx,
+                                             const u32* __restrict__ table0, const u32* __restrict__ tables,
+                                             int heads, int group, int split_len, int splits,
+                                             float* __restrict__ part_m, float* __restrict__ part_l) {
+    const int seq = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    d.first = split * split_len;
+    d.end = min((int)ctx[seq], d.first + split_len);
+    d.table = tables + table0[seq];
+    d.stat = ((size_t)seq * heads + kvh * group) * splits + split;
+    if (d.first < d.end) return true;
+    if (threadIdx.x < group) {
+        part_m[d.stat + threadIdx.x * splits] = NEG_INF;
+        part_l[d.stat + threadIdx.x * splits] = 0.0f;
+    }
+    return false;
+}
+
 // Partial attention of one sequence's single query row, for the query heads of one KV head, over keys
 // [split * split_len, min(ctx, (split + 1) * split_len)). Writes unnormalised partial outputs, maxima (log2
 // domain) and sums to part_o [seq][head][split][D], part_m / part_l [seq][head][split]; with a single split it
@@ -215,25 +257,20 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
                                        const u32* __restrict__ table0, const u32* __restrict__ tables, int heads,
                                        int kv_heads, int block_size, float scale_log2, int split_len, int splits,
                                        bf16_t* __restrict__ out) {
+    PDL_ENTER();
     __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
     __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
     __shared__ float sc[MAX_GROUP][TILE];
     __shared__ __align__(16) float qs[MAX_GROUP][D];
     __shared__ float stat_m[MAX_GROUP], stat_a[MAX_GROUP], stat_l[MAX_GROUP];
-    const int seq = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+    const int seq = blockIdx.x, kvh = blockIdx.y;
     const int group = heads / kv_heads, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int cl = ctx[seq];
-    const int first_key = split * split_len, end_key = min(cl, first_key + split_len);
-    const u32* table = tables + table0[seq];
+    DecodeSplit span;
+    if (!decode_split(span, ctx, table0, tables, heads, group, split_len, splits, part_m, part_l)) return;
+    const int first_key = span.first, end_key = span.end;
+    const u32* table = span.table;
+    const size_t stat = span.stat;
     const int kv_width = kv_heads * D;
-    const size_t stat = ((size_t)seq * heads + kvh * group) * splits + split;  // + g * splits per head
-    if (first_key >= end_key) {
-        if (threadIdx.x < group) {
-            part_m[stat + threadIdx.x * splits] = NEG_INF;
-            part_l[stat + threadIdx.x * splits] = 0.0f;
-        }
-        return;
-    }
     const bf16_t* qrow = q + (size_t)row0[seq] * heads * D + kvh * group * D;
     // group * D <= 8 * 128 values: at most one 16-byte load per thread, all in flight together.
     for (int i = threadIdx.x * 8; i < group * D; i += blockDim.x * 8) {
@@ -343,11 +380,161 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
     }
 }
 
+// The same computation as `decode` on tensor cores, for group <= 8 query heads per KV head: the group's heads are
+// the rows of a 16-row mma tile (rows >= group are zero and unused). The block copies 64-key tiles of K and V into
+// shared memory with cp.async (no registers held for the copy, so four blocks fit a multiprocessor and overlap
+// each other's copies: measured faster than two stages per block at three blocks); warp w takes keys 16w .. 16w + 15
+// of every tile and keeps its own running maximum, sum and output for them, and the four warps' states are merged
+// at the end. Same grid, outputs and partial-result layout as `decode`; 128 threads.
+// One 64-key tile of decode_mma for one warp: scores of its 16 keys (the first at `key`, the tile's last valid key
+// at `last`) against the group's query rows, the online-softmax update of m and l, and O += P V.
+template <int D>
+__device__ __forceinline__ void decode_mma_tile(const bf16_t (*ks)[D + PAD], const bf16_t (*vs)[D + PAD],
+                                                const u32 (*qa)[2], float (*o)[4], float& m, float& l, int key,
+                                                int last, int key0, float scale_log2) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if (key > last) return;  // this warp's keys are past the end of the context
+    float s[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < D / 16; ++k) {
+            const u32 b0 = *reinterpret_cast<const u32*>(&ks[key0 + n * 8 + g][k * 16 + 2 * t]);
+            const u32 b1 = *reinterpret_cast<const u32*>(&ks[key0 + n * 8 + g][k * 16 + 8 + 2 * t]);
+            mma_bf16(s[n], qa[k][0], 0u, qa[k][1], 0u, b0, b1);
+        }
+    }
+    float mx = NEG_INF;
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = key + n * 8 + 2 * t + e;
+            s[n][e] = j <= last ? s[n][e] * scale_log2 : NEG_INF;
+            mx = fmaxf(mx, s[n][e]);
+        }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m, mx);  // finite: key `key` <= last is visible
+    const float a = exp2f(m - m_new);
+    m = m_new;
+    l *= a;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        o[n][0] *= a;
+        o[n][1] *= a;
+    }
+    float p[2][2];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+        p[n][0] = exp2f(s[n][0] - m_new);
+        p[n][1] = exp2f(s[n][1] - m_new);
+        l += p[n][0] + p[n][1];
+    }
+    const u32 pa0 = pack_bf2(p[0][0], p[0][1]), pa2 = pack_bf2(p[1][0], p[1][1]);
+    const int r = key0 + 2 * t;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        const int d = n * 8 + g;
+        const u32 vb0 = (u32)vs[r][d] | ((u32)vs[r + 1][d] << 16);
+        const u32 vb1 = (u32)vs[r + 8][d] | ((u32)vs[r + 9][d] << 16);
+        mma_bf16(o[n], pa0, 0u, pa2, 0u, vb0, vb1);
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const bf16_t* __restrict__ kc,
+                                           const bf16_t* __restrict__ vc, float* __restrict__ part_o,
+                                           float* __restrict__ part_m, float* __restrict__ part_l,
+                                           const u32* __restrict__ row0, const u32* __restrict__ ctx,
+                                           const u32* __restrict__ table0, const u32* __restrict__ tables,
+                                           int heads, int kv_heads, int block_size, float scale_log2,
+                                           int split_len, int splits, bf16_t* __restrict__ out) {
+    PDL_ENTER();
+    __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
+    __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
+    __shared__ float wm[4][MAX_GROUP], wl[4][MAX_GROUP];
+    const int seq = blockIdx.x, kvh = blockIdx.y;
+    const int group = heads / kv_heads, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2,
+              t = lane & 3;
+    DecodeSplit span;
+    if (!decode_split(span, ctx, table0, tables, heads, group, split_len, splits, part_m, part_l)) return;
+    const int first_key = span.first, end_key = span.end;
+    const u32* table = span.table;
+    const size_t stat = span.stat;
+    const int kv_width = kv_heads * D;
+    // A fragments of q: row g is head g of the group (zero past the group); rows g + 8 are always zero.
+    const bool has_row = g < group;
+    const bf16_t* qrow = q + (size_t)row0[seq] * heads * D + (kvh * group + (has_row ? g : 0)) * D;
+    u32 qa[D / 16][2];
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+        qa[k][0] = has_row ? *reinterpret_cast<const u32*>(qrow + k * 16 + 2 * t) : 0u;
+        qa[k][1] = has_row ? *reinterpret_cast<const u32*>(qrow + k * 16 + 8 + 2 * t) : 0u;
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m = NEG_INF, l = 0.0f;  // row g's running maximum (log2 domain) and sum over this warp's keys
+    const int key0 = warp * 16;   // this warp's keys within a tile
+    for (int first = first_key; first < end_key; first += TILE) {
+        const int last = min(end_key, first + TILE) - 1;
+        __syncthreads();  // every warp is done with the previous tile
+        stage_kv<D>(ks, vs, kc, vc, table, block_size, kv_width, kvh * D, first, last);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        decode_mma_tile<D>(ks, vs, qa, o, m, l, first + key0, last, key0, scale_log2);
+    }
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    // Merge the four warps: row g's output columns n * 8 + 2t, +1 go to shared memory (reusing the key tile).
+    __syncthreads();
+    float(*wo)[MAX_GROUP][D] = reinterpret_cast<float(*)[MAX_GROUP][D]>(&ks[0][0]);
+    if (has_row) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            wo[warp][g][n * 8 + 2 * t] = o[n][0];
+            wo[warp][g][n * 8 + 2 * t + 1] = o[n][1];
+        }
+        if (t == 0) {
+            wm[warp][g] = m;
+            wl[warp][g] = l;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < group * D; i += blockDim.x) {
+        const int h = i / D, d = i - h * D;
+        float mx = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) mx = fmaxf(mx, wm[w][h]);
+        float num = 0.0f, den = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const float f = wm[w][h] == NEG_INF ? 0.0f : exp2f(wm[w][h] - mx);
+            num += wo[w][h][d] * f;
+            den += wl[w][h] * f;
+        }
+        if (splits == 1) {
+            out[(size_t)row0[seq] * heads * D + (kvh * group + h) * D + d] = f2bf(num / den);
+        } else {
+            const size_t at = stat + (size_t)h * splits;
+            part_o[at * D + d] = num;
+            if (d == 0) {
+                part_m[at] = mx;
+                part_l[at] = den;
+            }
+        }
+    }
+}
+
 // Merges the splits of attn_decode: out row of seq, head = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
 // Grid: (sequences, heads); D threads (at least 32).
 extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_m,
                                         const float* __restrict__ part_l, const u32* __restrict__ row0,
                                         bf16_t* __restrict__ out, int heads, int head_dim, int splits) {
+    PDL_ENTER();
     __shared__ float wm[32], wl[32];
     const int seq = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
     const size_t base = ((size_t)seq * heads + head) * splits;
@@ -362,7 +549,9 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
 #pragma unroll 8
     for (int s = 0; s < splits; ++s) {
         const float m = wm[s];
-        const float w = m == NEG_INF ? 0.0f : exp2f(m - mx);
+        // A split past the end of this sequence's context wrote no partial output (only m = -inf, l = 0).
+        if (m == NEG_INF) continue;
+        const float w = exp2f(m - mx);
         den += wl[s] * w;
         if (d < head_dim) num += part_o[(base + s) * head_dim + d] * w;
     }
@@ -383,6 +572,13 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
         int block_size, float scale_log2, int split_len, int splits, bf16_t* out) {                          \
         decode<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads, block_size, \
                   scale_log2, split_len, splits, out);                                                       \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128, 4) attn_decode_mma_d##D(                               \
+        const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
+        const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
+        int block_size, float scale_log2, int split_len, int splits, bf16_t* out) {                          \
+        decode_mma<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads,         \
+                      block_size, scale_log2, split_len, splits, out);                                       \
     }
 
 ATTENTION_KERNELS(16)

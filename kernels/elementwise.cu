@@ -5,6 +5,7 @@
 // out[r, :] = table[ids[r], :] (bf16 -> f32 residual). Grid: rows.
 extern "C" __global__ void embed_rows(const bf16_t* __restrict__ table, const u32* __restrict__ ids,
                                       float* __restrict__ out, int width) {
+    PDL_ENTER();
     const bf16_t* src = table + (size_t)ids[blockIdx.x] * width;
     float* dst = out + (size_t)blockIdx.x * width;
     for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = bf2f(src[c]);
@@ -13,6 +14,7 @@ extern "C" __global__ void embed_rows(const bf16_t* __restrict__ table, const u3
 // out = rms_norm(x) * w, x f32, out bf16. Grid: rows.
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const bf16_t* __restrict__ w,
                                     bf16_t* __restrict__ out, int width, float eps) {
+    PDL_ENTER();
     const float* row = x + (size_t)blockIdx.x * width;
     float ss = 0.0f;
     for (int c = threadIdx.x; c < width; c += blockDim.x) ss += row[c] * row[c];
@@ -25,6 +27,7 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const bf16_t* _
 extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16_t* __restrict__ delta,
                                         const bf16_t* __restrict__ w, bf16_t* __restrict__ out, int width,
                                         float eps) {
+    PDL_ENTER();
     float* row = residual + (size_t)blockIdx.x * width;
     const bf16_t* d = delta + (size_t)blockIdx.x * width;
     float ss = 0.0f;
@@ -40,12 +43,14 @@ extern "C" __global__ void add_rms_norm(float* __restrict__ residual, const bf16
 
 // residual += delta over n elements.
 extern "C" __global__ void add_residual(float* __restrict__ residual, const bf16_t* __restrict__ delta, size_t n) {
+    PDL_ENTER();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         residual[i] += bf2f(delta[i]);
 }
 
 // x[r, c] += bias[c] over n elements of rows of `width`.
 extern "C" __global__ void add_bias(bf16_t* __restrict__ x, const bf16_t* __restrict__ bias, int width, size_t n) {
+    PDL_ENTER();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         x[i] = f2bf(bf2f(x[i]) + bf2f(bias[i % width]));
 }
@@ -54,6 +59,7 @@ extern "C" __global__ void add_bias(bf16_t* __restrict__ x, const bf16_t* __rest
 // Row r is at position pos[r]; inv_freq has head_dim/2 entries. Grid: rows.
 extern "C" __global__ void rope(bf16_t* __restrict__ x, const u32* __restrict__ pos,
                                 const float* __restrict__ inv_freq, int width, int head_dim) {
+    PDL_ENTER();
     int half = head_dim >> 1;
     float p = (float)pos[blockIdx.x];
     bf16_t* row = x + (size_t)blockIdx.x * width;
@@ -71,6 +77,7 @@ extern "C" __global__ void rope(bf16_t* __restrict__ x, const u32* __restrict__ 
 // out = silu(gate) * up over n elements.
 extern "C" __global__ void swiglu(const bf16_t* __restrict__ gate, const bf16_t* __restrict__ up,
                                   bf16_t* __restrict__ out, size_t n) {
+    PDL_ENTER();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float g = bf2f(gate[i]);
         out[i] = f2bf(g / (1.0f + __expf(-g)) * bf2f(up[i]));
@@ -80,6 +87,7 @@ extern "C" __global__ void swiglu(const bf16_t* __restrict__ gate, const bf16_t*
 // out[i, :] = x[rows[i], :]. Grid: output rows.
 extern "C" __global__ void gather_rows(const bf16_t* __restrict__ x, const u32* __restrict__ rows,
                                        bf16_t* __restrict__ out, int width) {
+    PDL_ENTER();
     const bf16_t* src = x + (size_t)rows[blockIdx.x] * width;
     bf16_t* dst = out + (size_t)blockIdx.x * width;
     for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = src[c];
@@ -90,6 +98,7 @@ extern "C" __global__ void gather_rows(const bf16_t* __restrict__ x, const u32* 
 extern "C" __global__ void write_kv(const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                     const u32* __restrict__ slots, bf16_t* __restrict__ kc,
                                     bf16_t* __restrict__ vc, int width) {
+    PDL_ENTER();
     size_t src = (size_t)blockIdx.x * width, dst = (size_t)slots[blockIdx.x] * width;
     for (int c = threadIdx.x; c < width; c += blockDim.x) {
         kc[dst + c] = k[src + c];
@@ -100,6 +109,7 @@ extern "C" __global__ void write_kv(const bf16_t* __restrict__ k, const bf16_t* 
 // Deterministic random bf16 values: offset + std * u, u uniform on [-sqrt(3), sqrt(3)) from a hash of (seed, i).
 // Used for random-weight models too large to build on the host.
 extern "C" __global__ void fill_uniform(bf16_t* __restrict__ out, size_t n, u64 seed, float std, float offset) {
+    PDL_ENTER();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float u = unit_open(mix64(seed ^ mix64(i))) * 2.0f - 1.0f;
         out[i] = f2bf(offset + std * 1.7320508f * u);
@@ -110,6 +120,7 @@ extern "C" __global__ void fill_uniform(bf16_t* __restrict__ out, size_t n, u64 
 // product. n = rows * inter.
 extern "C" __global__ void swiglu_packed(const bf16_t* __restrict__ gu, bf16_t* __restrict__ out, int inter,
                                          size_t n) {
+    PDL_ENTER();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t r = i / inter, c = i - r * inter;
         float g = bf2f(gu[r * 2 * inter + c]);
@@ -135,6 +146,7 @@ __device__ __forceinline__ void norm8_store(float* v, float ss, const bf16_t* __
 
 extern "C" __global__ void rms_norm_v8(const float* __restrict__ x, const bf16_t* __restrict__ w,
                                        bf16_t* __restrict__ out, int width, float eps) {
+    PDL_ENTER();
     const int c = threadIdx.x * 8;
     const bool on = c < width;
     const float* row = x + (size_t)blockIdx.x * width;
@@ -151,6 +163,7 @@ extern "C" __global__ void rms_norm_v8(const float* __restrict__ x, const bf16_t
 extern "C" __global__ void add_rms_norm_v8(float* __restrict__ residual, const bf16_t* __restrict__ delta,
                                            const bf16_t* __restrict__ w, bf16_t* __restrict__ out, int width,
                                            float eps) {
+    PDL_ENTER();
     const int c = threadIdx.x * 8;
     const bool on = c < width;
     float* row = residual + (size_t)blockIdx.x * width;
@@ -171,6 +184,7 @@ extern "C" __global__ void add_rms_norm_v8(float* __restrict__ residual, const b
 
 // swiglu_packed for inter % 8 == 0: 8 outputs per thread. Grid: (ceil(inter / 8 / 256), rows); 256 threads.
 extern "C" __global__ void swiglu_packed_v8(const bf16_t* __restrict__ gu, bf16_t* __restrict__ out, int inter) {
+    PDL_ENTER();
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= inter) return;
     const bf16_t* row = gu + (size_t)blockIdx.y * 2 * inter;
@@ -191,6 +205,7 @@ extern "C" __global__ void rope_qkv_cache_heads(const bf16_t* __restrict__ qkv, 
                                                 const u32* __restrict__ pos, const u32* __restrict__ slots,
                                                 const float* __restrict__ inv_freq, int heads, int kv_heads,
                                                 int head_dim) {
+    PDL_ENTER();
     const int half = head_dim >> 1, kv_width = kv_heads * head_dim, head = blockIdx.y;
     const bf16_t* row = qkv + (size_t)blockIdx.x * (heads + 2 * kv_heads) * head_dim;
     const size_t slot = (size_t)slots[blockIdx.x] * kv_width;

@@ -12,8 +12,27 @@ __device__ __forceinline__ void unpack8(uint4 v, float* f) {
     f[6] = __uint_as_float(v.w << 16); f[7] = __uint_as_float(v.w & 0xffff0000u);
 }
 
+// acc[m][r] += the 8 products of 16-byte piece p of weight row r (in wv[r]) and of input row m.
+template <int M, int R>
+__device__ __forceinline__ void fma_piece(float (&acc)[M][R], const bf16_t* __restrict__ x, const uint4 (&wv)[R],
+                                          int p, int k) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+        float xf[8];
+        unpack8(reinterpret_cast<const uint4*>(x + (size_t)m * k)[p], xf);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float wf[8];
+            unpack8(wv[r], wf);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[m][r] += wf[e] * xf[e];
+        }
+    }
+}
+
 // The R weight rows `rows` of a block dotted with the m inputs; returns, in threads t < M * R, the sum for
-// m = t / R, r = t % R.
+// m = t / R, r = t % R. This is where the GEMV kernels wait for the previous kernel (pdl_wait): each thread first
+// loads its first two pieces of every weight row, so the weight stream starts while the kernel before finishes.
 template <int M, int R>
 __device__ __forceinline__ float dot_rows(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
                                           const int* rows, int k) {
@@ -28,23 +47,22 @@ __device__ __forceinline__ float dot_rows(const bf16_t* __restrict__ x, const bf
 #pragma unroll
     for (int r = 0; r < R; ++r) wr[r] = reinterpret_cast<const uint4*>(w + (size_t)rows[r] * k);
     const int pieces = k >> 3;  // 16-byte pieces per row
+    const int p0 = threadIdx.x, p1 = threadIdx.x + 256;
+    uint4 w0[R], w1[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        w0[r] = p0 < pieces ? wr[r][p0] : make_uint4(0, 0, 0, 0);
+        w1[r] = p1 < pieces ? wr[r][p1] : make_uint4(0, 0, 0, 0);
+    }
+    PDL_ENTER();
+    if (p0 < pieces) fma_piece<M, R>(acc, x, w0, p0, k);
+    if (p1 < pieces) fma_piece<M, R>(acc, x, w1, p1, k);
 #pragma unroll 2
-    for (int p = threadIdx.x; p < pieces; p += 256) {
+    for (int p = threadIdx.x + 512; p < pieces; p += 256) {
         uint4 wv[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) wv[r] = wr[r][p];
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-            float xf[8];
-            unpack8(reinterpret_cast<const uint4*>(x + (size_t)m * k)[p], xf);
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                float wf[8];
-                unpack8(wv[r], wf);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) acc[m][r] += wf[e] * xf[e];
-            }
-        }
+        fma_piece<M, R>(acc, x, wv, p, k);
     }
 #pragma unroll
     for (int m = 0; m < M; ++m)

@@ -86,3 +86,43 @@ __device__ __forceinline__ void store8_bf16(bf16_t* p, const float* f) {
     *reinterpret_cast<uint4*>(p) = v;
 }
 
+
+// Programmatic dependent launch (sm_90 and later; the host launches every kernel with the attribute there, see
+// src/engine/backend/cuda/launch.rs). `pdl_wait` blocks until the previous kernel on the stream has completed and
+// its writes are visible: every kernel calls it before reading or writing anything an earlier launch touched.
+// `pdl_launch_dependents` then lets the next kernel's blocks start launching (they run up to their own wait).
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// The first statement of every kernel that does no work before its inputs are ready.
+#define PDL_ENTER()              \
+    do {                         \
+        pdl_wait();              \
+        pdl_launch_dependents(); \
+    } while (0)
+
+// c += a b on tensor cores: one m16n8k16 product, bf16 in, f32 accumulate (PTX fragment layouts).
+__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Asynchronous 16-byte copies from global to shared memory (sm_80+); `valid == false` writes zeros instead.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    const u32 dst = (u32)__cvta_generic_to_shared(smem);
+    const int bytes = valid ? 16 : 0;  // 0: fill with zeros
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }

@@ -14,6 +14,7 @@ __device__ __forceinline__ u64 order_key(float v, int id) {
 
 extern "C" __global__ void select_tokens(const bf16_t* __restrict__ logits, int vocab, int chunk,
                                               u64* __restrict__ out, float inv_temp, u64 seed, int sample) {
+    PDL_ENTER();
     __shared__ u64 best[1024];
     const int row = blockIdx.y, start = blockIdx.x * chunk, end = min(vocab, start + chunk);
     const bf16_t* lr = logits + (size_t)row * vocab;

@@ -5,11 +5,14 @@
 #
 # Built here (no CUDA needed to build): `make dist-cuda` puts stripped binaries in dist/; then, through the device
 # tool, run `bash scripts/device_cuda.sh` with carry = ["dist"].
-# Stages can be picked: `bash scripts/device_cuda.sh parity prefill decode decode-cublaslt hf` (default: all).
+# Stages can be picked: `bash scripts/device_cuda.sh parity prefill decode decode-ablations hf` (default: all).
+# Every stage's files go to a work folder that is packed into $OUT/results.tgz after each stage (the device tool
+# brings back only a few files).
 set -uo pipefail
-OUT=${OUT:-/tmp/engram-out}
-mkdir -p "$OUT"
-stages=${*:-parity prefill decode decode-cublaslt hf}
+FINAL_OUT=${OUT:-/tmp/engram-out}
+OUT=/tmp/engram-results
+mkdir -p "$FINAL_OUT" "$OUT"
+stages=${*:-parity prefill decode decode-ablations hf}
 # NVRTC and cuBLASLt come from the image's Python CUDA wheels (the driver is on the system path).
 libs=$(find / -xdev \( -name 'libnvrtc.so.13' -o -name 'libcublasLt.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -31,6 +34,21 @@ for s in $stages; do
       echo "== engram bench decode"
       $ENGRAM bench decode --device cuda:0 --profile --out "$OUT/decode.json" 2>"$OUT/decode.err" | tee "$OUT/decode.txt"
       tail -3 "$OUT/decode.err" ;;
+    decode-ablations)
+      # Each decode optimisation switched off on its own, then all of them (the previous session's kernels).
+      for v in "pdl0:ENGRAM_PDL=0" "simt:ENGRAM_DECODE_ATTN=simt" "before:ENGRAM_PDL=0 ENGRAM_DECODE_ATTN=simt"; do
+        name=${v%%:*}; vars=${v#*:}
+        echo "== engram bench decode with $vars"
+        env $vars $ENGRAM bench decode --device cuda:0 --out "$OUT/decode_$name.json" 2>"$OUT/decode_$name.err" | tee "$OUT/decode_$name.txt"
+        tail -2 "$OUT/decode_$name.err"
+      done ;;
+    decode-splits)
+      # Decode-attention splits aimed at 4 and 8 blocks per multiprocessor instead of 2.
+      for n in 4 8; do
+        echo "== engram bench decode with ENGRAM_DECODE_BLOCKS_PER_SM=$n"
+        ENGRAM_DECODE_BLOCKS_PER_SM=$n $ENGRAM bench decode --device cuda:0 --out "$OUT/decode_bps$n.json" \
+          2>"$OUT/decode_bps$n.err" | tee "$OUT/decode_bps$n.txt"
+      done ;;
     decode-tiles4)
       echo "== engram bench decode, decode attention splits of at least 4 tiles (ENGRAM_DECODE_MIN_TILES=4)"
       ENGRAM_DECODE_MIN_TILES=4 $ENGRAM bench decode --device cuda:0 --out "$OUT/decode_tiles4.json" 2>"$OUT/decode_tiles4.err" | tee "$OUT/decode_tiles4.txt"
@@ -44,4 +62,5 @@ for s in $stages; do
       PYTHONUNBUFFERED=1 python3 benches/baselines/hf_llama8b.py --out "$OUT/hf_baseline.json" > "$OUT/hf.log" 2>&1
       tail -40 "$OUT/hf.log" ;;
   esac
+  tar czf "$FINAL_OUT/results.tgz" -C "$OUT" .
 done

@@ -476,6 +476,22 @@ fn attention_case(
 fn varlen_prefill_and_paged_decode_attention_match() {
     let Some(g) = gpu() else { return };
     let mut r = Rng::new(4);
+    // Decode rows on tensor cores (the default), then on the CUDA-core kernel.
+    for tensor_cores in [true, false] {
+        g.set_decode_tensor_cores(tensor_cores);
+        decode_attention_cases(g, &mut r);
+    }
+    g.set_decode_tensor_cores(true);
+}
+
+/// Fills 256 MiB of the memory pool with NaN and frees it, so that a kernel reading memory it never wrote shows
+/// up as a non-finite output instead of passing on whatever zeros the pool happened to hold.
+fn poison_pool(g: &CudaBackend) {
+    let nan = g.random_bf16(1 << 14, 1 << 13, 1, f32::NAN, 0.0).unwrap();
+    drop(nan);
+}
+
+fn decode_attention_cases(g: &CudaBackend, r: &mut Rng) {
     for &(heads, kv_heads, hd) in &[
         (4, 2, 16),
         (32, 8, 128),
@@ -483,10 +499,11 @@ fn varlen_prefill_and_paged_decode_attention_match() {
         (8, 8, 32),
         (16, 1, 64),
     ] {
+        poison_pool(g);
         // Whole prompts of mixed lengths (tile edges included), chunked prefill over a cached prefix, decode rows.
         attention_case(
             g,
-            &mut r,
+            r,
             heads,
             kv_heads,
             hd,
@@ -494,7 +511,7 @@ fn varlen_prefill_and_paged_decode_attention_match() {
         );
         attention_case(
             g,
-            &mut r,
+            r,
             heads,
             kv_heads,
             hd,
@@ -502,7 +519,7 @@ fn varlen_prefill_and_paged_decode_attention_match() {
         );
         attention_case(
             g,
-            &mut r,
+            r,
             heads,
             kv_heads,
             hd,

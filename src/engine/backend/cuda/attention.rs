@@ -3,8 +3,9 @@
 //! the split-context paged kernel, all query heads of a KV head together, then the combine kernel), and uploads
 //! the batch's metadata in one buffer.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
+use super::launch::PushArg;
 use super::{launch, rows_cfg, CudaBackend, CudaBuf, CudaError, CudaKv, CudaTensor, HEAD_DIMS};
 use crate::engine::backend::AttentionBatch;
 
@@ -87,19 +88,31 @@ pub fn plan(batch: &AttentionBatch, decode_kernel: bool) -> Plan {
 /// overrides it for measurements.
 pub const MIN_TILES_PER_SPLIT: usize = 1;
 
-fn min_tiles_per_split() -> usize {
-    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var("ENGRAM_DECODE_MIN_TILES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n >= 1)
-            .unwrap_or(MIN_TILES_PER_SPLIT)
-    })
+/// A positive count from environment variable `var` (for measurements), else `default`.
+fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(default)
 }
 
-/// Keys per decode split: enough splits that the grid fills about two waves of the device, at most 32 splits,
-/// each of at least `min_tiles` tiles (a single split writes its output directly, with no combine).
+fn min_tiles_per_split() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| env_count("ENGRAM_DECODE_MIN_TILES", MIN_TILES_PER_SPLIT))
+}
+
+/// Decode-attention blocks per multiprocessor the split of the context aims at by default;
+/// `ENGRAM_DECODE_BLOCKS_PER_SM` overrides it for measurements.
+pub const BLOCKS_PER_SM: usize = 2;
+
+fn blocks_per_sm() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| env_count("ENGRAM_DECODE_BLOCKS_PER_SM", BLOCKS_PER_SM))
+}
+
+/// Keys per decode split: enough splits that the grid has about [`BLOCKS_PER_SM`] blocks per multiprocessor, at
+/// most 32 splits, each of at least `min_tiles` tiles (a single split writes its output directly, with no combine).
 pub fn split_len_with(
     max_ctx: usize,
     blocks_without_split: usize,
@@ -107,7 +120,7 @@ pub fn split_len_with(
     min_tiles: usize,
 ) -> usize {
     let tiles = max_ctx.div_ceil(TILE).max(1);
-    let wanted = (2 * sm_count)
+    let wanted = (blocks_per_sm() * sm_count)
         .div_ceil(blocks_without_split.max(1))
         .clamp(1, 32);
     let per = tiles.div_ceil(wanted.min(tiles)).max(min_tiles.min(tiles));
@@ -222,7 +235,11 @@ pub fn run(
         let mut part_m: CudaSlice<f32> = be.alloc_f32(parts)?;
         let mut part_l: CudaSlice<f32> = be.alloc_f32(parts)?;
         let (sl, sp) = (split as i32, splits as i32);
-        let f = &be.kernels.attn_decode[dim_index];
+        let (f, name) = if be.decode_mma.load(std::sync::atomic::Ordering::Relaxed) {
+            (&be.kernels.attn_decode_mma[dim_index], "attn_decode_mma_d")
+        } else {
+            (&be.kernels.attn_decode[dim_index], "attn_decode_d")
+        };
         let mut b = be.builder(f);
         b.arg(qs)
             .arg(kc)
@@ -246,7 +263,7 @@ pub fn run(
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch(b, cfg, "attention", &format!("attn_decode_d{d}"))?;
+        launch(b, cfg, "attention", &format!("{name}{d}"))?;
         if splits == 1 {
             // The decode kernel wrote the normalised rows itself.
             return Ok(CudaTensor {

@@ -1,8 +1,8 @@
 //! Projections through cuBLASLt: bf16 operands, f32 accumulation and scale, bf16 output. A plan (descriptor,
 //! layouts and an algorithm) is made once per shape and reused, so a step pays no heuristic query per
-//! projection. The algorithm is autotuned at the first call of a shape: up to 8 of the heuristic's candidates
-//! are timed on the real operands with device events and the fastest kept (`ENGRAM_GEMM_TUNE=0`: the
-//! heuristic's first choice).
+//! projection. The algorithm is autotuned at the first call of a shape: up to 32 of the heuristic's candidates
+//! (plus, for products of at most 128 rows, split-k versions of the first 8) are timed on the real operands with
+//! device events and the fastest kept (`ENGRAM_GEMM_TUNE=0`: the heuristic's first choice).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -28,7 +28,13 @@ struct Plan {
 }
 
 /// Heuristic candidates timed per shape.
-const CANDIDATES: usize = 8;
+const CANDIDATES: usize = 32;
+
+/// Products of at most this many rows also try split-k versions of the heuristic's first candidates.
+const SPLIT_K_MAX_ROWS: u64 = 128;
+
+/// How many of the heuristic's candidates get split-k versions.
+const SPLIT_K_BASES: usize = 8;
 
 impl Drop for Plan {
     fn drop(&mut self) {
@@ -157,7 +163,19 @@ impl Gemm {
                     reason: format!("no algorithm for m={m} n={n} k={k}"),
                 });
             }
-            usable
+            let mut all = usable.clone();
+            if m <= SPLIT_K_MAX_ROWS {
+                all.extend(self.split_k_variants(desc, a, b, c, &usable));
+            }
+            tracing::debug!(
+                m,
+                n,
+                k,
+                heuristic = usable.len(),
+                split_k = all.len() - usable.len(),
+                "cuBLASLt candidates"
+            );
+            all
         };
         Ok(Plan {
             desc,
@@ -167,6 +185,63 @@ impl Gemm {
             algo: algo[0],
             candidates: algo,
         })
+    }
+
+    /// Split-k copies (2 to 8 pieces of k, reduced in f32 in the workspace) of the first heuristic candidates that
+    /// cuBLASLt accepts for this problem: for decode batches the products are short and wide, and the heuristic's
+    /// own choices leave most multiprocessors idle on the smaller ones (q/k/v, o).
+    fn split_k_variants(
+        &self,
+        desc: sys::cublasLtMatmulDesc_t,
+        a: sys::cublasLtMatrixLayout_t,
+        b: sys::cublasLtMatrixLayout_t,
+        c: sys::cublasLtMatrixLayout_t,
+        base: &[sys::cublasLtMatmulAlgo_t],
+    ) -> Vec<sys::cublasLtMatmulAlgo_t> {
+        use sys::cublasLtMatmulAlgoConfigAttributes_t as Cfg;
+        let scheme = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+        let mut out = Vec::new();
+        for algo in base.iter().take(SPLIT_K_BASES) {
+            for splits in [2u32, 3, 4, 6, 8] {
+                let mut v = *algo;
+                // SAFETY: `v` is a live copy of an algorithm cuBLASLt returned; the attribute buffers are u32
+                // locals, the sizes these attributes take; the check only reads the descriptors.
+                let accepted = unsafe {
+                    let set = |attr: Cfg, value: &u32, v: &mut sys::cublasLtMatmulAlgo_t| {
+                        sys::cublasLtMatmulAlgoConfigSetAttribute(
+                            v,
+                            attr,
+                            value as *const u32 as *const c_void,
+                            size_of::<u32>(),
+                        )
+                    };
+                    let mut result: sys::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
+                    set(Cfg::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, &mut v)
+                        .result()
+                        .is_ok()
+                        && set(Cfg::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, &mut v)
+                            .result()
+                            .is_ok()
+                        && sys::cublasLtMatmulAlgoCheck(
+                            self.handle,
+                            desc,
+                            a,
+                            b,
+                            c,
+                            c,
+                            &v,
+                            &mut result,
+                        )
+                        .result()
+                        .is_ok()
+                        && result.workspaceSize <= WORKSPACE
+                };
+                if accepted {
+                    out.push(v);
+                }
+            }
+        }
+        out
     }
 
     /// Runs `plan` with `algo` on raw device pointers.
@@ -230,8 +305,14 @@ impl Gemm {
                 best = Some((ms, i));
             }
         }
-        if let Some((_, i)) = best {
+        if let Some((ms, i)) = best {
             plan.algo = plan.candidates[i];
+            tracing::debug!(
+                candidate = i,
+                of = plan.candidates.len(),
+                us = f64::from(ms) * 1e3 / 3.0,
+                "cuBLASLt plan tuned"
+            );
         }
         Ok(())
     }

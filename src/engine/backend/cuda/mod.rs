@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod gemm;
+mod launch;
 pub mod registry;
 pub mod roofline;
 
@@ -15,9 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchArgs,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig,
 };
+use launch::{KernelArgs, PushArg};
 
 use super::{AttentionBatch, Backend, BackendError, KvLayout};
 use registry::KernelRegistry;
@@ -178,6 +179,8 @@ struct Kernels {
     attn_combine: CudaFunction,
     attn_prefill: Vec<CudaFunction>,
     attn_decode: Vec<CudaFunction>,
+    /// The tensor-core decode kernels (`attn_decode_mma_d*`), used unless `ENGRAM_DECODE_ATTN=simt`.
+    attn_decode_mma: Vec<CudaFunction>,
 }
 
 impl Kernels {
@@ -218,6 +221,7 @@ impl Kernels {
             attn_combine: r.function("attention", "attn_combine")?,
             attn_prefill: per_dim("attn_prefill_d")?,
             attn_decode: per_dim("attn_decode_d")?,
+            attn_decode_mma: per_dim("attn_decode_mma_d")?,
         })
     }
 }
@@ -238,8 +242,14 @@ pub struct CudaBackend {
     sm_count: usize,
     /// Whether skinny products use `kernels/gemv.cu` (on unless `ENGRAM_GEMV=0`).
     use_gemv: std::sync::atomic::AtomicBool,
+    /// Whether decode attention runs on tensor cores (`attn_decode_mma_d*`, on unless `ENGRAM_DECODE_ATTN=simt`)
+    /// or on the CUDA cores (`attn_decode_d*`).
+    decode_mma: std::sync::atomic::AtomicBool,
     /// Per-operation device timings when profiling ([`CudaBackend::set_profiling`]).
     profile: Mutex<Option<Vec<(String, CudaEvent, CudaEvent)>>>,
+    /// Whether kernels launch with programmatic dependent launch (compute capability 9.0 and later, unless
+    /// `ENGRAM_PDL=0`): see [`launch`].
+    pdl: bool,
 }
 
 /// Times one operation on the stream while profiling: events around it, read at [`CudaBackend::take_profile`].
@@ -334,6 +344,12 @@ impl CudaBackend {
         let kernels = Kernels::load(&registry)?;
         let gemm = gemm::Gemm::new(stream.clone())?;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let major = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            )
+            .unwrap_or(0);
+        let pdl = major >= 9 && std::env::var("ENGRAM_PDL").map_or(true, |v| v != "0");
         let sm_count = ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
@@ -352,6 +368,10 @@ impl CudaBackend {
                 std::env::var("ENGRAM_GEMV").map_or(true, |v| v != "0"),
             ),
             profile: Mutex::new(None),
+            pdl,
+            decode_mma: std::sync::atomic::AtomicBool::new(
+                std::env::var("ENGRAM_DECODE_ATTN").map_or(true, |v| v != "simt"),
+            ),
         })
     }
 
@@ -359,6 +379,12 @@ impl CudaBackend {
     /// [`GEMV_MAX_ROWS`] rows (for comparisons; on by default).
     pub fn set_gemv(&self, on: bool) {
         self.use_gemv
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Chooses the decode attention kernel: tensor cores (the default) or CUDA cores (for comparisons).
+    pub fn set_decode_tensor_cores(&self, on: bool) {
+        self.decode_mma
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -518,8 +544,8 @@ impl CudaBackend {
             .map_err(|e| CudaError::driver("cuMemAlloc", e))
     }
 
-    fn builder<'a>(&'a self, f: &'a CudaFunction) -> LaunchArgs<'a> {
-        self.stream.launch_builder(f)
+    fn builder<'a>(&'a self, f: &'a CudaFunction) -> KernelArgs<'a> {
+        KernelArgs::new(&self.stream, f, self.pdl)
     }
 
     /// A grid-stride launch shape for `n` elements.
@@ -554,21 +580,12 @@ impl CudaBackend {
 
 /// Launches a built kernel call, naming the kernel in the error.
 fn launch(
-    mut b: LaunchArgs<'_>,
+    b: KernelArgs<'_>,
     cfg: LaunchConfig,
     module: &str,
     kernel: &str,
 ) -> Result<(), CudaError> {
-    // SAFETY: every call site pushes the arguments in the order and of the types of the kernel's signature in
-    // kernels/<module>.cu, with buffers sized for the grid it launches; tests/cuda_parity.rs checks each kernel
-    // against the CPU backend.
-    unsafe { b.launch(cfg) }
-        .map(|_| ())
-        .map_err(|e| CudaError::Kernel {
-            module: module.into(),
-            kernel: kernel.into(),
-            reason: format!("{e:?}"),
-        })
+    b.launch(cfg, module, kernel)
 }
 
 /// Keeps freed memory in the default pool (release threshold: unlimited), so per-step activations are recycled

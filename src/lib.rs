@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod attribution;
 pub mod config;
 pub mod embed;
 pub mod engine;

@@ -14,3 +14,4 @@ pub mod prepack;
 pub mod runner;
 pub mod sampling;
 pub mod scheduler;
+pub mod score;

@@ -31,6 +31,7 @@ pub mod index;
 pub mod ingest;
 pub mod metrics;
 pub mod openie;
+pub mod qa;
 pub mod retrieve;
 pub mod server;
 pub mod store;

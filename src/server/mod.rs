@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod openai;
+pub mod qa;
 pub mod retrieve;
 mod ui;
 
@@ -43,6 +44,7 @@ use utoipa_swagger_ui::SwaggerUi;
         documents::delete,
         jobs::get,
         retrieve::retrieve,
+        qa::qa,
         openai::chat,
         openai::completions,
         openai::models,
@@ -73,6 +75,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/documents/{id}", get(documents::get))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/retrieve", post(retrieve::retrieve))
+        .route("/v1/qa", post(qa::qa))
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))

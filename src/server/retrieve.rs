@@ -79,6 +79,24 @@ impl From<ScoredPassage> for ScoredPassageView {
     }
 }
 
+/// `top_k` as asked (default `retrieval.default_top_k`), or an `invalid_field` error when it is 0 or over
+/// `retrieval.max_top_k`.
+pub(super) fn checked_top_k(app: &App, top_k: Option<usize>) -> Result<usize, ApiError> {
+    let cfg = &app.config.retrieval;
+    let top_k = top_k.unwrap_or(cfg.default_top_k);
+    if top_k == 0 || top_k > cfg.max_top_k {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!(
+                "`top_k` must be between 1 and {} (retrieval.max_top_k)",
+                cfg.max_top_k
+            ),
+        )
+        .param("top_k"));
+    }
+    Ok(top_k)
+}
+
 /// Rank passages for a query.
 #[utoipa::path(post, path = "/v1/retrieve", tag = "retrieval", request_body = RetrieveRequest,
     responses(
@@ -102,18 +120,7 @@ pub async fn retrieve(
         )
         .param("query"));
     }
-    let cfg = &app.config.retrieval;
-    let top_k = body.top_k.unwrap_or(cfg.default_top_k);
-    if top_k == 0 || top_k > cfg.max_top_k {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!(
-                "`top_k` must be between 1 and {} (retrieval.max_top_k)",
-                cfg.max_top_k
-            ),
-        )
-        .param("top_k"));
-    }
+    let top_k = checked_top_k(&app, body.top_k)?;
     let method = body.method.unwrap_or_else(|| "bm25".into());
     let retriever = app.retrievers.get(&method)?;
     let started = Instant::now();

@@ -1,0 +1,148 @@
+//! `POST /v1/qa` through the router on the demo corpus, without a generation model: an extractive answer copied
+//! from a retrieved passage, passage attributions that share out the reader's value (exact up to 10 passages,
+//! sampled with standard errors beyond), the graph retriever's seeds, and clear errors.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{Db, TestApp};
+use serde_json::{json, Value};
+
+fn demo_corpus() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/corpora/demo/corpus.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn attribution_sum(body: &Value) -> f64 {
+    body["passages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["attribution"]["value"].as_f64().unwrap())
+        .sum()
+}
+
+async fn qa_on_demo_corpus(db: Db) {
+    let t = TestApp::start(db, |_| {}).await;
+    t.ingest(&demo_corpus()).await;
+
+    let (s, body) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "Which company did Ida Fernsworth found in 1874?", "top_k": 5}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let answer = &body["answer"];
+    assert_eq!(answer["mode"], "extractive", "{body}");
+    let i = answer["passage"].as_u64().unwrap() as usize;
+    let passage = &body["passages"][i];
+    let text = passage["text"].as_str().unwrap();
+    let (a, b) = (
+        answer["start_byte"].as_u64().unwrap() as usize,
+        answer["end_byte"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(&text[a..b], answer["text"].as_str().unwrap());
+    assert!(
+        answer["text"].as_str().unwrap().contains("Fernsworth"),
+        "{answer}"
+    );
+    // Exact Shapley values over the 5 passages share out v(all) - v(none); the answer's passage gets the most.
+    let info = &body["attribution"];
+    assert_eq!(info["method"], "exact_shapley");
+    assert_eq!(info["evaluations"], 32);
+    let full = info["full"].as_f64().unwrap() - info["empty"].as_f64().unwrap();
+    assert!((attribution_sum(&body) - full).abs() < 1e-9, "{body}");
+    let values: Vec<f64> = body["passages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["attribution"]["value"].as_f64().unwrap())
+        .collect();
+    let top = values
+        .iter()
+        .enumerate()
+        .max_by(|x, y| x.1.total_cmp(y.1))
+        .unwrap()
+        .0;
+    assert_eq!(top, i, "{values:?}");
+    for key in ["retrieve_ms", "read_ms", "attribution_ms", "total_ms"] {
+        assert!(body["timings"][key].as_f64().unwrap() >= 0.0);
+    }
+
+    // Past 10 passages the values are sampled, with standard errors, and still sum to v(all) - v(none).
+    let (s, body) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "Where does the River Avelle rise?", "top_k": 12, "retriever": "hipporag"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["retriever"], "hipporag");
+    assert_eq!(body["attribution"]["method"], "permutation_shapley");
+    assert!(body["seeds"].as_array().is_some());
+    let full = body["attribution"]["full"].as_f64().unwrap();
+    assert!((attribution_sum(&body) - full).abs() < 1e-9, "{body}");
+    assert!(body["passages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["attribution"]["std_error"].as_f64().unwrap() >= 0.0));
+
+    // No attributions when asked for none.
+    let (s, body) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "What is Marrowick known for?", "attribution": "none"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body["attribution"].is_null());
+    assert!(body["passages"][0]["attribution"].is_null());
+    t.finish().await;
+}
+
+both_backends!(qa_answers_from_the_demo_corpus, qa_on_demo_corpus);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_errors_say_what_to_fix() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    for (body, status, code, param) in [
+        (json!({"question": "  "}), 422, "empty_question", "question"),
+        (
+            json!({"question": "x", "top_k": 0}),
+            400,
+            "invalid_field",
+            "top_k",
+        ),
+        (
+            json!({"question": "x", "retriever": "nope"}),
+            400,
+            "unknown_method",
+            "retriever",
+        ),
+        (
+            json!({"question": "x", "stream": true}),
+            422,
+            "needs_model",
+            "stream",
+        ),
+        (
+            json!({"question": "x", "attribution": "tokens"}),
+            422,
+            "needs_model",
+            "attribution",
+        ),
+    ] {
+        let (s, b) = t.post_json("/v1/qa", &body).await;
+        assert_eq!(s.as_u16(), status, "{body} -> {b}");
+        assert_eq!(b["error"]["code"], code, "{b}");
+        assert_eq!(b["error"]["param"], param, "{b}");
+        assert!(!b["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (s, b) = t
+        .post_json("/v1/qa", &json!({"question": "x", "attribution": "some"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    t.finish().await;
+}

@@ -99,6 +99,10 @@ enum Command {
         /// Retriever names, comma-separated (e.g. `bm25,dense,hybrid,hipporag,hipporag2`), or `all`.
         #[arg(long, default_value = "bm25")]
         retriever: String,
+        /// Also answer every question from its top 5 passages (the extractive reader without a model) and
+        /// report exact match and F1 against the answer and its aliases.
+        #[arg(long)]
+        qa: bool,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -244,6 +248,7 @@ async fn main() -> Result<()> {
             corpus,
             openie,
             retriever,
+            qa,
             json,
         } => {
             let mut storage = storage;
@@ -272,18 +277,29 @@ async fn main() -> Result<()> {
             let mut reports = Vec::new();
             for name in &names {
                 let r = app.retrievers.get(name)?;
-                reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style).await?);
+                reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style, qa).await?);
             }
             if json {
                 for report in &reports {
                     println!("{}", serde_json::to_string(report)?);
                 }
             } else {
-                println!("| retriever | questions | R@2 | R@5 | mean latency (ms) |");
-                println!("|---|---:|---:|---:|---:|");
+                if qa {
+                    println!("| retriever | questions | R@2 | R@5 | mean latency (ms) | reader | EM | F1 |");
+                    println!("|---|---:|---:|---:|---:|---|---:|---:|");
+                } else {
+                    println!("| retriever | questions | R@2 | R@5 | mean latency (ms) |");
+                    println!("|---|---:|---:|---:|---:|");
+                }
                 for r in &reports {
+                    let answers = match (&r.reader, r.exact_match, r.f1) {
+                        (Some(reader), Some(em), Some(f1)) => {
+                            format!(" {reader} | {em:.2} | {f1:.2} |")
+                        }
+                        _ => String::new(),
+                    };
                     println!(
-                        "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                        "| {} | {} | {:.2} | {:.2} | {:.2} |{answers}",
                         r.retriever, r.questions, r.recall_at_2, r.recall_at_5, r.mean_latency_ms
                     );
                 }

@@ -21,10 +21,17 @@ async fn run_with(
     let job = t.app.pipeline.submit(&docs).await.unwrap();
     t.wait_job(&job).await;
     let r = t.app.retrievers.get(retriever).unwrap();
-    let report = evaluate(&t.app.store, r.as_ref(), &qs, style)
+    let report = evaluate(&t.app.store, r.as_ref(), &qs, style, true)
         .await
         .unwrap();
     assert_eq!(report.questions, qs.len());
+    // The extractive reader's scores are percentages; F1 is never below exact match.
+    let (em, f1) = (report.exact_match.unwrap(), report.f1.unwrap());
+    assert!(
+        (0.0..=100.0).contains(&em) && (em..=100.0).contains(&f1),
+        "{report:?}"
+    );
+    assert_eq!(report.reader.as_deref(), Some("extractive"));
     report
 }
 

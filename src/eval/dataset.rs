@@ -35,6 +35,8 @@ pub struct EvalQuestion {
     pub question: String,
     /// Gold keys (see [`GoldStyle`]).
     pub gold: HashSet<String>,
+    /// Accepted answers: `answer` and its `answer_aliases` (empty when the file has none).
+    pub answers: Vec<String>,
 }
 
 fn read_json(path: &Path, what: &'static str) -> Result<Value, EvalError> {
@@ -114,10 +116,20 @@ pub fn load_questions(path: &Path) -> Result<(Vec<EvalQuestion>, GoldStyle), Eva
                 }
             }
         }
+        let mut answers: Vec<String> = q
+            .get("answer")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        if let Some(aliases) = q.get("answer_aliases").and_then(Value::as_array) {
+            answers.extend(aliases.iter().filter_map(Value::as_str).map(str::to_string));
+        }
         out.push(EvalQuestion {
             id,
             question: text.to_string(),
             gold,
+            answers,
         });
     }
     Ok((out, style))

@@ -1,6 +1,7 @@
-//! `POST /v1/qa` through the router on the demo corpus, without a generation model: an extractive answer copied
+//! `POST /v1/qa` through the router on the demo corpus. Without a generation model: an extractive answer copied
 //! from a retrieved passage, passage attributions that share out the reader's value (exact up to 10 passages,
-//! sampled with standard errors beyond), the graph retriever's seeds, and clear errors.
+//! sampled with standard errors beyond), the graph retriever's seeds, and clear errors. With a synthetic model:
+//! a generated answer and TextGenSHAP values over its log-probability.
 
 mod common;
 
@@ -144,5 +145,48 @@ async fn qa_errors_say_what_to_fix() {
         .post_json("/v1/qa", &json!({"question": "x", "attribution": "some"}))
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_with_a_model_attributes_the_generated_answer() {
+    let t = TestApp::start(Db::Sqlite, |c| {
+        c.engine.model = Some("synthetic:tiny".into());
+        c.engine.kv_cache_mib = 16;
+        c.engine.token_budget = 256;
+    })
+    .await;
+    t.ingest(&demo_corpus()).await;
+    let (s, body) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "Which company did Ida Fernsworth found?", "top_k": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["answer"]["mode"], "generated", "{body}");
+    assert!(body["answer"]["passage"].is_null());
+    let tokens = body["answer"]["tokens"].as_u64().unwrap();
+    assert!(tokens >= 1, "{body}");
+    let info = &body["attribution"];
+    assert_eq!(info["value"], "answer_log_prob");
+    assert_eq!(info["method"], "exact_shapley");
+    assert_eq!(info["evaluations"], 8);
+    // Log-probabilities are negative, and the values share out v(all) - v(none).
+    let (full, empty) = (
+        info["full"].as_f64().unwrap(),
+        info["empty"].as_f64().unwrap(),
+    );
+    assert!(full < 0.0 && empty < 0.0, "{info}");
+    assert!(
+        (attribution_sum(&body) - (full - empty)).abs() < 1e-6 * full.abs().max(1.0),
+        "{body}"
+    );
+    // Not built yet for the model: said plainly.
+    let (s, b) = t
+        .post_json("/v1/qa", &json!({"question": "x", "stream": true}))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(b["error"]["code"], "not_available", "{b}");
     t.finish().await;
 }

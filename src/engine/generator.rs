@@ -2,6 +2,7 @@
 
 use super::model::ModelTokenizer;
 use super::sampling::{SamplingError, SamplingParams};
+use super::score::Scores;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -93,6 +94,9 @@ pub enum EngineError {
     /// The engine could not start.
     #[error("the engine could not start: {0}")]
     Start(String),
+    /// A scoring call failed (for example: its prompts do not fit the KV cache).
+    #[error("scoring failed: {0}")]
+    Scoring(String),
 }
 
 /// Snapshot of the engine's load.
@@ -123,4 +127,7 @@ pub trait Generator: Send + Sync + std::fmt::Debug {
     ) -> Result<UnboundedReceiver<GenerationEvent>, EngineError>;
     /// Current load.
     fn stats(&self) -> EngineStats;
+    /// Teacher-forced log-probabilities of each (context, continuation) pair ([`crate::engine::score`]), run by
+    /// the engine between steps. Blocks until done: call it off the async runtime (`spawn_blocking`).
+    fn score(&self, pairs: Vec<(Vec<u32>, Vec<u32>)>) -> Result<Scores, EngineError>;
 }

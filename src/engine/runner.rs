@@ -13,6 +13,7 @@ use super::model::ModelTokenizer;
 use super::prefill::push_chunk;
 use super::sampling::{Sampled, Sampler, StopMatcher};
 use super::scheduler::{ChunkKind, Scheduler, SchedulerConfig, SeqState};
+use super::score::{score_continuations, Scores};
 use crate::metrics;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -62,8 +63,16 @@ enum Command {
         events: UnboundedSender<GenerationEvent>,
         arrived: Instant,
     },
+    /// Teacher-forced scoring of (context, continuation) pairs, run between steps.
+    Score {
+        pairs: Vec<(Vec<u32>, Vec<u32>)>,
+        reply: mpsc::Sender<Result<Scores, EngineError>>,
+    },
     Shutdown,
 }
+
+/// Cache sequence ids of scoring calls start here, far from request ids.
+const SCORE_SEQ_BASE: u64 = 1 << 62;
 
 /// A request being served.
 struct Active {
@@ -127,6 +136,7 @@ impl Engine {
             max_sequences: config.max_sequences,
         });
         let eos = tokenizer.eos_token_ids();
+        let config_token_budget = config.token_budget;
         let loop_tokenizer = tokenizer.clone();
         std::thread::Builder::new()
             .name("engram-engine".into())
@@ -138,6 +148,7 @@ impl Engine {
                     eos,
                     tokenizer: loop_tokenizer,
                     stats: loop_stats,
+                    score_capacity: config_token_budget,
                 };
                 state.run(&model, &mut kv, &rx);
             })
@@ -224,10 +235,24 @@ impl Generator for Engine {
     fn stats(&self) -> EngineStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
     }
+
+    fn score(&self, pairs: Vec<(Vec<u32>, Vec<u32>)>) -> Result<Scores, EngineError> {
+        let (reply, answer) = mpsc::channel();
+        self.commands
+            .lock()
+            .map_err(|_| EngineError::Stopped("poisoned".into()))?
+            .send(Command::Score { pairs, reply })
+            .map_err(|_| EngineError::Stopped("the engine thread exited".into()))?;
+        answer
+            .recv()
+            .map_err(|_| EngineError::Stopped("the engine thread exited".into()))?
+    }
 }
 
 struct LoopState {
     cache: KvCache,
+    /// Tokens per forward pass of a scoring call (at least its longest pair).
+    score_capacity: usize,
     scheduler: Scheduler,
     active: HashMap<u64, Active>,
     eos: Vec<u32>,
@@ -247,7 +272,7 @@ impl LoopState {
             if self.scheduler.is_idle() {
                 match rx.recv() {
                     Ok(cmd) => {
-                        if !self.accept(cmd) {
+                        if !self.handle(cmd, model, kv) {
                             return;
                         }
                     }
@@ -255,7 +280,7 @@ impl LoopState {
                 }
             }
             while let Ok(cmd) = rx.try_recv() {
-                if !self.accept(cmd) {
+                if !self.handle(cmd, model, kv) {
                     return;
                 }
             }
@@ -272,10 +297,33 @@ impl LoopState {
         }
     }
 
-    /// Takes a command; false on shutdown.
+    /// Takes a command, scoring calls at once (between steps, over the shared cache); false on shutdown.
+    fn handle<B: Backend>(&mut self, cmd: Command, model: &LlamaModel<B>, kv: &mut B::Kv) -> bool {
+        match cmd {
+            Command::Score { pairs, reply } => {
+                let result = score_continuations(
+                    model,
+                    kv,
+                    &mut self.cache,
+                    &pairs,
+                    self.score_capacity,
+                    SCORE_SEQ_BASE,
+                )
+                .map_err(|e| EngineError::Scoring(e.to_string()));
+                let _ = reply.send(result);
+                true
+            }
+            other => self.accept(other),
+        }
+    }
+
+    /// Takes a generation request or a shutdown; false on shutdown.
     fn accept(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Shutdown => false,
+            Command::Score { .. } => {
+                unreachable!("scoring calls are handled with the model at hand")
+            }
             Command::Submit {
                 id,
                 request,

@@ -1,5 +1,7 @@
-//! Question answering over retrieved passages. Without a generation model the answer is extractive
+//! Question answering over retrieved passages. With a generation model the engine answers ([`generated`]) and
+//! the passages' Shapley values are over the answer's log-probability; without one the answer is extractive
 //! ([`extractive`]): the retrieved sentence that best matches the question, labelled as such, with passage
 //! attributions computed over that reader's own value function.
 
 pub mod extractive;
+pub mod generated;

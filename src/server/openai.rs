@@ -112,6 +112,11 @@ impl From<EngineError> for ApiError {
             EngineError::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
             }
+            EngineError::Scoring(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "scoring_failed",
+                e.to_string(),
+            ),
             _ => ApiError::internal(&e),
         }
     }

@@ -1,14 +1,18 @@
-//! `POST /v1/qa`: answer a question from retrieved passages, with passage attributions. Without a generation
-//! model the answer is extractive (`mode: "extractive"`: the best-matching retrieved sentence) and the
-//! attributions are Shapley values of the passages under that reader's value function (exact up to 10
-//! passages, antithetic permutation sampling with standard errors beyond).
+//! `POST /v1/qa`: answer a question from retrieved passages, with passage attributions (Shapley values: exact up
+//! to 10 passages, antithetic permutation sampling with standard errors beyond). With a generation model the
+//! engine answers greedily (`mode: "generated"`) and a passage set is worth the answer's teacher-forced
+//! log-probability under the prompt holding only those passages (TextGenSHAP); without one the answer is
+//! extractive (`mode: "extractive"`: the best-matching retrieved sentence) and the values are over that reader.
 
 use super::body::{parse_json, read_limited, require_json};
 use super::error::{ApiError, ErrorEnvelope};
 use super::retrieve::{checked_top_k, ScoredPassageView};
 use crate::app::App;
-use crate::attribution::{exact_shapley, permutation_shapley, MAX_EXACT_PLAYERS};
+use crate::attribution::{exact_shapley, permutation_shapley, Game, MAX_EXACT_PLAYERS};
+use crate::engine::generator::{GenerationEvent, GenerationRequest, Generator};
+use crate::engine::sampling::SamplingParams;
 use crate::qa::extractive::{read, ReaderGame};
+use crate::qa::generated::{prompt_ids, EngineGame};
 use crate::retrieve::Seed;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -19,6 +23,40 @@ use std::time::Instant;
 
 /// Antithetic permutation pairs sampled past [`MAX_EXACT_PLAYERS`] passages (128 permutations).
 const PERMUTATION_PAIRS: usize = 64;
+
+/// Most tokens of a generated answer.
+const ANSWER_TOKENS: usize = 32;
+
+/// Shapley values of `game`'s players: exact up to [`MAX_EXACT_PLAYERS`], sampled beyond.
+fn shapley<G: Game>(
+    game: &mut G,
+    value: &str,
+) -> Result<(Vec<f64>, Vec<f64>, AttributionInfo), ApiError> {
+    let n = game.players();
+    let (method, result) = if n <= MAX_EXACT_PLAYERS {
+        ("exact_shapley", exact_shapley(game))
+    } else {
+        (
+            "permutation_shapley",
+            permutation_shapley(game, PERMUTATION_PAIRS, 0),
+        )
+    };
+    let a = result.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attribution_failed",
+            e.to_string(),
+        )
+    })?;
+    let info = AttributionInfo {
+        method: method.into(),
+        value: value.into(),
+        evaluations: a.evaluations,
+        full: a.full,
+        empty: a.empty,
+    };
+    Ok((a.values, a.std_errors, info))
+}
 
 /// What to attribute the answer to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
@@ -53,19 +91,21 @@ pub struct QaRequest {
     pub stream: bool,
 }
 
-/// Where the answer came from.
+/// The answer and where it came from.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Answer {
     /// The answer text.
     pub text: String,
-    /// `extractive`: a sentence copied from a passage.
+    /// `generated` (by the model) or `extractive` (a sentence copied from a passage, when no model is loaded).
     pub mode: String,
-    /// Index of the passage (in `passages`) that holds it.
-    pub passage: usize,
-    /// Start byte offset of the answer in that passage's text.
-    pub start_byte: usize,
-    /// End byte offset of the answer in that passage's text.
-    pub end_byte: usize,
+    /// Extractive answers: index of the passage (in `passages`) that holds it.
+    pub passage: Option<usize>,
+    /// Extractive answers: start byte offset of the answer in that passage's text.
+    pub start_byte: Option<usize>,
+    /// Extractive answers: end byte offset of the answer in that passage's text.
+    pub end_byte: Option<usize>,
+    /// Generated answers: the answer's tokens.
+    pub tokens: Option<usize>,
 }
 
 /// A passage's share of the answer.
@@ -92,7 +132,8 @@ pub struct QaPassage {
 pub struct AttributionInfo {
     /// `exact_shapley` or `permutation_shapley`.
     pub method: String,
-    /// The value function: `extractive_best_sentence_score`.
+    /// The value function: `answer_log_prob` (the model's answer, teacher-forced under each passage subset) or
+    /// `extractive_best_sentence_score`.
     pub value: String,
     /// Coalitions valued.
     pub evaluations: usize,
@@ -159,21 +200,27 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
         )
         .param("question"));
     }
-    let needs_model = |what: &str, param: &str| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "needs_model",
-            format!(
-                "{what} needs a generation model; answers are extractive here (leave `{param}` at its default)"
-            ),
-        )
-        .param(param.to_string())
+    let unavailable = |what: &str, param: &str| {
+        let (code, message) = if app.generator.is_some() {
+            (
+                "not_available",
+                format!("{what} is not available yet; leave `{param}` at its default"),
+            )
+        } else {
+            (
+                "needs_model",
+                format!(
+                    "{what} needs a generation model; answers are extractive here (leave `{param}` at its default)"
+                ),
+            )
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).param(param.to_string())
     };
     if body.stream {
-        return Err(needs_model("streaming the answer", "stream"));
+        return Err(unavailable("streaming the answer", "stream"));
     }
     if body.attribution == AttributionLevel::Tokens {
-        return Err(needs_model("token attribution", "attribution"));
+        return Err(unavailable("token attribution", "attribution"));
     }
     let top_k = checked_top_k(&app, body.top_k)?;
     let method = body.retriever.unwrap_or_else(|| "bm25".into());
@@ -185,56 +232,75 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
     let found = retriever.retrieve_explained(&body.question, top_k).await?;
     let retrieve_ms = ms(t);
 
-    let t = Instant::now();
-    let texts: Vec<&str> = found
-        .passages
-        .iter()
-        .map(|p| p.passage.text.as_str())
-        .collect();
-    let reading = read(&body.question, &texts);
-    let answer = reading.best.as_ref().map(|s| Answer {
-        text: texts[s.passage][s.start..s.end].to_string(),
-        mode: "extractive".into(),
-        passage: s.passage,
-        start_byte: s.start,
-        end_byte: s.end,
-    });
-    let read_ms = ms(t);
-
-    let t = Instant::now();
-    let n = texts.len();
-    let (values, info) = if body.attribution == AttributionLevel::None || n == 0 {
-        (None, None)
-    } else {
-        let mut game = ReaderGame {
-            passages: n,
-            reading: &reading,
-        };
-        let (method, result) = if n <= MAX_EXACT_PLAYERS {
-            ("exact_shapley", exact_shapley(&mut game))
-        } else {
-            (
-                "permutation_shapley",
-                permutation_shapley(&mut game, PERMUTATION_PAIRS, 0),
-            )
-        };
-        let a = result.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "attribution_failed",
-                e.to_string(),
-            )
-        })?;
-        let info = AttributionInfo {
-            method: method.into(),
-            value: "extractive_best_sentence_score".into(),
-            evaluations: a.evaluations,
-            full: a.full,
-            empty: a.empty,
-        };
-        (Some((a.values, a.std_errors)), Some(info))
+    let n = found.passages.len();
+    let want_attribution = body.attribution != AttributionLevel::None && n > 0;
+    let (answer, values, info, read_ms, attribution_ms) = match app.generator.clone() {
+        Some(g) => {
+            let passages: Vec<(String, String)> = found
+                .passages
+                .iter()
+                .map(|p| (p.passage.title.clone(), p.passage.text.clone()))
+                .collect();
+            let t = Instant::now();
+            let (text, tokens) = generate(g.as_ref(), &body.question, &passages).await?;
+            let read_ms = ms(t);
+            let t = Instant::now();
+            let scored = if want_attribution && !tokens.is_empty() {
+                let mut game = EngineGame {
+                    generator: g,
+                    question: body.question.clone(),
+                    passages,
+                    answer: tokens.clone(),
+                };
+                let r = tokio::task::spawn_blocking(move || shapley(&mut game, "answer_log_prob"))
+                    .await
+                    .map_err(|e| ApiError::internal(&e))??;
+                Some(r)
+            } else {
+                None
+            };
+            let answer = Answer {
+                text,
+                mode: "generated".into(),
+                passage: None,
+                start_byte: None,
+                end_byte: None,
+                tokens: Some(tokens.len()),
+            };
+            let (values, info) = split(scored);
+            (Some(answer), values, info, read_ms, ms(t))
+        }
+        None => {
+            let t = Instant::now();
+            let texts: Vec<&str> = found
+                .passages
+                .iter()
+                .map(|p| p.passage.text.as_str())
+                .collect();
+            let reading = read(&body.question, &texts);
+            let answer = reading.best.as_ref().map(|s| Answer {
+                text: texts[s.passage][s.start..s.end].to_string(),
+                mode: "extractive".into(),
+                passage: Some(s.passage),
+                start_byte: Some(s.start),
+                end_byte: Some(s.end),
+                tokens: None,
+            });
+            let read_ms = ms(t);
+            let t = Instant::now();
+            let scored = if want_attribution {
+                let mut game = ReaderGame {
+                    passages: n,
+                    reading: &reading,
+                };
+                Some(shapley(&mut game, "extractive_best_sentence_score")?)
+            } else {
+                None
+            };
+            let (values, info) = split(scored);
+            (answer, values, info, read_ms, ms(t))
+        }
     };
-    let attribution_ms = ms(t);
 
     let passages = found
         .passages
@@ -262,4 +328,47 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
             total_ms: ms(started),
         },
     }))
+}
+
+/// Values and errors apart from the attribution's description.
+#[allow(clippy::type_complexity)]
+fn split(
+    scored: Option<(Vec<f64>, Vec<f64>, AttributionInfo)>,
+) -> (Option<(Vec<f64>, Vec<f64>)>, Option<AttributionInfo>) {
+    match scored {
+        Some((v, e, info)) => (Some((v, e)), Some(info)),
+        None => (None, None),
+    }
+}
+
+/// The model's greedy answer (at most [`ANSWER_TOKENS`] tokens) to the prompt with every passage: text and ids.
+async fn generate(
+    g: &dyn Generator,
+    question: &str,
+    passages: &[(String, String)],
+) -> Result<(String, Vec<u32>), ApiError> {
+    let all = if passages.len() >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << passages.len()) - 1
+    };
+    let prompt = prompt_ids(g, question, passages, all).map_err(|e| ApiError::internal(&e))?;
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: ANSWER_TOKENS,
+        ..SamplingParams::default()
+    };
+    let mut rx = g.submit(GenerationRequest { prompt, params })?;
+    let (mut text, mut tokens) = (String::new(), Vec::new());
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            GenerationEvent::Token(t) => {
+                text.push_str(&t.text);
+                tokens.push(t.token);
+            }
+            GenerationEvent::Done { .. } => return Ok((text.trim().to_string(), tokens)),
+            GenerationEvent::Failed(e) => return Err(ApiError::internal(&e)),
+        }
+    }
+    Err(ApiError::internal(&"the engine dropped the request"))
 }

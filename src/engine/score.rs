@@ -10,7 +10,7 @@
 
 use super::backend::Backend;
 use super::kv_cache::KvCache;
-use super::llama::{LlamaModel, StepBatch};
+use super::llama::{LlamaError, LlamaModel, StepBatch};
 use super::prefill::{push_chunk, PrefillError};
 use super::prepack::pack_first_fit_decreasing;
 
@@ -27,11 +27,32 @@ pub struct Scores {
     pub total_tokens: usize,
 }
 
-/// `log softmax(logits)[token]`, in f64.
+/// `log softmax(logits)[token]` (exponentials in f32, their sum in f64).
 pub fn token_log_prob(logits: &[f32], token: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    logits[token as usize] as f64 - max - sum.ln()
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    f64::from(logits[token as usize] - max) - sum.ln()
+}
+
+/// [`token_log_prob`] of each (row, token) of a flat `[rows, vocab]` logits buffer, over the host's cores (a
+/// large vocabulary makes this the host's share of scoring).
+fn rows_log_probs(data: &[f32], vocab: usize, wanted: &[u32]) -> Vec<f64> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(wanted.len().max(1));
+    let per = wanted.len().div_ceil(threads).max(1);
+    let mut out = vec![0.0; wanted.len()];
+    std::thread::scope(|scope| {
+        for (t, (tokens, out)) in wanted.chunks(per).zip(out.chunks_mut(per)).enumerate() {
+            scope.spawn(move || {
+                for (j, (&token, o)) in tokens.iter().zip(out.iter_mut()).enumerate() {
+                    let row = t * per + j;
+                    *o = token_log_prob(&data[row * vocab..(row + 1) * vocab], token);
+                }
+            });
+        }
+    });
+    out
 }
 
 /// Scores `pairs` (context, continuation), both non-empty, as sequences `first_seq ..` of `cache` (released
@@ -114,17 +135,22 @@ fn score_inner<B: Backend>(
             wanted.push((i, base));
             scores.computed_tokens += tokens.len() - start;
         }
-        let logits = model.forward(kv, &batch, cache.block_size())?;
+        let logits = model
+            .forward_logits(kv, &batch, cache.block_size())?
+            .ok_or_else(|| LlamaError::Batch("no continuation rows".into()))?;
+        let (data, _, vocab) = model.backend().to_host(&logits).map_err(LlamaError::from)?;
         scores.passes += 1;
+        // The logits rows are every wanted pair's continuation tokens, in order.
+        let tokens: Vec<u32> = wanted
+            .iter()
+            .flat_map(|&(i, _)| pairs[i].1.iter().copied())
+            .collect();
+        let lps = rows_log_probs(&data, vocab, &tokens);
         let mut next = 0;
         for &(i, _) in &wanted {
-            let continuation = &pairs[i].1;
-            let mut sum = 0.0;
-            for &token in continuation {
-                sum += token_log_prob(&logits[next], token);
-                next += 1;
-            }
-            scores.log_probs[i] = sum;
+            let len = pairs[i].1.len();
+            scores.log_probs[i] = lps[next..next + len].iter().sum();
+            next += len;
             // Offer the context's full blocks, up to the row before the first continuation token, to later rows.
             cache.mark_computed(first_seq + i as u64, pairs[i].0.len() - 1)?;
         }
@@ -169,7 +195,7 @@ mod tests {
     fn log_softmax_of_a_token() {
         let lp = token_log_prob(&[1.0, 2.0, 3.0], 2);
         let want = 3.0 - (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
-        assert!((lp - want).abs() < 1e-9);
+        assert!((lp - want).abs() < 1e-6, "{lp} vs {want}"); // f32 exponentials
     }
 
     #[test]

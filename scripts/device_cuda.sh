@@ -14,13 +14,10 @@ OUT=/tmp/engram-results
 mkdir -p "$FINAL_OUT" "$OUT"
 stages=${*:-parity prefill decode decode-ablations hf}
 # NVRTC and cuBLASLt come from the image's Python CUDA wheels (the driver is on the system path).
-libs=$(find / -xdev \( -name 'libnvrtc.so.13' -o -name 'libcublasLt.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
-export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export ENGRAM_KERNEL_CACHE=/tmp/engram-kernels RUST_LOG=${RUST_LOG:-info}
+. "$(dirname "$0")/device_env.sh"
+export RUST_LOG=${RUST_LOG:-info}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 echo "libraries: $LD_LIBRARY_PATH"
-mkdir -p /tmp/engram-bin && gunzip -c dist/engram.gz > /tmp/engram-bin/engram && chmod +x /tmp/engram-bin/engram
-ENGRAM=/tmp/engram-bin/engram
 for s in $stages; do
   case $s in
     parity)

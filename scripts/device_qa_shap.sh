@@ -5,15 +5,12 @@
 # `make dist-cuda`; output in $OUT/qa_shap.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/engram-out}
-mkdir -p "$OUT" /tmp/engram-bin
-libs=$(find / -xdev \( -name 'libnvrtc.so.13' -o -name 'libcublasLt.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
-export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-gunzip -c dist/engram.gz > /tmp/engram-bin/engram && chmod +x /tmp/engram-bin/engram
+mkdir -p "$OUT"
+. "$(dirname "$0")/device_env.sh"
 export ENGRAM__EMBEDDING__ENABLED=false ENGRAM__GRAPH__ENABLED=false ENGRAM__ENGINE__KV_CACHE_MIB=16384
-export ENGRAM__ENGINE__TOKEN_BUDGET=16384 ENGRAM_KERNEL_CACHE=/tmp/engram-kernels
-E=/tmp/engram-bin/engram
-$E ingest --data-dir /tmp/engram-data corpora/demo/corpus.json > "$OUT/ingest.log" 2>&1
-$E serve --data-dir /tmp/engram-data --bind 127.0.0.1:8080 --model synthetic:llama-3-8b --device cuda:0 \
+export ENGRAM__ENGINE__TOKEN_BUDGET=16384
+$ENGRAM ingest --data-dir /tmp/engram-data corpora/demo/corpus.json > "$OUT/ingest.log" 2>&1
+$ENGRAM serve --data-dir /tmp/engram-data --bind 127.0.0.1:8080 --model synthetic:llama-3-8b --device cuda:0 \
   > "$OUT/serve_qa.log" 2>&1 &
 pid=$!
 for _ in $(seq 120); do curl -sf 127.0.0.1:8080/readyz >/dev/null && break; sleep 1; done
@@ -27,4 +24,3 @@ ask() {
   for k in 5 10 20; do echo "== top_k $k"; ask $k; done
 } | tee "$OUT/qa_shap.txt"
 kill $pid; wait $pid 2>/dev/null
-grep -c "" "$OUT/serve_qa.log" >/dev/null

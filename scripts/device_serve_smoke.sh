@@ -4,12 +4,10 @@
 # the device tool with carry = ["dist"] after `make dist-cuda`; output in $OUT/serve_smoke.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/engram-out}
-mkdir -p "$OUT" /tmp/engram-bin
-libs=$(find / -xdev \( -name 'libnvrtc.so.13' -o -name 'libcublasLt.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
-export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-gunzip -c dist/engram.gz > /tmp/engram-bin/engram && chmod +x /tmp/engram-bin/engram
+mkdir -p "$OUT"
+. "$(dirname "$0")/device_env.sh"
 export ENGRAM__EMBEDDING__ENABLED=false ENGRAM__GRAPH__ENABLED=false ENGRAM__ENGINE__KV_CACHE_MIB=4096
-/tmp/engram-bin/engram serve --data-dir /tmp/engram-data --bind 127.0.0.1:8080 \
+$ENGRAM serve --data-dir /tmp/engram-data --bind 127.0.0.1:8080 \
   --model synthetic:llama-3-8b --device cuda:0 > "$OUT/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 120); do curl -sf 127.0.0.1:8080/readyz >/dev/null && break; sleep 1; done

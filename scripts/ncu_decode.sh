@@ -4,15 +4,12 @@
 # Writes $OUT/ncu_<stage>.txt. Counters need the Firecracker runtime (see the device tool's KINDS.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/engram-out}
-mkdir -p "$OUT" /tmp/engram-bin
-libs=$(find / -xdev \( -name 'libnvrtc.so.13' -o -name 'libcublasLt.so.13' \) 2>/dev/null | xargs -r -n1 dirname | sort -u | paste -sd:)
-export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export ENGRAM_KERNEL_CACHE=/tmp/engram-kernels
-gunzip -c dist/engram.gz > /tmp/engram-bin/engram && chmod +x /tmp/engram-bin/engram
+mkdir -p "$OUT"
+. "$(dirname "$0")/device_env.sh"
 NCU=$(ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 NCU=${NCU:-$(command -v ncu)}
 S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis"
-BENCH="/tmp/engram-bin/engram bench decode --device cuda:0 --steps 6"
+BENCH="$ENGRAM bench decode --device cuda:0 --steps 6"
 for s in ${*:-attention cublas gemv}; do
   case $s in
     attention) $NCU --clock-control none $S -k regex:"attn_decode_mma_d128" --launch-skip 64 --launch-count 6 \

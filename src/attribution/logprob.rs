@@ -2,14 +2,15 @@
 //! log-probability the model gives a fixed answer when the prompt holds only those passages (teacher-forced, one
 //! prefill per coalition, no decoding), or, with [`Value::AnswerKept`], whether that log-probability stays within
 //! a margin of the full prompt's (a smooth stand-in for the paper's answer-change indicator).
-//! Coalition prompts are scored in prepacked batches with shared prefixes computed once
+//! Coalition prompts are scored by a [`Scorer`]: a model held directly ([`ModelScorer`]) or the running engine
+//! (`crate::qa::generated::EngineScorer`), both in prepacked batches with shared prefixes computed once
 //! ([`crate::engine::score`]).
 
-use super::shapley::{Coalition, Game};
+use super::shapley::{all_players, Coalition, Game};
 use crate::engine::backend::Backend;
 use crate::engine::kv_cache::KvCache;
 use crate::engine::llama::LlamaModel;
-use crate::engine::score::score_continuations;
+use crate::engine::score::{score_continuations, Scores};
 
 /// What a coalition is worth.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,20 +25,42 @@ pub enum Value {
 }
 
 /// Builds the prompt tokens for a coalition (bit `i`: passage `i` is in).
-pub type PromptBuilder<'a> = Box<dyn Fn(Coalition) -> Vec<u32> + Send + 'a>;
+pub type PromptBuilder<'a> = Box<dyn Fn(Coalition) -> Result<Vec<u32>, String> + Send + 'a>;
 
-/// A passage-attribution game over one model, question and answer.
-pub struct LogProbGame<'m, B: Backend> {
-    model: &'m LlamaModel<B>,
-    kv: &'m mut B::Kv,
-    cache: &'m mut KvCache,
+/// Scores (context, continuation) pairs: the teacher-forced log-probability of each continuation.
+pub trait Scorer {
+    /// Scores `pairs`, in order.
+    fn score(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Scores, String>;
+}
+
+/// A [`Scorer`] over a model held directly, with a KV cache of its own (used for the call's sequences only).
+pub struct ModelScorer<'m, B: Backend> {
+    /// The model.
+    pub model: &'m LlamaModel<B>,
+    /// Its KV cache storage.
+    pub kv: &'m mut B::Kv,
+    /// The cache's block tables.
+    pub cache: &'m mut KvCache,
+    /// Tokens per forward pass (at least the longest pair).
+    pub capacity: usize,
+}
+
+impl<B: Backend> Scorer for ModelScorer<'_, B> {
+    fn score(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Scores, String> {
+        score_continuations(self.model, self.kv, self.cache, pairs, self.capacity, 0)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A passage-attribution game over one scorer, question and answer.
+pub struct LogProbGame<'a, S: Scorer> {
+    scorer: S,
     players: usize,
-    prompt: PromptBuilder<'m>,
+    prompt: PromptBuilder<'a>,
     answer: Vec<u32>,
     value: Value,
-    capacity: usize,
     full: Option<f64>,
-    /// Forward passes and computed tokens so far.
+    /// Forward passes so far.
     pub passes: usize,
     /// Prompt tokens computed so far (after prefix reuse).
     pub computed_tokens: usize,
@@ -45,29 +68,21 @@ pub struct LogProbGame<'m, B: Backend> {
     pub total_tokens: usize,
 }
 
-impl<'m, B: Backend> LogProbGame<'m, B> {
-    /// A game over `players` passages: `prompt` renders a coalition's prompt, `answer` is the answer's tokens,
-    /// `capacity` bounds the tokens of one forward pass; the cache is used for the call's sequences only.
-    #[allow(clippy::too_many_arguments)]
+impl<'a, S: Scorer> LogProbGame<'a, S> {
+    /// A game over `players` passages: `prompt` renders a coalition's prompt, `answer` is the answer's tokens.
     pub fn new(
-        model: &'m LlamaModel<B>,
-        kv: &'m mut B::Kv,
-        cache: &'m mut KvCache,
+        scorer: S,
         players: usize,
-        prompt: PromptBuilder<'m>,
+        prompt: PromptBuilder<'a>,
         answer: Vec<u32>,
         value: Value,
-        capacity: usize,
     ) -> Self {
         Self {
-            model,
-            kv,
-            cache,
+            scorer,
             players,
             prompt,
             answer,
             value,
-            capacity,
             full: None,
             passes: 0,
             computed_tokens: 0,
@@ -76,12 +91,11 @@ impl<'m, B: Backend> LogProbGame<'m, B> {
     }
 
     fn log_probs(&mut self, coalitions: &[Coalition]) -> Result<Vec<f64>, String> {
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = coalitions
+        let pairs = coalitions
             .iter()
-            .map(|&c| ((self.prompt)(c), self.answer.clone()))
-            .collect();
-        let s = score_continuations(self.model, self.kv, self.cache, &pairs, self.capacity, 0)
-            .map_err(|e| e.to_string())?;
+            .map(|&c| Ok(((self.prompt)(c)?, self.answer.clone())))
+            .collect::<Result<Vec<_>, String>>()?;
+        let s = self.scorer.score(&pairs)?;
         self.passes += s.passes;
         self.computed_tokens += s.computed_tokens;
         self.total_tokens += s.total_tokens;
@@ -89,7 +103,7 @@ impl<'m, B: Backend> LogProbGame<'m, B> {
     }
 }
 
-impl<B: Backend> Game for LogProbGame<'_, B> {
+impl<S: Scorer> Game for LogProbGame<'_, S> {
     fn players(&self) -> usize {
         self.players
     }
@@ -99,11 +113,7 @@ impl<B: Backend> Game for LogProbGame<'_, B> {
         match self.value {
             Value::AnswerLogProb => Ok(lps),
             Value::AnswerKept { margin } => {
-                let all = if self.players == 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << self.players) - 1
-                };
+                let all = all_players(self.players);
                 let full = match self.full {
                     Some(f) => f,
                     None => {
@@ -160,15 +170,18 @@ mod tests {
         let mut kv = model.backend_kv(&cfg).unwrap();
         let mut cache = KvCache::new(cfg);
         let answer = vec![7, 8, 9];
+        let prompt = prompt_for(&passages);
         let mut game = LogProbGame::new(
-            &model,
-            &mut kv,
-            &mut cache,
+            ModelScorer {
+                model: &model,
+                kv: &mut kv,
+                cache: &mut cache,
+                capacity: 512,
+            },
             5,
-            Box::new(prompt_for(&passages)),
+            Box::new(move |c| Ok(prompt(c))),
             answer.clone(),
             Value::AnswerLogProb,
-            512,
         );
         let exact = exact_shapley(&mut game).unwrap();
         assert_eq!(exact.evaluations, 32);
@@ -209,15 +222,18 @@ mod tests {
         };
         let mut kv = model.backend_kv(&cfg).unwrap();
         let mut cache = KvCache::new(cfg);
+        let prompt = prompt_for(&passages);
         let mut game = LogProbGame::new(
-            &model,
-            &mut kv,
-            &mut cache,
+            ModelScorer {
+                model: &model,
+                kv: &mut kv,
+                cache: &mut cache,
+                capacity: 256,
+            },
             3,
-            Box::new(prompt_for(&passages)),
+            Box::new(move |c| Ok(prompt(c))),
             vec![5],
             Value::AnswerKept { margin: 0.0 },
-            256,
         );
         let v = game.values(&[0b111, 0b000, 0b011]).unwrap();
         assert_eq!(v[0], 1.0, "the full prompt keeps its own answer");

@@ -8,8 +8,8 @@
 pub mod logprob;
 pub mod shapley;
 
-pub use logprob::{LogProbGame, PromptBuilder, Value};
+pub use logprob::{LogProbGame, ModelScorer, PromptBuilder, Scorer, Value};
 pub use shapley::{
-    banzhaf, exact_shapley, permutation_shapley, Attribution, Coalition, Game, ShapleyError,
-    MAX_EXACT_PLAYERS, MAX_PLAYERS,
+    all_players, banzhaf, exact_shapley, permutation_shapley, Attribution, Coalition, Game,
+    ShapleyError, MAX_EXACT_PLAYERS, MAX_PLAYERS,
 };

@@ -135,7 +135,8 @@ impl<'g, G: Game + ?Sized> Cache<'g, G> {
     }
 }
 
-fn all_players(n: usize) -> Coalition {
+/// The coalition of all `n` players (`n` ≤ [`MAX_PLAYERS`]).
+pub fn all_players(n: usize) -> Coalition {
     if n == 64 {
         u64::MAX
     } else {

@@ -1,13 +1,15 @@
-//! Answers from the generation model, and their passage attributions: the prompt for a set of passages
-//! ([`prompt_ids`]: the passages, numbered as retrieved, then the question), and [`EngineGame`], TextGenSHAP's
-//! value function over the running engine: a coalition is worth the log-probability of the model's answer under
-//! the prompt that holds only those passages (teacher-forced, scored by the engine between decode steps).
+//! Answers from the generation model, and what their passage attributions need: the prompt for a set of
+//! passages ([`prompt_ids`]: the passages, numbered as retrieved, then the question), and [`EngineScorer`], the
+//! running engine as the scorer of TextGenSHAP's game ([`crate::attribution::LogProbGame`]): a coalition is worth
+//! the log-probability of the model's answer under the prompt that holds only those passages (teacher-forced,
+//! scored by the engine between decode steps).
 
 use std::sync::Arc;
 
-use crate::attribution::{Coalition, Game};
+use crate::attribution::{Coalition, Scorer};
 use crate::engine::generator::Generator;
 use crate::engine::model::ChatMessage;
+use crate::engine::score::Scores;
 
 /// Coalitions scored per engine call (each call's sequences are released before the next).
 const COALITIONS_PER_CALL: usize = 16;
@@ -41,34 +43,25 @@ pub fn prompt_ids(
     ids.map_err(|e| e.to_string())
 }
 
-/// The passage game over the engine: `v(S)` = log p(answer | prompt with the passages of S).
-pub struct EngineGame {
-    /// The engine.
-    pub generator: Arc<dyn Generator>,
-    /// The question.
-    pub question: String,
-    /// (title, text) of each retrieved passage.
-    pub passages: Vec<(String, String)>,
-    /// The answer's tokens.
-    pub answer: Vec<u32>,
-}
+/// The running engine as a [`Scorer`]: each call's sequences live in the engine's shared KV cache and are
+/// released before the next, [`COALITIONS_PER_CALL`] coalition prompts at a time.
+pub struct EngineScorer(pub Arc<dyn Generator>);
 
-impl Game for EngineGame {
-    fn players(&self) -> usize {
-        self.passages.len()
-    }
-
-    fn values(&mut self, coalitions: &[Coalition]) -> Result<Vec<f64>, String> {
-        let g = self.generator.as_ref();
-        let mut out = Vec::with_capacity(coalitions.len());
-        for chunk in coalitions.chunks(COALITIONS_PER_CALL) {
-            let mut pairs = Vec::with_capacity(chunk.len());
-            for &c in chunk {
-                let ids = prompt_ids(g, &self.question, &self.passages, c)?;
-                pairs.push((ids, self.answer.clone()));
-            }
-            out.extend(g.score(pairs).map_err(|e| e.to_string())?.log_probs);
+impl Scorer for EngineScorer {
+    fn score(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Scores, String> {
+        let mut all = Scores {
+            log_probs: Vec::with_capacity(pairs.len()),
+            passes: 0,
+            computed_tokens: 0,
+            total_tokens: 0,
+        };
+        for chunk in pairs.chunks(COALITIONS_PER_CALL) {
+            let s = self.0.score(chunk.to_vec()).map_err(|e| e.to_string())?;
+            all.log_probs.extend(s.log_probs);
+            all.passes += s.passes;
+            all.computed_tokens += s.computed_tokens;
+            all.total_tokens += s.total_tokens;
         }
-        Ok(out)
+        Ok(all)
     }
 }

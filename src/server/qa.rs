@@ -8,11 +8,13 @@ use super::body::{parse_json, read_limited, require_json};
 use super::error::{ApiError, ErrorEnvelope};
 use super::retrieve::{checked_top_k, ScoredPassageView};
 use crate::app::App;
-use crate::attribution::{exact_shapley, permutation_shapley, Game, MAX_EXACT_PLAYERS};
+use crate::attribution::{
+    all_players, exact_shapley, permutation_shapley, Game, LogProbGame, Value, MAX_EXACT_PLAYERS,
+};
 use crate::engine::generator::{GenerationEvent, GenerationRequest, Generator};
 use crate::engine::sampling::SamplingParams;
 use crate::qa::extractive::{read, ReaderGame};
-use crate::qa::generated::{prompt_ids, EngineGame};
+use crate::qa::generated::{prompt_ids, EngineScorer};
 use crate::retrieve::Seed;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -246,12 +248,15 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
             let read_ms = ms(t);
             let t = Instant::now();
             let scored = if want_attribution && !tokens.is_empty() {
-                let mut game = EngineGame {
-                    generator: g,
-                    question: body.question.clone(),
-                    passages,
-                    answer: tokens.clone(),
-                };
+                let question = body.question.clone();
+                let prompt_g = g.clone();
+                let mut game = LogProbGame::new(
+                    EngineScorer(g),
+                    n,
+                    Box::new(move |c| prompt_ids(prompt_g.as_ref(), &question, &passages, c)),
+                    tokens.clone(),
+                    Value::AnswerLogProb,
+                );
                 let r = tokio::task::spawn_blocking(move || shapley(&mut game, "answer_log_prob"))
                     .await
                     .map_err(|e| ApiError::internal(&e))??;
@@ -347,11 +352,7 @@ async fn generate(
     question: &str,
     passages: &[(String, String)],
 ) -> Result<(String, Vec<u32>), ApiError> {
-    let all = if passages.len() >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << passages.len()) - 1
-    };
+    let all = all_players(passages.len());
     let prompt = prompt_ids(g, question, passages, all).map_err(|e| ApiError::internal(&e))?;
     let params = SamplingParams {
         temperature: 0.0,

@@ -5,15 +5,14 @@
 #
 # Built here (no CUDA needed to build): `make dist-cuda` puts stripped binaries in dist/; then, through the device
 # tool, run `bash scripts/device_cuda.sh` with carry = ["dist"].
-# Stages can be picked: `bash scripts/device_cuda.sh parity prefill decode decode-skinny-off decode-ablations hf`
-# (default: all of these).
+# Stages can be picked: `bash scripts/device_cuda.sh parity prefill decode decode-ablations hf` (default: all).
 # Every stage's files go to a work folder that is packed into $OUT/results.tgz after each stage (the device tool
 # brings back only a few files).
 set -uo pipefail
 FINAL_OUT=${OUT:-/tmp/engram-out}
 OUT=/tmp/engram-results
 mkdir -p "$FINAL_OUT" "$OUT"
-stages=${*:-parity prefill decode decode-skinny-off decode-ablations hf}
+stages=${*:-parity prefill decode decode-ablations hf}
 # NVRTC and cuBLASLt come from the image's Python CUDA wheels (the driver is on the system path).
 . "$(dirname "$0")/device_env.sh"
 export RUST_LOG=${RUST_LOG:-info}
@@ -30,21 +29,8 @@ for s in $stages; do
       tail -5 "$OUT/prefill.err" ;;
     decode)
       echo "== engram bench decode"
-      # Debug logs of the backend name each shape's tuned product (ours or cuBLASLt) in decode.err.
-      RUST_LOG="$RUST_LOG,engram::engine::backend::cuda=trace" $ENGRAM bench decode --device cuda:0 --profile \
-        --out "$OUT/decode.json" 2>"$OUT/decode.err" | tee "$OUT/decode.txt"
-      grep -E "skinny product (tuned|candidate)" "$OUT/decode.err" | sed "s/\x1b\[[0-9;]*m//g" | cut -c 60- | tail -70
+      $ENGRAM bench decode --device cuda:0 --profile --out "$OUT/decode.json" 2>"$OUT/decode.err" | tee "$OUT/decode.txt"
       tail -3 "$OUT/decode.err" ;;
-    decode-skinny-off)
-      echo "== engram bench decode, products of 9-64 rows through cuBLASLt only (ENGRAM_SKINNY_GEMM=0)"
-      ENGRAM_SKINNY_GEMM=0 $ENGRAM bench decode --device cuda:0 --profile --out "$OUT/decode_skinny_off.json" \
-        2>"$OUT/decode_skinny_off.err" | tee "$OUT/decode_skinny_off.txt"
-      tail -2 "$OUT/decode_skinny_off.err" ;;
-    decode-skinny-own)
-      echo "== engram bench decode, products of 9-64 rows through our kernels only (ENGRAM_SKINNY_GEMM=own)"
-      ENGRAM_SKINNY_GEMM=own $ENGRAM bench decode --device cuda:0 --profile --out "$OUT/decode_skinny_own.json" \
-        2>"$OUT/decode_skinny_own.err" | tee "$OUT/decode_skinny_own.txt"
-      tail -2 "$OUT/decode_skinny_own.err" ;;
     decode-ablations)
       # Each decode optimisation switched off on its own, then all of them (the previous session's kernels).
       for v in "pdl0:ENGRAM_PDL=0" "simt:ENGRAM_DECODE_ATTN=simt" "before:ENGRAM_PDL=0 ENGRAM_DECODE_ATTN=simt"; do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Nsight Compute counters for the decode kernels (speed of light, occupancy, warp stalls, memory), through the
-# device tool with carry = ["dist"] after `make dist-cuda`: `bash scripts/ncu_decode.sh [attention] [cublas] [skinny] [gemv]`.
+# device tool with carry = ["dist"] after `make dist-cuda`: `bash scripts/ncu_decode.sh [attention] [cublas] [gemv]`.
 # Writes $OUT/ncu_<stage>.txt. Counters need the Firecracker runtime (see the device tool's KINDS.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/engram-out}
@@ -16,9 +16,6 @@ for s in ${*:-attention cublas gemv}; do
               $BENCH --batch 64 > "$OUT/ncu_attention.txt" 2>&1 ;;
     cublas) $NCU --clock-control none $S -k regex:"nvjet|gemm|cutlass|sm90" --launch-skip 140 \
               --launch-count 4 $BENCH --batch 64 > "$OUT/ncu_cublas.txt" 2>&1 ;;
-    skinny) ENGRAM_SKINNY_GEMM=own $NCU --clock-control none $S --section SchedulerStats \
-              --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__cycles_active.avg,sm__cycles_active.max,sm__cycles_active.min" \
-              -k regex:"gemm_skinny" --launch-skip 400 --launch-count 4 $BENCH --batch 64 > "$OUT/ncu_skinny.txt" 2>&1 ;;
     gemv) $NCU --clock-control none $S -k regex:"gemv_swiglu_m1|gemv_m1" --launch-skip 40 --launch-count 3 \
               $BENCH --batch 1 > "$OUT/ncu_gemv.txt" 2>&1 ;;
   esac

@@ -10,7 +10,6 @@ pub mod gemm;
 mod launch;
 pub mod registry;
 pub mod roofline;
-pub mod skinny;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -153,10 +152,6 @@ pub struct CudaKv {
 /// Products with at most this many rows use the skinny-product kernels (`kernels/gemv.cu`) instead of cuBLASLt.
 pub const GEMV_MAX_ROWS: usize = 8;
 
-/// Bytes overwritten before each timed run when tuning products, to evict the operands from L2 (50 MiB on H100
-/// and H200).
-const L2_FLUSH_BYTES: usize = 256 << 20;
-
 /// Head dimensions the attention kernels are instantiated for.
 pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
 
@@ -240,8 +235,6 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     gemm: gemm::Gemm,
-    /// Our kernels for products of 9 to 64 rows, chosen against cuBLASLt per shape.
-    skinny_gemm: skinny::SkinnyGemm,
     kernels: Kernels,
     registry: KernelRegistry,
     uploads: Mutex<UploadCache>,
@@ -350,7 +343,6 @@ impl CudaBackend {
         let registry = KernelRegistry::load(&ctx)?;
         let kernels = Kernels::load(&registry)?;
         let gemm = gemm::Gemm::new(stream.clone())?;
-        let skinny_gemm = skinny::SkinnyGemm::new(&registry, &stream)?;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let major = ctx
             .attribute(
@@ -367,7 +359,6 @@ impl CudaBackend {
             ctx,
             stream,
             gemm,
-            skinny_gemm,
             kernels,
             registry,
             uploads: Mutex::new(HashMap::new()),
@@ -389,17 +380,6 @@ impl CudaBackend {
     pub fn set_gemv(&self, on: bool) {
         self.use_gemv
             .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How products of 9 to 64 rows are computed: tuned per shape between our kernels and cuBLASLt (the
-    /// default), cuBLASLt only, or one of our configurations (for parity tests and comparisons).
-    pub fn set_skinny_gemm(&self, mode: skinny::SkinnyMode) {
-        self.skinny_gemm.set_mode(mode);
-    }
-
-    /// The configurations of our skinny-product kernel that can run an `m x k` by `n x k` product.
-    pub fn skinny_gemm_configs(m: usize, n: usize, k: usize) -> Vec<skinny::SkinnyConfig> {
-        skinny::SkinnyGemm::candidates(m, n, k)
     }
 
     /// Chooses the decode attention kernel: tensor cores (the default) or CUDA cores (for comparisons).
@@ -550,94 +530,6 @@ impl CudaBackend {
             self.upload("slots", slots)?,
             self.upload("inv_freq", &bits)?,
         ))
-    }
-
-    /// Our skinny-product kernel or cuBLASLt for a product of 9 to 64 rows: the mode's answer, or the fastest on
-    /// these operands (of all, or of ours only in [`skinny::SkinnyMode::Own`]), timed at the shape's first product
-    /// and remembered. Tuning writes `y`.
-    fn product_choice(
-        &self,
-        x: &CudaSlice<u16>,
-        w: &CudaSlice<u16>,
-        y: &mut CudaSlice<u16>,
-        shape: (usize, usize, usize),
-    ) -> Result<skinny::Choice, CudaError> {
-        use skinny::{Choice, SkinnyGemm, SkinnyMode};
-        let (m, n, k) = shape;
-        let configs = SkinnyGemm::candidates(m, n, k);
-        let mode = self.skinny_gemm.mode();
-        match mode {
-            SkinnyMode::Off => return Ok(Choice::Blas),
-            SkinnyMode::Force(c) if configs.contains(&c) => return Ok(Choice::Own(c)),
-            SkinnyMode::Force(_) => return Ok(Choice::Blas),
-            SkinnyMode::Tuned | SkinnyMode::Own if configs.is_empty() => return Ok(Choice::Blas),
-            SkinnyMode::Tuned | SkinnyMode::Own => {}
-        }
-        if let Some(c) = self.skinny_gemm.choice(shape) {
-            return Ok(c);
-        }
-        // Timed with cold weights, as in a decode step (which streams every layer's weights through L2).
-        let mut flush = self.alloc_bf16(L2_FLUSH_BYTES / 2)?;
-        // cuBLASLt's first call of a shape tunes its own plan.
-        self.gemm.matmul(x, w, y, m, n, k)?;
-        let blas_us = self.time_cold_us(&mut flush, || self.gemm.matmul(x, w, &mut *y, m, n, k))?;
-        let mut best = match mode {
-            SkinnyMode::Own => (f64::INFINITY, Choice::Blas),
-            _ => (blas_us, Choice::Blas),
-        };
-        for cfg in configs {
-            let run = |y: &mut CudaSlice<u16>| {
-                self.skinny_gemm
-                    .launch(&self.stream, self.pdl, cfg, x, w, y, shape)
-            };
-            run(y)?;
-            let us = self.time_cold_us(&mut flush, || run(&mut *y))?;
-            tracing::trace!(m, n, k, ?cfg, us, "skinny product candidate");
-            if us < best.0 {
-                best = (us, Choice::Own(cfg));
-            }
-        }
-        tracing::debug!(
-            m,
-            n,
-            k,
-            cublaslt_us = blas_us,
-            best_us = best.0,
-            choice = ?best.1,
-            "skinny product tuned"
-        );
-        self.skinny_gemm.remember(shape, best.1);
-        Ok(best.1)
-    }
-
-    /// Median device microseconds of three runs of `f`, each timed alone with events after `flush` (larger than
-    /// the L2 cache) was overwritten, so the operands come from device memory.
-    fn time_cold_us(
-        &self,
-        flush: &mut CudaSlice<u16>,
-        mut f: impl FnMut() -> Result<(), CudaError>,
-    ) -> Result<f64, CudaError> {
-        let event = |s: &CudaStream| {
-            s.record_event(Some(CU_EVENT_DEFAULT))
-                .map_err(|e| CudaError::driver("cuEventRecord", e))
-        };
-        let mut times = Vec::with_capacity(3);
-        for _ in 0..3 {
-            self.stream
-                .memset_zeros(flush)
-                .map_err(|e| CudaError::driver("cuMemsetD8Async", e))?;
-            let start = event(&self.stream)?;
-            f()?;
-            let end = event(&self.stream)?;
-            end.synchronize()
-                .map_err(|e| CudaError::driver("cuEventSynchronize", e))?;
-            let ms = start
-                .elapsed_ms(&end)
-                .map_err(|e| CudaError::driver("cuEventElapsedTime", e))?;
-            times.push(f64::from(ms) * 1e3);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[1])
     }
 
     fn alloc_bf16(&self, n: usize) -> Result<CudaSlice<u16>, CudaError> {
@@ -1162,31 +1054,14 @@ impl Backend for CudaBackend {
             ));
         }
         let skinny = self.skinny(m, k);
-        let mut y = self.alloc_bf16(m * n)?;
-        let choice = if skinny {
-            skinny::Choice::Blas
-        } else {
-            self.product_choice(x.bf16("linear")?, w.bf16("linear")?, &mut y, (m, n, k))?
-        };
         let _span = self.span(|| {
-            let path = match (skinny, choice) {
-                (true, _) => "gemv",
-                (false, skinny::Choice::Own(_)) => "skinny",
-                (false, skinny::Choice::Blas) => "cublasLt",
-            };
-            format!("linear {path} m={m} n={n} k={k}")
+            format!(
+                "linear {} m={m} n={n} k={k}",
+                if skinny { "gemv" } else { "cublasLt" }
+            )
         });
-        if let (false, skinny::Choice::Own(cfg)) = (skinny, choice) {
-            self.skinny_gemm.launch(
-                &self.stream,
-                self.pdl,
-                cfg,
-                x.bf16("linear")?,
-                w.bf16("linear")?,
-                &mut y,
-                (m, n, k),
-            )?;
-        } else if skinny {
+        let mut y = self.alloc_bf16(m * n)?;
+        if skinny {
             let (nn, kk) = (n as i32, k as i32);
             let mut b = self.builder(&self.kernels.gemv[m - 1]);
             b.arg(x.bf16("linear")?)

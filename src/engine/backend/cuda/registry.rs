@@ -27,10 +27,6 @@ pub const MODULES: &[(&str, &str)] = &[
         include_str!("../../../../kernels/attention.cu"),
     ),
     ("gemv", include_str!("../../../../kernels/gemv.cu")),
-    (
-        "gemm_skinny",
-        include_str!("../../../../kernels/gemm_skinny.cu"),
-    ),
     ("sampling", include_str!("../../../../kernels/sampling.cu")),
 ];
 

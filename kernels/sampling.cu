@@ -37,3 +37,29 @@ extern "C" __global__ void select_tokens(const bf16_t* __restrict__ logits, int 
     }
     if (threadIdx.x == 0 && best[0]) atomicMax(out + row, best[0]);
 }
+
+// log softmax(logits[row])[tokens[row]] for every row: the teacher-forced log-probabilities of answer scoring, so
+// one float per row leaves the GPU instead of the row's logits. Two passes over the row (maximum, then the sum of
+// exponentials, in f32). Grid: rows; blockDim.x a multiple of 32, at most 1024.
+extern "C" __global__ void token_log_probs(const bf16_t* __restrict__ logits, const u32* __restrict__ tokens,
+                                           int vocab, float* __restrict__ out) {
+    PDL_ENTER();
+    __shared__ float part[32];
+    const bf16_t* lr = logits + (size_t)blockIdx.x * vocab;
+    float mx = NEG_INF;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, bf2f(lr[i]));
+    mx = warp_max(mx);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : NEG_INF;
+        v = warp_max(v);
+        if (threadIdx.x == 0) part[0] = v;
+    }
+    __syncthreads();
+    mx = part[0];
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(bf2f(lr[i]) - mx);
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) out[blockIdx.x] = (bf2f(lr[tokens[blockIdx.x]]) - mx) - logf(sum);
+}

@@ -15,7 +15,7 @@ $ENGRAM serve --data-dir /tmp/engram-data --bind 127.0.0.1:8080 --model syntheti
 pid=$!
 for _ in $(seq 120); do curl -sf 127.0.0.1:8080/readyz >/dev/null && break; sleep 1; done
 ask() {
-  curl -s 127.0.0.1:8080/v1/qa -H 'content-type: application/json' \
+  curl -s -m 300 127.0.0.1:8080/v1/qa -H 'content-type: application/json' \
     -d "{\"question\":\"Which company did Ida Fernsworth found, and where was it based?\",\"top_k\":$1}" |
     python3 -c 'import json,sys; b=json.load(sys.stdin); a=b.get("attribution") or {}; t=b.get("timings",{}); print(json.dumps({"passages": len(b.get("passages",[])), "answer_tokens": (b.get("answer") or {}).get("tokens"), "method": a.get("method"), "evaluations": a.get("evaluations"), "timings_ms": t, "error": b.get("error")}))'
 }

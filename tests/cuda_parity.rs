@@ -529,6 +529,29 @@ fn decode_attention_cases(g: &CudaBackend, r: &mut Rng) {
 }
 
 #[test]
+fn token_log_probs_match_the_host() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(21);
+    for &(rows, vocab) in &[(1, 7), (5, 1000), (33, 128_256)] {
+        let data = r.vec(rows * vocab, 8.0);
+        let (c, gt) = both(g, &data, rows, vocab);
+        let tokens: Vec<u32> = (0..rows).map(|_| r.below(vocab) as u32).collect();
+        let want = CpuBackend.token_log_probs(&c, &tokens).unwrap();
+        let got = g.token_log_probs(&gt, &tokens).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0.0, f64::max);
+        eprintln!("token_log_probs {rows}x{vocab}: worst relative error {worst:.2e}");
+        assert!(worst < 1e-4, "token_log_probs {rows}x{vocab}: {worst:.3e}");
+    }
+    assert!(g
+        .token_log_probs(&both(g, &[0.0; 6], 2, 3).1, &[0, 3])
+        .is_err());
+}
+
+#[test]
 fn token_selection_matches_the_host() {
     let Some(g) = gpu() else { return };
     let mut r = Rng::new(5);

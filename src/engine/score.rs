@@ -27,34 +27,6 @@ pub struct Scores {
     pub total_tokens: usize,
 }
 
-/// `log softmax(logits)[token]` (exponentials in f32, their sum in f64).
-pub fn token_log_prob(logits: &[f32], token: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
-    f64::from(logits[token as usize] - max) - sum.ln()
-}
-
-/// [`token_log_prob`] of each (row, token) of a flat `[rows, vocab]` logits buffer, over the host's cores (a
-/// large vocabulary makes this the host's share of scoring).
-fn rows_log_probs(data: &[f32], vocab: usize, wanted: &[u32]) -> Vec<f64> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(wanted.len().max(1));
-    let per = wanted.len().div_ceil(threads).max(1);
-    let mut out = vec![0.0; wanted.len()];
-    std::thread::scope(|scope| {
-        for (t, (tokens, out)) in wanted.chunks(per).zip(out.chunks_mut(per)).enumerate() {
-            scope.spawn(move || {
-                for (j, (&token, o)) in tokens.iter().zip(out.iter_mut()).enumerate() {
-                    let row = t * per + j;
-                    *o = token_log_prob(&data[row * vocab..(row + 1) * vocab], token);
-                }
-            });
-        }
-    });
-    out
-}
-
 /// Scores `pairs` (context, continuation), both non-empty, as sequences `first_seq ..` of `cache` (released
 /// before returning, also on error). `capacity` bounds the tokens of one pass (at least the longest pair).
 pub fn score_continuations<B: Backend>(
@@ -138,14 +110,16 @@ fn score_inner<B: Backend>(
         let logits = model
             .forward_logits(kv, &batch, cache.block_size())?
             .ok_or_else(|| LlamaError::Batch("no continuation rows".into()))?;
-        let (data, _, vocab) = model.backend().to_host(&logits).map_err(LlamaError::from)?;
         scores.passes += 1;
         // The logits rows are every wanted pair's continuation tokens, in order.
         let tokens: Vec<u32> = wanted
             .iter()
             .flat_map(|&(i, _)| pairs[i].1.iter().copied())
             .collect();
-        let lps = rows_log_probs(&data, vocab, &tokens);
+        let lps = model
+            .backend()
+            .token_log_probs(&logits, &tokens)
+            .map_err(LlamaError::from)?;
         let mut next = 0;
         for &(i, _) in &wanted {
             let len = pairs[i].1.len();
@@ -162,6 +136,7 @@ fn score_inner<B: Backend>(
 mod tests {
     use super::*;
     use crate::engine::backend::cpu::CpuBackend;
+    use crate::engine::backend::token_log_prob;
     use crate::engine::kv_cache::KvCacheConfig;
     use crate::engine::model::synthetic::synthetic_config;
 
@@ -189,6 +164,21 @@ mod tests {
             .enumerate()
             .map(|(j, &t)| token_log_prob(&logits[context.len() - 1 + j], t))
             .sum()
+    }
+
+    #[test]
+    fn backend_log_probs_check_their_tokens() {
+        let logits = candle_core::Tensor::from_slice(
+            &[1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5],
+            (2, 3),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let lps = CpuBackend.token_log_probs(&logits, &[2, 0]).unwrap();
+        assert!((lps[0] - token_log_prob(&[1.0, 2.0, 3.0], 2)).abs() < 1e-12);
+        assert!((lps[1] - (1.0f64 / 3.0).ln()).abs() < 1e-6);
+        assert!(CpuBackend.token_log_probs(&logits, &[2]).is_err());
+        assert!(CpuBackend.token_log_probs(&logits, &[2, 3]).is_err());
     }
 
     #[test]

@@ -216,10 +216,71 @@ pub trait Backend: Send + Sync + 'static {
             .map(|r| select_row(&data[r * vocab..(r + 1) * vocab], r, temperature, seed))
             .collect())
     }
+    /// `log softmax(logits[r])[tokens[r]]` for every row `r` of `logits` (`[rows, vocab]`, one token per row):
+    /// the teacher-forced log-probabilities of scoring. GPUs compute them on the device, so one number per row
+    /// is copied back instead of the row's logits.
+    fn token_log_probs(
+        &self,
+        logits: &Self::Tensor,
+        tokens: &[u32],
+    ) -> Result<Vec<f64>, BackendError> {
+        let (data, rows, vocab) = self.to_host(logits)?;
+        check_log_prob_tokens(rows, vocab, tokens)?;
+        Ok(rows_log_probs(&data, vocab, tokens))
+    }
     /// Waits for the backend's queued work (a no-op on the CPU).
     fn synchronize(&self) -> Result<(), BackendError> {
         Ok(())
     }
+}
+
+/// Checks the arguments of [`Backend::token_log_probs`]: one token per row, each inside the vocabulary.
+pub fn check_log_prob_tokens(
+    rows: usize,
+    vocab: usize,
+    tokens: &[u32],
+) -> Result<(), BackendError> {
+    if tokens.len() != rows {
+        return Err(BackendError::Shape {
+            op: "token_log_probs",
+            reason: format!("{} tokens for {rows} rows of logits", tokens.len()),
+        });
+    }
+    if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(BackendError::Shape {
+            op: "token_log_probs",
+            reason: format!("token {t} outside a vocabulary of {vocab}"),
+        });
+    }
+    Ok(())
+}
+
+/// `log softmax(logits)[token]` (exponentials in f32, their sum in f64).
+pub fn token_log_prob(logits: &[f32], token: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    f64::from(logits[token as usize] - max) - sum.ln()
+}
+
+/// [`token_log_prob`] of each (row, token) of a flat `[rows, vocab]` logits buffer, over the host's cores (a
+/// large vocabulary makes this the host's share of scoring).
+pub fn rows_log_probs(data: &[f32], vocab: usize, wanted: &[u32]) -> Vec<f64> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(wanted.len().max(1));
+    let per = wanted.len().div_ceil(threads).max(1);
+    let mut out = vec![0.0; wanted.len()];
+    std::thread::scope(|scope| {
+        for (t, (tokens, out)) in wanted.chunks(per).zip(out.chunks_mut(per)).enumerate() {
+            scope.spawn(move || {
+                for (j, (&token, o)) in tokens.iter().zip(out.iter_mut()).enumerate() {
+                    let row = t * per + j;
+                    *o = token_log_prob(&data[row * vocab..(row + 1) * vocab], token);
+                }
+            });
+        }
+    });
+    out
 }
 
 /// splitmix64's finaliser, as in `kernels/prelude.cuh`.

@@ -176,6 +176,7 @@ struct Kernels {
     gemv_swiglu: Vec<CudaFunction>,
     gemv_qkv_rope: Vec<CudaFunction>,
     select_tokens: CudaFunction,
+    token_log_probs: CudaFunction,
     attn_combine: CudaFunction,
     attn_prefill: Vec<CudaFunction>,
     attn_decode: Vec<CudaFunction>,
@@ -218,6 +219,7 @@ impl Kernels {
                 .map(|m| r.function("gemv", &format!("gemv_qkv_rope_m{m}")))
                 .collect::<Result<_, _>>()?,
             select_tokens: r.function("sampling", "select_tokens")?,
+            token_log_probs: r.function("sampling", "token_log_probs")?,
             attn_combine: r.function("attention", "attn_combine")?,
             attn_prefill: per_dim("attn_prefill_d")?,
             attn_decode: per_dim("attn_decode_d")?,
@@ -1256,6 +1258,38 @@ impl Backend for CudaBackend {
         let mut data: Vec<f32> = data;
         data.truncate(x.rows * x.cols);
         Ok((data, x.rows, x.cols))
+    }
+
+    fn token_log_probs(
+        &self,
+        logits: &CudaTensor,
+        tokens: &[u32],
+    ) -> Result<Vec<f64>, BackendError> {
+        let _span = self.span(|| "token_log_probs".into());
+        let (rows, vocab) = logits.shape();
+        super::check_log_prob_tokens(rows, vocab, tokens)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = self
+            .stream
+            .clone_htod(tokens)
+            .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+        // SAFETY: every element is written by the kernel (one per row) before it is read back.
+        let mut out =
+            unsafe { self.stream.alloc::<f32>(rows) }.map_err(|e| CudaError::driver("alloc", e))?;
+        let v = vocab as i32;
+        let mut b = self.builder(&self.kernels.token_log_probs);
+        b.arg(logits.bf16("token_log_probs")?)
+            .arg(&ids)
+            .arg(&v)
+            .arg(&mut out);
+        launch(b, rows_cfg(rows, 512), "sampling", "token_log_probs")?;
+        let host = self
+            .stream
+            .clone_dtoh(&out)
+            .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+        Ok(host.into_iter().map(f64::from).collect())
     }
 
     fn select_tokens(

@@ -2,7 +2,9 @@
 //! layouts and an algorithm) is made once per shape and reused, so a step pays no heuristic query per
 //! projection. The algorithm is autotuned at the first call of a shape: up to 32 of the heuristic's candidates
 //! (plus, for products of at most 128 rows, split-k versions of the first 8) are timed on the real operands with
-//! device events and the fastest kept (`ENGRAM_GEMM_TUNE=0`: the heuristic's first choice).
+//! device events and the fastest kept (`ENGRAM_GEMM_TUNE=0`: the heuristic's first choice). Above 128 rows a
+//! shape reuses the algorithm tuned for the same power-of-two row bucket ([`tuning_rows`]), so prefill and
+//! scoring passes, whose packed token counts rarely repeat, do not retune at every pass.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -54,6 +56,21 @@ pub struct Gemm {
     workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
     plans: Mutex<HashMap<(u64, u64, u64), Plan>>,
+    /// The tuned algorithm per (row bucket, n, k) (see [`tuning_rows`]): a new row count in a tuned bucket
+    /// reuses it instead of timing every candidate again.
+    tuned: Mutex<HashMap<(u64, u64, u64), sys::cublasLtMatmulAlgo_t>>,
+}
+
+/// The row count whose tuning a product of `m` rows shares: its own up to 128 rows (decode batches, where the
+/// best algorithm changes quickly with m), else the next power of two. Prefill and scoring passes have a new row
+/// count almost every time (the packed token count), and timing 32-72 candidates for each would cost more than
+/// the pass itself.
+pub fn tuning_rows(m: u64) -> u64 {
+    if m <= SPLIT_K_MAX_ROWS {
+        m
+    } else {
+        m.next_power_of_two()
+    }
 }
 
 // SAFETY: the handle and plans are only used under the plans' mutex or by `matmul` calls that enqueue work on the
@@ -91,6 +108,7 @@ impl Gemm {
             workspace,
             stream,
             plans: Mutex::new(HashMap::new()),
+            tuned: Mutex::new(HashMap::new()),
         })
     }
 
@@ -244,6 +262,27 @@ impl Gemm {
         out
     }
 
+    /// Whether cuBLASLt can run `plan`'s problem with `algo` (tuned for another row count) within the workspace.
+    fn accepts(&self, plan: &Plan, algo: &sys::cublasLtMatmulAlgo_t) -> bool {
+        // SAFETY: the check only reads the plan's live descriptors and the algorithm; `result` is a local.
+        unsafe {
+            let mut result: sys::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
+            sys::cublasLtMatmulAlgoCheck(
+                self.handle,
+                plan.desc,
+                plan.a,
+                plan.b,
+                plan.c,
+                plan.c,
+                algo,
+                &mut result,
+            )
+            .result()
+            .is_ok()
+                && result.workspaceSize <= WORKSPACE
+        }
+    }
+
     /// Runs `plan` with `algo` on raw device pointers.
     #[allow(clippy::too_many_arguments)]
     fn launch(
@@ -350,12 +389,42 @@ impl Gemm {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let mut plan = self.plan(key.0, key.1, key.2)?;
                 let tune = std::env::var("ENGRAM_GEMM_TUNE").map_or(true, |v| v != "0");
-                if plan.candidates.len() > 1 && tune {
-                    self.tune(&mut plan, wp, xp, yp, ws)?;
+                let bucket = (tuning_rows(key.0), key.1, key.2);
+                let known = self
+                    .tuned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&bucket)
+                    .copied();
+                match known {
+                    Some(algo) if tune && self.accepts(&plan, &algo) => plan.algo = algo,
+                    _ if plan.candidates.len() > 1 && tune => {
+                        self.tune(&mut plan, wp, xp, yp, ws)?;
+                        self.tuned
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(bucket, plan.algo);
+                    }
+                    _ => {}
                 }
                 e.insert(plan)
             }
         };
         self.launch(plan, &plan.algo, wp, xp, yp, ws)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_shapes_tune_alone_and_larger_ones_share_a_bucket() {
+        assert_eq!(tuning_rows(1), 1);
+        assert_eq!(tuning_rows(64), 64);
+        assert_eq!(tuning_rows(128), 128);
+        assert_eq!(tuning_rows(129), 256);
+        assert_eq!(tuning_rows(5000), 8192);
+        assert_eq!(tuning_rows(8192), 8192);
     }
 }

@@ -1,7 +1,8 @@
 //! `POST /v1/qa` through the router on the demo corpus. Without a generation model: an extractive answer copied
 //! from a retrieved passage, passage attributions that share out the reader's value (exact up to 10 passages,
 //! sampled with standard errors beyond), the graph retriever's seeds, and clear errors. With a synthetic model:
-//! a generated answer and TextGenSHAP values over its log-probability.
+//! a generated answer and TextGenSHAP values over its log-probability. With the graph: the relations of the
+//! retrieved passages (the graph neighbourhood the UI draws).
 
 mod common;
 
@@ -89,6 +90,7 @@ async fn qa_on_demo_corpus(db: Db) {
         .unwrap()
         .iter()
         .all(|p| p["attribution"]["std_error"].as_f64().unwrap() >= 0.0));
+    assert_relations_are_the_neighbourhood(&body);
 
     // No attributions when asked for none.
     let (s, body) = t
@@ -103,7 +105,66 @@ async fn qa_on_demo_corpus(db: Db) {
     t.finish().await;
 }
 
+/// `relations`: the graph's triples inside the retrieved passages, at most 3 per passage, those touching a seed
+/// phrase first and flagged so.
+fn assert_relations_are_the_neighbourhood(body: &Value) {
+    let seeds: Vec<&str> = body["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["phrase"].as_str().unwrap())
+        .collect();
+    assert!(!seeds.is_empty(), "{body}");
+    let relations = body["relations"].as_array().unwrap();
+    assert!(!relations.is_empty(), "{body}");
+    let n = body["passages"].as_array().unwrap().len();
+    let mut per_passage = vec![Vec::new(); n];
+    for r in relations {
+        let (s, o) = (
+            r["subject"].as_str().unwrap(),
+            r["object"].as_str().unwrap(),
+        );
+        assert!(!s.is_empty() && !o.is_empty() && !r["relation"].as_str().unwrap().is_empty());
+        let seed = r["seed"].as_bool().unwrap();
+        assert_eq!(seed, seeds.contains(&s) || seeds.contains(&o), "{r}");
+        per_passage[r["passage"].as_u64().unwrap() as usize].push(seed);
+    }
+    for flags in &per_passage {
+        assert!(flags.len() <= 3, "{flags:?}");
+        assert!(
+            flags.windows(2).all(|w| w[0] >= w[1]),
+            "seeds first: {flags:?}"
+        );
+    }
+    assert!(
+        relations.iter().any(|r| r["seed"] == true),
+        "some retrieved passage holds a seed phrase: {body}"
+    );
+    // In passage order.
+    let order: Vec<u64> = relations
+        .iter()
+        .map(|r| r["passage"].as_u64().unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+}
+
 both_backends!(qa_answers_from_the_demo_corpus, qa_on_demo_corpus);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_relations_are_null_without_the_graph() {
+    let t = TestApp::start(Db::Sqlite, |c| c.graph.enabled = false).await;
+    t.ingest(&demo_corpus()).await;
+    let (s, body) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "Where does the River Avelle rise?"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(!body["passages"].as_array().unwrap().is_empty(), "{body}");
+    assert!(body["relations"].is_null(), "{body}");
+    t.finish().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qa_errors_say_what_to_fix() {

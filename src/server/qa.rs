@@ -13,6 +13,7 @@ use crate::attribution::{
 };
 use crate::engine::generator::{GenerationEvent, GenerationRequest, Generator};
 use crate::engine::sampling::SamplingParams;
+use crate::graph::KnowledgeGraph;
 use crate::qa::extractive::{read, ReaderGame};
 use crate::qa::generated::{prompt_ids, EngineScorer};
 use crate::retrieve::Seed;
@@ -20,6 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,6 +30,9 @@ const PERMUTATION_PAIRS: usize = 64;
 
 /// Most tokens of a generated answer.
 const ANSWER_TOKENS: usize = 32;
+
+/// Most relations listed per retrieved passage in [`QaResponse::relations`].
+pub const RELATIONS_PER_PASSAGE: usize = 3;
 
 /// Shapley values of `game`'s players: exact up to [`MAX_EXACT_PLAYERS`], sampled beyond.
 fn shapley<G: Game>(
@@ -145,6 +150,22 @@ pub struct AttributionInfo {
     pub empty: f64,
 }
 
+/// A relation of the knowledge graph inside a retrieved passage: one edge of the graph neighbourhood that led to
+/// the answer (seed phrase -> relation -> passage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QaRelation {
+    /// The subject phrase (normalised).
+    pub subject: String,
+    /// The relation, as extracted.
+    pub relation: String,
+    /// The object phrase (normalised).
+    pub object: String,
+    /// Index (in `passages`) of the passage it was extracted from.
+    pub passage: usize,
+    /// Whether its subject or object is one of the `seeds`.
+    pub seed: bool,
+}
+
 /// Server-side time per stage, in milliseconds.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QaTimings {
@@ -171,6 +192,9 @@ pub struct QaResponse {
     pub passages: Vec<QaPassage>,
     /// Graph retrievers: the phrases that seeded the walk.
     pub seeds: Vec<Seed>,
+    /// The knowledge graph's relations inside the retrieved passages, at most [`RELATIONS_PER_PASSAGE`] per
+    /// passage, those touching a seed phrase first (`null` when the graph is disabled).
+    pub relations: Option<Vec<QaRelation>>,
     /// How the attributions were computed (absent with `attribution: "none"`).
     pub attribution: Option<AttributionInfo>,
     /// Per-stage timings.
@@ -307,6 +331,10 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
         }
     };
 
+    let relations = app.graph.as_ref().map(|g| {
+        let ids: Vec<i64> = found.passages.iter().map(|p| p.passage.id).collect();
+        neighbourhood(&g.read(), &ids, &found.seeds)
+    });
     let passages = found
         .passages
         .into_iter()
@@ -325,6 +353,7 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
         answer,
         passages,
         seeds: found.seeds,
+        relations,
         attribution: info,
         timings: QaTimings {
             retrieve_ms,
@@ -333,6 +362,39 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
             total_ms: ms(started),
         },
     }))
+}
+
+/// The relations of each passage in `passages` (ids, in rank order), those touching a seed phrase first, at most
+/// [`RELATIONS_PER_PASSAGE`] each, without repeats within a passage.
+pub fn neighbourhood(graph: &KnowledgeGraph, passages: &[i64], seeds: &[Seed]) -> Vec<QaRelation> {
+    let seeds: HashSet<&str> = seeds.iter().map(|s| s.phrase.as_str()).collect();
+    let mut out = Vec::new();
+    for (index, &id) in passages.iter().enumerate() {
+        let mut rows: Vec<QaRelation> = Vec::new();
+        for t in graph.triples_of(id) {
+            let (Some(subject), Some(object)) = (
+                graph.phrase_text(t.subject_id),
+                graph.phrase_text(t.object_id),
+            ) else {
+                continue;
+            };
+            let r = QaRelation {
+                seed: seeds.contains(subject) || seeds.contains(object),
+                subject: subject.to_string(),
+                relation: t.relation.clone(),
+                object: object.to_string(),
+                passage: index,
+            };
+            if !rows.contains(&r) {
+                rows.push(r);
+            }
+        }
+        // Stable: extraction order within each group.
+        rows.sort_by_key(|r| !r.seed);
+        rows.truncate(RELATIONS_PER_PASSAGE);
+        out.extend(rows);
+    }
+    out
 }
 
 /// Values and errors apart from the attribution's description.

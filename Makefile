@@ -4,15 +4,15 @@ BIND ?= 127.0.0.1:8080
 CARGO ?= cargo
 ENGRAM := target/release/engram
 
-.PHONY: run test setup build lint bench-ingest dist-cuda clean
+.PHONY: run test setup ui-setup build lint bench-ingest dist-cuda clean
 
 ## make run: set up, build, ingest the demo corpus (idempotent) and serve on $(BIND).
 run: setup build
 	$(ENGRAM) ingest --data-dir $(DATA_DIR) corpora/demo/corpus.json
 	$(ENGRAM) serve --data-dir $(DATA_DIR) --bind $(BIND)
 
-## make test: the whole test suite (SQLite and PostgreSQL), as CI runs it.
-test: setup
+## make test: the whole test suite (SQLite and PostgreSQL, and the web UI in chromium), as CI runs it.
+test: setup ui-setup
 	bash scripts/ensure-postgres.sh
 	$(CARGO) test --all-targets --locked
 	$(CARGO) test --doc --locked
@@ -20,6 +20,10 @@ test: setup
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
 	bash scripts/fetch-model.sh
+
+## make ui-setup: what the browser tests of the web UI need (chromium and node via apt-get when missing, npm ci).
+ui-setup:
+	bash scripts/ui-test-setup.sh
 
 build:
 	$(CARGO) build --release --locked

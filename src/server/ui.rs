@@ -1,12 +1,46 @@
-//! The web UI: static files from `web/`, embedded in the binary so the server works offline.
+//! The web UI: `web/index.html`, embedded in the binary so the server works offline.
+//!
+//! For work on the page itself, `ENGRAM_WEB_DIR=DIR` makes `GET /` read `DIR/index.html` from disk at every
+//! request instead (no rebuild per edit); unset, the embedded copy is served.
 
-use axum::http::header;
-use axum::response::IntoResponse;
+use super::error::ApiError;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::path::Path;
 
-/// `GET /`: the single-page UI.
-pub async fn index() -> impl IntoResponse {
+/// The environment variable naming a directory whose `index.html` replaces the embedded page.
+pub const WEB_DIR_ENV: &str = "ENGRAM_WEB_DIR";
+
+/// The page compiled into the binary.
+const EMBEDDED: &str = include_str!("../../web/index.html");
+
+/// `GET /`: the single-page UI (from `ENGRAM_WEB_DIR` when set, else embedded).
+pub async fn index() -> Response {
+    let Some(dir) = std::env::var_os(WEB_DIR_ENV) else {
+        return page(EMBEDDED.to_string());
+    };
+    let path = Path::new(&dir).join("index.html");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(html) => page(html),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "web_ui_unreadable",
+            format!(
+                "{WEB_DIR_ENV} is set but {} cannot be read: {e}; unset it to serve the embedded page",
+                path.display()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+fn page(html: String) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("../../web/index.html"),
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        html,
     )
+        .into_response()
 }

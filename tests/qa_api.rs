@@ -2,7 +2,8 @@
 //! from a retrieved passage, passage attributions that share out the reader's value (exact up to 10 passages,
 //! sampled with standard errors beyond), the graph retriever's seeds, and clear errors. With a synthetic model:
 //! a generated answer and TextGenSHAP values over its log-probability. With the graph: the relations of the
-//! retrieved passages (the graph neighbourhood the UI draws).
+//! retrieved passages (the graph neighbourhood the UI draws). Streamed (`stream: true`): token events, then the
+//! attribution, then the same response.
 
 mod common;
 
@@ -184,12 +185,6 @@ async fn qa_errors_say_what_to_fix() {
             "retriever",
         ),
         (
-            json!({"question": "x", "stream": true}),
-            422,
-            "needs_model",
-            "stream",
-        ),
-        (
             json!({"question": "x", "attribution": "tokens"}),
             422,
             "needs_model",
@@ -243,11 +238,99 @@ async fn qa_with_a_model_attributes_the_generated_answer() {
         (attribution_sum(&body) - (full - empty)).abs() < 1e-6 * full.abs().max(1.0),
         "{body}"
     );
-    // Not built yet for the model: said plainly.
+    // Streamed: one token event per generated token, then the attribution, then the same response.
+    let events = stream_qa(
+        &t,
+        &json!({"question": "Which company did Ida Fernsworth found?", "top_k": 3, "stream": true}),
+    )
+    .await;
+    let tokens: Vec<&Value> = events
+        .iter()
+        .filter(|(e, _)| e == "token")
+        .map(|(_, d)| d)
+        .collect();
+    let done = &events.last().unwrap().1;
+    assert_eq!(
+        tokens.len() as u64,
+        done["answer"]["tokens"].as_u64().unwrap()
+    );
+    let text: String = tokens.iter().map(|d| d["text"].as_str().unwrap()).collect();
+    assert_eq!(text.trim(), done["answer"]["text"], "{done}");
+    // Greedy decoding: the streamed answer and its values are the unstreamed ones.
+    assert_eq!(done["answer"], body["answer"]);
+    assert_eq!(done["attribution"]["full"], body["attribution"]["full"]);
+    t.finish().await;
+}
+
+/// `POST /v1/qa` with `stream: true`: the (event, data) pairs, checked to end with `attribution` then `done`.
+async fn stream_qa(t: &TestApp, body: &Value) -> Vec<(String, Value)> {
+    let (s, headers, raw) = t
+        .send(
+            axum::http::Request::post("/v1/qa")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{raw}");
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let raw = raw.as_str().expect("an event stream, not JSON").to_string();
+    let events: Vec<(String, Value)> = raw
+        .split("\n\n")
+        .filter(|block| block.contains("data:"))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            (
+                field("event:"),
+                serde_json::from_str(&field("data:")).unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert!(
+        names.ends_with(&["attribution", "done"]),
+        "events {names:?}"
+    );
+    assert!(names[..names.len() - 2].iter().all(|&e| e == "token"));
+    let (attribution, done) = (&events[events.len() - 2].1, &events[events.len() - 1].1);
+    assert_eq!(attribution["attribution"], done["attribution"]);
+    for (i, p) in done["passages"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(attribution["passages"][i], p["attribution"]);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_streams_an_extractive_answer() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    t.ingest(&demo_corpus()).await;
+    let question =
+        json!({"question": "Which company did Ida Fernsworth found in 1874?", "top_k": 5});
+    let (s, plain) = t.post_json("/v1/qa", &question).await;
+    assert_eq!(s, StatusCode::OK, "{plain}");
+    let mut streamed = question.clone();
+    streamed["stream"] = json!(true);
+    let events = stream_qa(&t, &streamed).await;
+    // The extractive span in one token event.
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0].1["text"], plain["answer"]["text"]);
+    let done = &events[2].1;
+    assert_eq!(done["answer"], plain["answer"]);
+    assert_eq!(done["passages"], plain["passages"]);
+    // Bad requests are still plain JSON errors, before any stream.
     let (s, b) = t
-        .post_json("/v1/qa", &json!({"question": "x", "stream": true}))
+        .post_json("/v1/qa", &json!({"question": " ", "stream": true}))
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(b["error"]["code"], "not_available", "{b}");
+    assert_eq!(b["error"]["code"], "empty_question", "{b}");
     t.finish().await;
 }

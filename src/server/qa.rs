@@ -19,11 +19,15 @@ use crate::qa::generated::{prompt_ids, EngineScorer};
 use crate::retrieve::Seed;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Antithetic permutation pairs sampled past [`MAX_EXACT_PLAYERS`] passages (128 permutations).
 const PERMUTATION_PAIRS: usize = 64;
@@ -93,7 +97,10 @@ pub struct QaRequest {
     /// `none`, `passages` (default) or `tokens`.
     #[serde(default)]
     pub attribution: AttributionLevel,
-    /// Stream the answer as server-sent events (needs a generation model).
+    /// Stream the answer as server-sent events: `token` events carry the answer's text as it is made (one per
+    /// generated token; an extractive answer in one), then `attribution` (`{attribution, passages: [value and
+    /// standard error per passage]}`), then `done` with the whole response; a failure after the stream started is
+    /// an `error` event (`{error: {code, message}}`). Bad requests are still plain 4xx JSON errors.
     #[serde(default)]
     pub stream: bool,
 }
@@ -208,12 +215,12 @@ fn ms(since: Instant) -> f64 {
 /// Answer a question.
 #[utoipa::path(post, path = "/v1/qa", tag = "qa", request_body = QaRequest,
     responses(
-        (status = 200, body = QaResponse),
+        (status = 200, body = QaResponse, description = "The answer (JSON), or with `stream` a text/event-stream of token, attribution and done events"),
         (status = 400, description = "Malformed request, bad top_k or unknown retriever", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
         (status = 422, description = "Empty question, or a feature that needs a generation model", body = ErrorEnvelope),
     ))]
-pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResponse>, ApiError> {
+pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     require_json(req.headers())?;
     let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
@@ -242,14 +249,61 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).param(param.to_string())
     };
-    if body.stream {
-        return Err(unavailable("streaming the answer", "stream"));
-    }
     if body.attribution == AttributionLevel::Tokens {
         return Err(unavailable("token attribution", "attribution"));
     }
     let top_k = checked_top_k(&app, body.top_k)?;
-    let method = body.retriever.unwrap_or_else(|| "bm25".into());
+    let method = body.retriever.clone().unwrap_or_else(|| "bm25".into());
+    // Checked here, so that a bad name is a 400 before any stream starts.
+    app.retrievers
+        .get(&method)
+        .map_err(|e| ApiError::from(e).param("retriever"))?;
+    if !body.stream {
+        let response = answer(app, body, top_k, method, started, None).await?;
+        return Ok(Json(response).into_response());
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        match answer(app, body, top_k, method, started, Some(tx.clone())).await {
+            Ok(response) => {
+                let attribution = serde_json::json!({
+                    "attribution": response.attribution,
+                    "passages": response.passages.iter().map(|p| &p.attribution).collect::<Vec<_>>(),
+                });
+                let _ = tx.send(sse_event("attribution", &attribution));
+                let _ = tx.send(sse_event("done", &response));
+            }
+            Err(e) => {
+                tracing::warn!(code = e.code, message = %e.message, "question answering failed mid-stream");
+                let error = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+                let _ = tx.send(sse_event("error", &error));
+            }
+        }
+    });
+    let stream =
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// One server-sent event: `event: name`, the value as JSON data.
+fn sse_event(name: &str, value: &impl Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .data(serde_json::to_string(value).unwrap_or_else(|_| "null".into()))
+}
+
+/// Retrieves, answers and attributes. With `events`, the answer's text also goes out as `token` events while it is
+/// made (generated: one per token; extractive: the whole span at once).
+async fn answer(
+    app: Arc<App>,
+    body: QaRequest,
+    top_k: usize,
+    method: String,
+    started: Instant,
+    events: Option<UnboundedSender<Event>>,
+) -> Result<QaResponse, ApiError> {
     let retriever = app
         .retrievers
         .get(&method)
@@ -268,7 +322,8 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
                 .map(|p| (p.passage.title.clone(), p.passage.text.clone()))
                 .collect();
             let t = Instant::now();
-            let (text, tokens) = generate(g.as_ref(), &body.question, &passages).await?;
+            let (text, tokens) =
+                generate(g.as_ref(), &body.question, &passages, events.as_ref()).await?;
             let read_ms = ms(t);
             let t = Instant::now();
             let scored = if want_attribution && !tokens.is_empty() {
@@ -315,6 +370,9 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
                 end_byte: Some(s.end),
                 tokens: None,
             });
+            if let (Some(tx), Some(a)) = (&events, &answer) {
+                let _ = tx.send(sse_event("token", &serde_json::json!({"text": a.text})));
+            }
             let read_ms = ms(t);
             let t = Instant::now();
             let scored = if want_attribution {
@@ -347,7 +405,7 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
             }),
         })
         .collect();
-    Ok(Json(QaResponse {
+    Ok(QaResponse {
         question: body.question,
         retriever: method,
         answer,
@@ -361,7 +419,7 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Json<QaResp
             attribution_ms,
             total_ms: ms(started),
         },
-    }))
+    })
 }
 
 /// The relations of each passage in `passages` (ids, in rank order), those touching a seed phrase first, at most
@@ -413,6 +471,7 @@ async fn generate(
     g: &dyn Generator,
     question: &str,
     passages: &[(String, String)],
+    events: Option<&UnboundedSender<Event>>,
 ) -> Result<(String, Vec<u32>), ApiError> {
     let all = all_players(passages.len());
     let prompt = prompt_ids(g, question, passages, all).map_err(|e| ApiError::internal(&e))?;
@@ -426,6 +485,9 @@ async fn generate(
     while let Some(ev) = rx.recv().await {
         match ev {
             GenerationEvent::Token(t) => {
+                if let Some(tx) = events {
+                    let _ = tx.send(sse_event("token", &serde_json::json!({"text": t.text})));
+                }
                 text.push_str(&t.text);
                 tokens.push(t.token);
             }

@@ -87,8 +87,15 @@ await check('ask: answer with citation, passages with attributions, seeds and gr
   await page.fill('#ask-top-k', '5');
   await page.selectOption('#ask-attribution', 'passages');
   await page.focus('#question');
+  const isQa = (r) => r.url().endsWith('/v1/qa') && r.request().method() === 'POST';
+  const streamed = page.waitForResponse(isQa, WAIT);
   await page.keyboard.press('Enter');
   await page.waitForSelector('#answer-text', WAIT);
+  // The page asks for the streamed answer (token events, then the attribution, then the response).
+  const qa = await streamed;
+  assert.equal(JSON.parse(qa.request().postData()).stream, true);
+  assert.match(qa.headers()['content-type'], /^text\/event-stream/);
+  assert.match(await qa.text(), /event: token[\s\S]*event: attribution[\s\S]*event: done/);
   await page.waitForFunction(() => document.querySelectorAll('#qa-passages > li').length > 0, null, WAIT);
 
   // What the page shows is what the API answers for the same question.

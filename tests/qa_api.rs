@@ -184,12 +184,6 @@ async fn qa_errors_say_what_to_fix() {
             "unknown_method",
             "retriever",
         ),
-        (
-            json!({"question": "x", "attribution": "tokens"}),
-            422,
-            "needs_model",
-            "attribution",
-        ),
     ] {
         let (s, b) = t.post_json("/v1/qa", &body).await;
         assert_eq!(s.as_u16(), status, "{body} -> {b}");
@@ -238,6 +232,19 @@ async fn qa_with_a_model_attributes_the_generated_answer() {
         (attribution_sum(&body) - (full - empty)).abs() < 1e-6 * full.abs().max(1.0),
         "{body}"
     );
+    // Token level: runs of words of the top passage, valued by the answer's log-probability.
+    let (s, tb) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "Which company did Ida Fernsworth found?", "top_k": 3, "attribution": "tokens"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{tb}");
+    assert_eq!(
+        tb["token_attribution"]["attribution"]["value"],
+        "answer_log_prob"
+    );
+    assert_token_attribution(&tb);
     // Streamed: one token event per generated token, then the attribution, then the same response.
     let events = stream_qa(
         &t,
@@ -307,6 +314,86 @@ async fn stream_qa(t: &TestApp, body: &Value) -> Vec<(String, Value)> {
         assert_eq!(attribution["passages"][i], p["attribution"]);
     }
     events
+}
+
+/// Checks `token_attribution`: runs of words of the passage with the largest value, in order, whose exact values
+/// share out the run game's v(all) - v(none).
+fn assert_token_attribution(body: &Value) {
+    let ta = &body["token_attribution"];
+    let p = ta["passage"].as_u64().unwrap() as usize;
+    let values: Vec<f64> = body["passages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["attribution"]["value"].as_f64().unwrap())
+        .collect();
+    let top = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(values[p], top, "{body}");
+    assert_eq!(values.iter().position(|&v| v == top), Some(p));
+    let text = body["passages"][p]["text"].as_str().unwrap();
+    let spans = ta["spans"].as_array().unwrap();
+    assert!(!spans.is_empty() && spans.len() <= 8, "{ta}");
+    let mut end = 0;
+    let mut sum = 0.0;
+    for s in spans {
+        let (a, b) = (
+            s["start_byte"].as_u64().unwrap() as usize,
+            s["end_byte"].as_u64().unwrap() as usize,
+        );
+        assert!(end <= a && a < b && b <= text.len(), "{ta}");
+        assert!(!text[a..b].trim().is_empty());
+        end = b;
+        sum += s["value"].as_f64().unwrap();
+        assert_eq!(s["std_error"], 0.0);
+    }
+    let info = &ta["attribution"];
+    assert_eq!(info["method"], "exact_shapley");
+    assert_eq!(info["evaluations"], 1u64 << spans.len());
+    let full = info["full"].as_f64().unwrap() - info["empty"].as_f64().unwrap();
+    assert!((sum - full).abs() < 1e-6 * full.abs().max(1.0), "{ta}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_attributes_the_words_of_the_top_passage() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    t.ingest(&demo_corpus()).await;
+    let (s, body) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "Which company did Ida Fernsworth found in 1874?", "top_k": 5, "attribution": "tokens"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_token_attribution(&body);
+    // The reader's answer sentence is in the top passage, and its run with the name carries the most value.
+    let ta = &body["token_attribution"];
+    let p = ta["passage"].as_u64().unwrap() as usize;
+    assert_eq!(body["answer"]["passage"], p as u64, "{body}");
+    let text = body["passages"][p]["text"].as_str().unwrap();
+    let best = ta["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by(|a, b| {
+            a["value"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["value"].as_f64().unwrap())
+        })
+        .unwrap();
+    let run = &text[best["start_byte"].as_u64().unwrap() as usize
+        ..best["end_byte"].as_u64().unwrap() as usize];
+    assert!(best["value"].as_f64().unwrap() > 0.0, "{ta}");
+    // Without "tokens" there is none.
+    let (_, plain) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "Which company did Ida Fernsworth found in 1874?"}),
+        )
+        .await;
+    assert!(plain["token_attribution"].is_null());
+    eprintln!("most valuable run: {run:?}");
+    t.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

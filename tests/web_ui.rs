@@ -108,6 +108,8 @@ fn engram() -> Command {
     c.current_dir(root())
         .env_remove("DATABASE_URL")
         .env_remove("ENGRAM_WEB_DIR")
+        // Below the page's own limit (200), so the browser test can show a real 400 from the server.
+        .env("ENGRAM__RETRIEVAL__MAX_TOP_K", "100")
         .env("RUST_LOG", "warn");
     c
 }

@@ -16,6 +16,7 @@ use crate::engine::sampling::SamplingParams;
 use crate::graph::KnowledgeGraph;
 use crate::qa::extractive::{read, ReaderGame};
 use crate::qa::generated::{prompt_ids, EngineScorer};
+use crate::qa::spans::{keep_runs, top_passage, word_runs, ReaderRunGame, SPAN_PLAYERS};
 use crate::retrieve::Seed;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -78,7 +79,7 @@ pub enum AttributionLevel {
     /// One value per retrieved passage (the default).
     #[default]
     Passages,
-    /// Values for tokens inside the top passages (needs a generation model).
+    /// Passage values, then values for runs of words of the passage with the largest value (`token_attribution`).
     Tokens,
 }
 
@@ -173,6 +174,54 @@ pub struct QaRelation {
     pub seed: bool,
 }
 
+/// Token-level attribution (TextGenSHAP's second level): runs of consecutive words of one passage as players, the
+/// other passages kept whole, exact Shapley values over the same value function as the passages'.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenAttribution {
+    /// Index (in `passages`) of the passage whose words are attributed: the one with the largest value.
+    pub passage: usize,
+    /// The runs (at most 8), in text order.
+    pub spans: Vec<SpanAttribution>,
+    /// How the values were computed.
+    pub attribution: AttributionInfo,
+}
+
+/// One run of words of the attributed passage and its Shapley value.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SpanAttribution {
+    /// First byte of the run in the passage text.
+    pub start_byte: usize,
+    /// One past its last byte.
+    pub end_byte: usize,
+    /// Its Shapley value.
+    pub value: f64,
+    /// Standard error (0 for exact values).
+    pub std_error: f64,
+}
+
+fn token_attribution(
+    passage: usize,
+    runs: &[(usize, usize)],
+    (values, errors, info): (Vec<f64>, Vec<f64>, AttributionInfo),
+) -> TokenAttribution {
+    TokenAttribution {
+        passage,
+        spans: runs
+            .iter()
+            .zip(values.iter().zip(&errors))
+            .map(
+                |(&(start_byte, end_byte), (&value, &std_error))| SpanAttribution {
+                    start_byte,
+                    end_byte,
+                    value,
+                    std_error,
+                },
+            )
+            .collect(),
+        attribution: info,
+    }
+}
+
 /// Server-side time per stage, in milliseconds.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QaTimings {
@@ -204,6 +253,8 @@ pub struct QaResponse {
     pub relations: Option<Vec<QaRelation>>,
     /// How the attributions were computed (absent with `attribution: "none"`).
     pub attribution: Option<AttributionInfo>,
+    /// With `attribution: "tokens"`: the values of runs of words of the passage with the largest value.
+    pub token_attribution: Option<TokenAttribution>,
     /// Per-stage timings.
     pub timings: QaTimings,
 }
@@ -233,25 +284,6 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
         )
         .param("question"));
     }
-    let unavailable = |what: &str, param: &str| {
-        let (code, message) = if app.generator.is_some() {
-            (
-                "not_available",
-                format!("{what} is not available yet; leave `{param}` at its default"),
-            )
-        } else {
-            (
-                "needs_model",
-                format!(
-                    "{what} needs a generation model; answers are extractive here (leave `{param}` at its default)"
-                ),
-            )
-        };
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).param(param.to_string())
-    };
-    if body.attribution == AttributionLevel::Tokens {
-        return Err(unavailable("token attribution", "attribution"));
-    }
     let top_k = checked_top_k(&app, body.top_k)?;
     let method = body.retriever.clone().unwrap_or_else(|| "bm25".into());
     // Checked here, so that a bad name is a 400 before any stream starts.
@@ -269,6 +301,7 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
                 let attribution = serde_json::json!({
                     "attribution": response.attribution,
                     "passages": response.passages.iter().map(|p| &p.attribution).collect::<Vec<_>>(),
+                    "tokens": response.token_attribution,
                 });
                 let _ = tx.send(sse_event("attribution", &attribution));
                 let _ = tx.send(sse_event("done", &response));
@@ -314,13 +347,18 @@ async fn answer(
 
     let n = found.passages.len();
     let want_attribution = body.attribution != AttributionLevel::None && n > 0;
-    let (answer, values, info, read_ms, attribution_ms) = match app.generator.clone() {
+    let want_tokens = body.attribution == AttributionLevel::Tokens;
+    let (answer, values, info, read_ms, attribution_ms, token_attribution) = match app
+        .generator
+        .clone()
+    {
         Some(g) => {
             let passages: Vec<(String, String)> = found
                 .passages
                 .iter()
                 .map(|p| (p.passage.title.clone(), p.passage.text.clone()))
                 .collect();
+            let all_passages = passages.clone();
             let t = Instant::now();
             let (text, tokens) =
                 generate(g.as_ref(), &body.question, &passages, events.as_ref()).await?;
@@ -330,7 +368,7 @@ async fn answer(
                 let question = body.question.clone();
                 let prompt_g = g.clone();
                 let mut game = LogProbGame::new(
-                    EngineScorer(g),
+                    EngineScorer(g.clone()),
                     n,
                     Box::new(move |c| prompt_ids(prompt_g.as_ref(), &question, &passages, c)),
                     tokens.clone(),
@@ -351,8 +389,33 @@ async fn answer(
                 end_byte: None,
                 tokens: Some(tokens.len()),
             };
+            let top = scored.as_ref().and_then(|(v, _, _)| top_passage(v));
+            let tokens_level = match top {
+                Some(p) if want_tokens => {
+                    let runs = word_runs(&all_passages[p].1, SPAN_PLAYERS);
+                    let (question, prompt_g, kept_runs) =
+                        (body.question.clone(), g.clone(), runs.clone());
+                    let mut game = LogProbGame::new(
+                        EngineScorer(g),
+                        runs.len(),
+                        Box::new(move |c| {
+                            let mut ps = all_passages.clone();
+                            ps[p].1 = keep_runs(&all_passages[p].1, &kept_runs, c);
+                            prompt_ids(prompt_g.as_ref(), &question, &ps, all_players(ps.len()))
+                        }),
+                        tokens.clone(),
+                        Value::AnswerLogProb,
+                    );
+                    let r =
+                        tokio::task::spawn_blocking(move || shapley(&mut game, "answer_log_prob"))
+                            .await
+                            .map_err(|e| ApiError::internal(&e))??;
+                    Some(token_attribution(p, &runs, r))
+                }
+                _ => None,
+            };
             let (values, info) = split(scored);
-            (Some(answer), values, info, read_ms, ms(t))
+            (Some(answer), values, info, read_ms, ms(t), tokens_level)
         }
         None => {
             let t = Instant::now();
@@ -384,8 +447,23 @@ async fn answer(
             } else {
                 None
             };
+            let top = scored.as_ref().and_then(|(v, _, _)| top_passage(v));
+            let tokens_level = match top {
+                Some(p) if want_tokens => {
+                    let runs = word_runs(texts[p], SPAN_PLAYERS);
+                    let mut game = ReaderRunGame {
+                        question: &body.question,
+                        texts: texts.clone(),
+                        passage: p,
+                        runs: runs.clone(),
+                    };
+                    let r = shapley(&mut game, "extractive_best_sentence_score")?;
+                    Some(token_attribution(p, &runs, r))
+                }
+                _ => None,
+            };
             let (values, info) = split(scored);
-            (answer, values, info, read_ms, ms(t))
+            (answer, values, info, read_ms, ms(t), tokens_level)
         }
     };
 
@@ -413,6 +491,7 @@ async fn answer(
         seeds: found.seeds,
         relations,
         attribution: info,
+        token_attribution,
         timings: QaTimings {
             retrieve_ms,
             read_ms,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # TextGenSHAP through the API on the GPU: `engram serve --model synthetic:llama-3-8b --device cuda:0` over the demo
-# corpus (BM25), then `POST /v1/qa` with 5, 10 and 20 passages; prints the answer's token count, the attribution
-# method, coalitions valued and per-stage timings. Run through the device tool with carry = ["dist"] after
-# `make dist-cuda`; output in $OUT/qa_shap.txt.
+# corpus (BM25), then `POST /v1/qa` with 5, 10 and 20 passages (and token-level attribution with QA_TOKENS=1);
+# prints the answer's token count, the attribution method, coalitions valued and per-stage timings. Run through
+# the device tool with carry = ["dist"] after `make dist-cuda`; output in $OUT/qa_shap.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/engram-out}
 mkdir -p "$OUT"
@@ -16,11 +16,13 @@ pid=$!
 for _ in $(seq 120); do curl -sf 127.0.0.1:8080/readyz >/dev/null && break; sleep 1; done
 ask() {
   curl -s -m 300 127.0.0.1:8080/v1/qa -H 'content-type: application/json' \
-    -d "{\"question\":\"Which company did Ida Fernsworth found, and where was it based?\",\"top_k\":$1}" |
-    python3 -c 'import json,sys; b=json.load(sys.stdin); a=b.get("attribution") or {}; t=b.get("timings",{}); print(json.dumps({"passages": len(b.get("passages",[])), "answer_tokens": (b.get("answer") or {}).get("tokens"), "method": a.get("method"), "evaluations": a.get("evaluations"), "timings_ms": t, "error": b.get("error")}))'
+    -d "{\"question\":\"Which company did Ida Fernsworth found, and where was it based?\",\"top_k\":$1,\"attribution\":\"${2:-passages}\"}" |
+    python3 -c 'import json,sys; b=json.load(sys.stdin); a=b.get("attribution") or {}; ta=(b.get("token_attribution") or {}).get("attribution") or {}; t=b.get("timings",{}); print(json.dumps({"passages": len(b.get("passages",[])), "answer_tokens": (b.get("answer") or {}).get("tokens"), "method": a.get("method"), "evaluations": a.get("evaluations"), "token_evaluations": ta.get("evaluations"), "timings_ms": t, "error": b.get("error")}))'
 }
+# QA_TOP_KS picks the passage counts (default 5 10 20); QA_TOKENS=1 adds a token-level request at 5 passages.
 {
   echo "== warm-up (first request: cuBLASLt autotuning)"; ask 3
-  for k in 5 10 20; do echo "== top_k $k"; ask $k; done
+  for k in ${QA_TOP_KS:-5 10 20}; do echo "== top_k $k"; ask $k; done
+  if [ "${QA_TOKENS:-0}" = 1 ]; then echo "== top_k 5, attribution tokens"; ask 5 tokens; fi
 } | tee "$OUT/qa_shap.txt"
 kill $pid; wait $pid 2>/dev/null

@@ -8,9 +8,8 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{Db, TestApp};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use common::{free_port, http_get, Db, TestApp};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,31 +75,6 @@ async fn index_is_embedded_or_read_from_engram_web_dir() {
         "{body}"
     );
     t.finish().await;
-}
-
-/// A plain HTTP/1.1 GET; returns the status.
-fn http_status(addr: &str, path: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn engram() -> Command {
@@ -181,7 +155,7 @@ fn web_ui_in_a_real_browser() {
             .unwrap(),
     );
     let t = Instant::now();
-    while http_status(&addr, "/readyz").ok() != Some(200) {
+    while http_get(&addr, "/readyz").ok().map(|(s, _)| s) != Some(200) {
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "server never became ready: {}",

@@ -17,7 +17,7 @@ use crate::graph::KnowledgeGraph;
 use crate::qa::extractive::{read, ReaderGame};
 use crate::qa::generated::{prompt_ids, EngineScorer};
 use crate::qa::spans::{keep_runs, top_passage, word_runs, ReaderRunGame, SPAN_PLAYERS};
-use crate::retrieve::Seed;
+use crate::retrieve::{Retriever, Seed};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -269,7 +269,7 @@ fn ms(since: Instant) -> f64 {
         (status = 200, body = QaResponse, description = "The answer (JSON), or with `stream` a text/event-stream of token, attribution and done events"),
         (status = 400, description = "Malformed request, bad top_k or unknown retriever", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
-        (status = 422, description = "Empty question, or a feature that needs a generation model", body = ErrorEnvelope),
+        (status = 422, description = "Empty question", body = ErrorEnvelope),
     ))]
 pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
@@ -286,17 +286,28 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
     }
     let top_k = checked_top_k(&app, body.top_k)?;
     let method = body.retriever.clone().unwrap_or_else(|| "bm25".into());
-    // Checked here, so that a bad name is a 400 before any stream starts.
-    app.retrievers
+    // Looked up here, so that a bad name is a 400 before any stream starts.
+    let retriever = app
+        .retrievers
         .get(&method)
         .map_err(|e| ApiError::from(e).param("retriever"))?;
     if !body.stream {
-        let response = answer(app, body, top_k, method, started, None).await?;
+        let response = answer(app, body, top_k, method, retriever, started, None).await?;
         return Ok(Json(response).into_response());
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
-        match answer(app, body, top_k, method, started, Some(tx.clone())).await {
+        match answer(
+            app,
+            body,
+            top_k,
+            method,
+            retriever,
+            started,
+            Some(tx.clone()),
+        )
+        .await
+        {
             Ok(response) => {
                 let attribution = serde_json::json!({
                     "attribution": response.attribution,
@@ -334,13 +345,10 @@ async fn answer(
     body: QaRequest,
     top_k: usize,
     method: String,
+    retriever: Arc<dyn Retriever>,
     started: Instant,
     events: Option<UnboundedSender<Event>>,
 ) -> Result<QaResponse, ApiError> {
-    let retriever = app
-        .retrievers
-        .get(&method)
-        .map_err(|e| ApiError::from(e).param("retriever"))?;
     let t = Instant::now();
     let found = retriever.retrieve_explained(&body.question, top_k).await?;
     let retrieve_ms = ms(t);

@@ -79,20 +79,15 @@ template <int D>
 __device__ __forceinline__ void stage_kv(bf16_t (*kdst)[D + PAD], bf16_t (*vdst)[D + PAD],
                                          const bf16_t* __restrict__ kc, const bf16_t* __restrict__ vc,
                                          const u32* __restrict__ table, int block_size, int kv_width, int head_off,
-                                         int first, int last, bool evict_first, u64 policy) {
+                                         int first, int last) {
 #pragma unroll
     for (int it = 0; it < KvTile<D>::iters; ++it) {
         const int c = threadIdx.x + it * 128, r = c / KvTile<D>::chunks, piece = c - r * KvTile<D>::chunks;
         const int j = first + r;
         const bool ok = j <= last;
         const size_t at = ok ? kv_offset(table, block_size, kv_width, head_off, j, piece) : 0;
-        if (evict_first) {
-            cp_async16_hint(&kdst[r][piece * 8], kc + at, ok, policy);
-            cp_async16_hint(&vdst[r][piece * 8], vc + at, ok, policy);
-        } else {
-            cp_async16(&kdst[r][piece * 8], kc + at, ok);
-            cp_async16(&vdst[r][piece * 8], vc + at, ok);
-        }
+        cp_async16(&kdst[r][piece * 8], kc + at, ok);
+        cp_async16(&vdst[r][piece * 8], vc + at, ok);
     }
 }
 
@@ -253,8 +248,7 @@ __device__ __forceinline__ bool decode_split(DecodeSplit& d, const u32* __restri
 // [split * split_len, min(ctx, (split + 1) * split_len)). Writes unnormalised partial outputs, maxima (log2
 // domain) and sums to part_o [seq][head][split][D], part_m / part_l [seq][head][split]; with a single split it
 // writes the normalised bf16 output row instead (no combine pass). Grid: (sequences, kv_heads, splits); 128
-// threads. Before waiting on its inputs every block asks for its share of `prefetch_bytes` at `prefetch` to be
-// brought into L2 (the next product's weights, null for none), so HBM keeps busy while attention runs.
+// threads.
 template <int D>
 __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_t* __restrict__ kc,
                                        const bf16_t* __restrict__ vc, float* __restrict__ part_o,
@@ -262,8 +256,7 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
                                        const u32* __restrict__ row0, const u32* __restrict__ ctx,
                                        const u32* __restrict__ table0, const u32* __restrict__ tables, int heads,
                                        int kv_heads, int block_size, float scale_log2, int split_len, int splits,
-                                       bf16_t* __restrict__ out, const char* prefetch, u64 prefetch_bytes) {
-    prefetch_l2_share(prefetch, prefetch_bytes);
+                                       bf16_t* __restrict__ out) {
     PDL_ENTER();
     __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
     __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
@@ -392,8 +385,7 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
 // shared memory with cp.async (no registers held for the copy, so four blocks fit a multiprocessor and overlap
 // each other's copies: measured faster than two stages per block at three blocks); warp w takes keys 16w .. 16w + 15
 // of every tile and keeps its own running maximum, sum and output for them, and the four warps' states are merged
-// at the end. Same grid, outputs, partial-result layout and L2 prefetch as `decode`; 128 threads. With
-// `kv_evict_first` the K/V copies carry an evict-first L2 hint (read once per step; the prefetched weights stay).
+// at the end. Same grid, outputs and partial-result layout as `decode`; 128 threads.
 // One 64-key tile of decode_mma for one warp: scores of its 16 keys (the first at `key`, the tile's last valid key
 // at `last`) against the group's query rows, the online-softmax update of m and l, and O += P V.
 template <int D>
@@ -458,9 +450,7 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
                                            const u32* __restrict__ row0, const u32* __restrict__ ctx,
                                            const u32* __restrict__ table0, const u32* __restrict__ tables,
                                            int heads, int kv_heads, int block_size, float scale_log2,
-                                           int split_len, int splits, bf16_t* __restrict__ out,
-                                           const char* prefetch, u64 prefetch_bytes, int kv_evict_first) {
-    prefetch_l2_share(prefetch, prefetch_bytes);
+                                           int split_len, int splits, bf16_t* __restrict__ out) {
     PDL_ENTER();
     __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
     __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
@@ -488,12 +478,10 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m = NEG_INF, l = 0.0f;  // row g's running maximum (log2 domain) and sum over this warp's keys
     const int key0 = warp * 16;   // this warp's keys within a tile
-    const u64 policy = kv_evict_first ? l2_evict_first_policy() : 0ull;
     for (int first = first_key; first < end_key; first += TILE) {
         const int last = min(end_key, first + TILE) - 1;
         __syncthreads();  // every warp is done with the previous tile
-        stage_kv<D>(ks, vs, kc, vc, table, block_size, kv_width, kvh * D, first, last, kv_evict_first != 0,
-                    policy);
+        stage_kv<D>(ks, vs, kc, vc, table, block_size, kv_width, kvh * D, first, last);
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
@@ -581,19 +569,16 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
     extern "C" __global__ void __launch_bounds__(128) attn_decode_d##D(                                      \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
         const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
-        int block_size, float scale_log2, int split_len, int splits, bf16_t* out, const char* prefetch,      \
-        u64 prefetch_bytes, int kv_evict_first) {                                                            \
+        int block_size, float scale_log2, int split_len, int splits, bf16_t* out) {                          \
         decode<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads, block_size, \
-                  scale_log2, split_len, splits, out, prefetch, prefetch_bytes);                             \
+                  scale_log2, split_len, splits, out);                                                       \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(128, 4) attn_decode_mma_d##D(                               \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
         const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
-        int block_size, float scale_log2, int split_len, int splits, bf16_t* out, const char* prefetch,      \
-        u64 prefetch_bytes, int kv_evict_first) {                                                            \
+        int block_size, float scale_log2, int split_len, int splits, bf16_t* out) {                          \
         decode_mma<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads,         \
-                      block_size, scale_log2, split_len, splits, out, prefetch, prefetch_bytes,              \
-                      kv_evict_first);                                                                       \
+                      block_size, scale_log2, split_len, splits, out);                                       \
     }
 
 ATTENTION_KERNELS(16)

@@ -93,14 +93,6 @@ extern "C" __global__ void gather_rows(const bf16_t* __restrict__ x, const u32* 
     for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = src[c];
 }
 
-// Asks for `bytes` at `p` (a weight the next launch reads) to be brought into L2, split over the grid, then
-// waits for the previous kernel like any other: launched between two kernels with programmatic dependent launch,
-// it starts the weight stream while the previous one finishes and the next one launches. Grid: any; 32 threads.
-extern "C" __global__ void l2_prefetch(const char* p, u64 bytes) {
-    prefetch_l2_share(p, bytes);
-    PDL_ENTER();
-}
-
 // Paged KV write: row r of k and v goes to cache row slots[r] (one cache row per slot, `width` = kv_heads *
 // head_dim). Grid: rows.
 extern "C" __global__ void write_kv(const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,

@@ -123,44 +123,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
     const int bytes = valid ? 16 : 0;  // 0: fill with zeros
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(bytes) : "memory");
 }
-// The same copy with an L2 eviction-priority hint (`policy` from `l2_evict_first_policy`): for data read once per
-// step, such as the KV cache in decode, so it does not push out what was prefetched for the next product.
-__device__ __forceinline__ void cp_async16_hint(void* smem, const void* gmem, bool valid, u64 policy) {
-    const u32 dst = (u32)__cvta_generic_to_shared(smem);
-    const int bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(dst), "l"(gmem),
-                 "r"(bytes), "l"(policy)
-                 : "memory");
-}
-__device__ __forceinline__ u64 l2_evict_first_policy() {
-    u64 policy;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-    return policy;
-}
-
-// Asks the memory system to bring `bytes` (a multiple of 16) at `p` (16-byte aligned) into L2 without waiting:
-// a hint with no completion to wait for (sm_90 and later; nothing elsewhere).
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
-// This block's share of an L2 prefetch of `bytes` at `p` split evenly over the grid, issued by thread 0 in
-// 64 KiB requests. Safe before `pdl_wait`: the prefetched memory (weights) is not written by earlier launches.
-__device__ __forceinline__ void prefetch_l2_share(const char* p, u64 bytes) {
-    if (p == nullptr || bytes == 0 || threadIdx.x != 0) return;
-    const u64 blocks = (u64)gridDim.x * gridDim.y * gridDim.z;
-    const u64 block = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
-    const u64 share = ((bytes + blocks - 1) / blocks + 15) & ~15ull;
-    const u64 begin = block * share;
-    const u64 end = begin + share < bytes ? begin + share : bytes;
-    for (u64 at = begin; at < end; at += 65536) {
-        const u64 n = end - at < 65536 ? end - at : 65536;
-        prefetch_l2_bulk(p + at, (u32)(n & ~15ull));
-    }
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }

@@ -5,8 +5,7 @@
 #
 # Built here (no CUDA needed to build): `make dist-cuda` puts stripped binaries in dist/; then, through the device
 # tool, run `bash scripts/device_cuda.sh` with carry = ["dist"].
-# Stages can be picked: `bash scripts/device_cuda.sh parity prefill decode decode-ablations hf` (default: all;
-# also decode-l2, decode-splits, decode-tiles4, decode-cublaslt).
+# Stages can be picked: `bash scripts/device_cuda.sh parity prefill decode decode-ablations hf` (default: all).
 # Every stage's files go to a work folder that is packed into $OUT/results.tgz after each stage (the device tool
 # brings back only a few files).
 set -uo pipefail
@@ -35,17 +34,6 @@ for s in $stages; do
     decode-ablations)
       # Each decode optimisation switched off on its own, then all of them (the previous session's kernels).
       for v in "pdl0:ENGRAM_PDL=0" "simt:ENGRAM_DECODE_ATTN=simt" "before:ENGRAM_PDL=0 ENGRAM_DECODE_ATTN=simt"; do
-        name=${v%%:*}; vars=${v#*:}
-        echo "== engram bench decode with $vars"
-        env $vars $ENGRAM bench decode --device cuda:0 --out "$OUT/decode_$name.json" 2>"$OUT/decode_$name.err" | tee "$OUT/decode_$name.txt"
-        tail -2 "$OUT/decode_$name.err"
-      done ;;
-    decode-l2)
-      # L2 prefetch of the next product's weights: none (the kernels before it), the output projection from
-      # inside decode attention (default), with evict-first K/V copies, and also ahead of every cuBLASLt product.
-      for v in "l2off:ENGRAM_L2_PREFETCH_MB=0" "l2o:ENGRAM_L2_PREFETCH_MB=30" "l2o_ef:ENGRAM_KV_EVICT_FIRST=1" \
-               "edge16:ENGRAM_L2_PREFETCH_EDGE_MB=16" "edge16_ef:ENGRAM_L2_PREFETCH_EDGE_MB=16 ENGRAM_KV_EVICT_FIRST=1" \
-               "edge32_ef:ENGRAM_L2_PREFETCH_EDGE_MB=32 ENGRAM_KV_EVICT_FIRST=1" "l2off_again:ENGRAM_L2_PREFETCH_MB=0"; do
         name=${v%%:*}; vars=${v#*:}
         echo "== engram bench decode with $vars"
         env $vars $ENGRAM bench decode --device cuda:0 --out "$OUT/decode_$name.json" 2>"$OUT/decode_$name.err" | tee "$OUT/decode_$name.txt"

@@ -470,32 +470,18 @@ fn attention_case(
         1.5e-2,
         &format!("attention heads {heads}/{kv_heads} d{hd} seqs {seqs:?}"),
     );
-    // Attention then the output projection: the decode kernel also prefetches the weight into L2.
-    let out = 48;
-    let (cw, gw) = both(g, &r.vec(out * heads * hd, 0.1), out, heads * hd);
-    cmp(
-        g,
-        &CpuBackend
-            .attention_output(&cq, &ckv, 1, heads, &batch, &cw)
-            .unwrap(),
-        &g.attention_output(&gq, &gkv, 1, heads, &batch, &gw).unwrap(),
-        2e-2,
-        &format!("attention_output heads {heads}/{kv_heads} d{hd} seqs {seqs:?}"),
-    );
 }
 
 #[test]
 fn varlen_prefill_and_paged_decode_attention_match() {
     let Some(g) = gpu() else { return };
     let mut r = Rng::new(4);
-    // Decode rows on tensor cores (with and without the evict-first hint on K/V), then on the CUDA-core kernel.
-    for (tensor_cores, evict_first) in [(true, false), (true, true), (false, false)] {
+    // Decode rows on tensor cores (the default), then on the CUDA-core kernel.
+    for tensor_cores in [true, false] {
         g.set_decode_tensor_cores(tensor_cores);
-        g.set_kv_evict_first(evict_first);
         decode_attention_cases(g, &mut r);
     }
     g.set_decode_tensor_cores(true);
-    g.set_kv_evict_first(false);
 }
 
 /// Fills 256 MiB of the memory pool with NaN and frees it, so that a kernel reading memory it never wrote shows
@@ -616,8 +602,6 @@ fn whole_models_match_the_cpu_backend() {
         let cpu = LlamaModel::new(CpuBackend, &files).unwrap();
         // A second backend on the same device (the model owns its backend).
         let gpu_model = LlamaModel::new(CudaBackend::new(0).unwrap(), &files).unwrap();
-        // Weight prefetches between kernels on (they must change nothing).
-        gpu_model.backend().set_edge_prefetch_bytes(1 << 20);
         let _ = g;
         let vocab = files.config.vocab_size as u64;
         let prompts: Vec<Vec<u32>> = [1usize, 7, 40, 130]

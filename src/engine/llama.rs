@@ -229,7 +229,6 @@ impl<B: Backend> LlamaModel<B> {
         let mut residual = b.embed(&self.embed, &batch.tokens)?;
         let mut h = b.rms_norm(&residual, &self.layers[0].input_norm, eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            b.prefetch_weights(&layer.qkv, n)?;
             let q = b.qkv_rope_write(
                 &h,
                 &layer.qkv,
@@ -241,12 +240,10 @@ impl<B: Backend> LlamaModel<B> {
                 &batch.slots,
                 &self.inv_freq,
             )?;
-            let o = b.attention_output(&q, kv, i, c.num_heads, &attention, &layer.o)?;
+            let attn = b.attention(&q, kv, i, c.num_heads, &attention)?;
+            let o = b.linear(&attn, &layer.o, None)?;
             h = b.add_rms_norm(&mut residual, &o, &layer.post_norm, eps)?;
-            b.prefetch_weights(&layer.gate_up, n)?;
-            let act = b.linear_swiglu(&h, &layer.gate_up)?;
-            b.prefetch_weights(&layer.down, n)?;
-            let mlp = b.linear(&act, &layer.down, None)?;
+            let mlp = b.linear(&b.linear_swiglu(&h, &layer.gate_up)?, &layer.down, None)?;
             let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
             h = b.add_rms_norm(&mut residual, &mlp, next_norm, eps)?;
         }

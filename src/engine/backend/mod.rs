@@ -146,25 +146,6 @@ pub trait Backend: Send + Sync + 'static {
         heads: usize,
         batch: &AttentionBatch,
     ) -> Result<Self::Tensor, BackendError>;
-    /// A hint that the next launch multiplies `rows` rows by the weight `w`: the CUDA backend may start pulling
-    /// the weight into L2 so the memory stream does not pause between kernels. Changes no result.
-    fn prefetch_weights(&self, w: &Self::Tensor, rows: usize) -> Result<(), BackendError> {
-        let _ = (w, rows);
-        Ok(())
-    }
-    /// `linear(attention(q, ..), o)`: attention followed by the output projection `o`. The CUDA backend has the
-    /// decode-attention kernel start pulling `o` into L2, so the weights stream in while attention runs.
-    fn attention_output(
-        &self,
-        q: &Self::Tensor,
-        kv: &Self::Kv,
-        layer: usize,
-        heads: usize,
-        batch: &AttentionBatch,
-        o: &Self::Tensor,
-    ) -> Result<Self::Tensor, BackendError> {
-        self.linear(&self.attention(q, kv, layer, heads, batch)?, o, None)
-    }
     /// The rows `rows` of `x`, in that order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor, BackendError>;
     /// Copies a 2-D tensor to the host, row-major, with its shape.

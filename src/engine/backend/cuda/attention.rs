@@ -137,8 +137,7 @@ pub fn split_len(max_ctx: usize, blocks_without_split: usize, sm_count: usize) -
     )
 }
 
-/// Runs attention for `batch` on `layer`; on decode rows the kernel also asks for the first bytes of `prefetch`
-/// (up to the backend's L2 prefetch size) to be brought into L2.
+/// Runs attention for `batch` on `layer`.
 pub fn run(
     be: &CudaBackend,
     q: &CudaTensor,
@@ -146,7 +145,6 @@ pub fn run(
     layer: usize,
     heads: usize,
     batch: &AttentionBatch,
-    prefetch: Option<&CudaTensor>,
 ) -> Result<CudaTensor, CudaError> {
     let l = kv.layout;
     let d = l.head_dim;
@@ -260,25 +258,6 @@ pub fn run(
             .arg(&sl)
             .arg(&sp)
             .arg(&mut out);
-        let cap = be
-            .l2_prefetch_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let (no_prefetch, mut prefetch_bytes) = (0u64, 0u64);
-        match prefetch {
-            Some(w) if cap > 0 => {
-                let bytes = (w.rows * w.cols * 2) as u64;
-                prefetch_bytes = bytes.min(cap) & !15;
-                b.arg(w.bf16("attention prefetch")?);
-            }
-            _ => {
-                b.arg(&no_prefetch);
-            }
-        }
-        let evict_first = i32::from(
-            be.kv_evict_first
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        b.arg(&prefetch_bytes).arg(&evict_first);
         let cfg = LaunchConfig {
             grid_dim: (nd as u32, l.kv_heads as u32, splits as u32),
             block_dim: (128, 1, 1),

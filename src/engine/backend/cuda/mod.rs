@@ -164,7 +164,6 @@ struct Kernels {
     rope: CudaFunction,
     swiglu: CudaFunction,
     gather_rows: CudaFunction,
-    l2_prefetch: CudaFunction,
     write_kv: CudaFunction,
     rope_qkv_cache: CudaFunction,
     swiglu_packed: CudaFunction,
@@ -203,7 +202,6 @@ impl Kernels {
             rope: e("rope")?,
             swiglu: e("swiglu")?,
             gather_rows: e("gather_rows")?,
-            l2_prefetch: e("l2_prefetch")?,
             write_kv: e("write_kv")?,
             rope_qkv_cache: e("rope_qkv_cache_heads")?,
             swiglu_packed: e("swiglu_packed")?,
@@ -249,14 +247,6 @@ pub struct CudaBackend {
     /// Whether decode attention runs on tensor cores (`attn_decode_mma_d*`, on unless `ENGRAM_DECODE_ATTN=simt`)
     /// or on the CUDA cores (`attn_decode_d*`).
     decode_mma: std::sync::atomic::AtomicBool,
-    /// Most bytes of the next product's weights that decode attention asks to be brought into L2 (0: none):
-    /// 60% of the L2 cache unless `ENGRAM_L2_PREFETCH_MB` says otherwise.
-    l2_prefetch_bytes: std::sync::atomic::AtomicU64,
-    /// Most bytes of a cuBLASLt product's weights that [`Backend::prefetch_weights`] asks to be brought into L2
-    /// ahead of it (0: none; `ENGRAM_L2_PREFETCH_EDGE_MB`, default 0).
-    edge_prefetch_bytes: std::sync::atomic::AtomicU64,
-    /// Whether decode attention's K/V copies carry an evict-first L2 hint (`ENGRAM_KV_EVICT_FIRST=1`).
-    kv_evict_first: std::sync::atomic::AtomicBool,
     /// Per-operation device timings when profiling ([`CudaBackend::set_profiling`]).
     profile: Mutex<Option<Vec<(String, CudaEvent, CudaEvent)>>>,
     /// Whether kernels launch with programmatic dependent launch (compute capability 9.0 and later, unless
@@ -367,13 +357,6 @@ impl CudaBackend {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_or(1, |n| n.max(1) as usize);
-        let l2_bytes = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
-            .map_or(0, |n| n.max(0) as u64);
-        let l2_prefetch_bytes = match std::env::var("ENGRAM_L2_PREFETCH_MB") {
-            Ok(mb) => mb.trim().parse::<u64>().unwrap_or(0) << 20,
-            Err(_) => l2_bytes / 10 * 6,
-        };
         Ok(Self {
             ctx,
             stream,
@@ -391,17 +374,6 @@ impl CudaBackend {
             decode_mma: std::sync::atomic::AtomicBool::new(
                 std::env::var("ENGRAM_DECODE_ATTN").map_or(true, |v| v != "simt"),
             ),
-            l2_prefetch_bytes: std::sync::atomic::AtomicU64::new(l2_prefetch_bytes),
-            edge_prefetch_bytes: std::sync::atomic::AtomicU64::new(
-                std::env::var("ENGRAM_L2_PREFETCH_EDGE_MB")
-                    .ok()
-                    .and_then(|mb| mb.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-                    << 20,
-            ),
-            kv_evict_first: std::sync::atomic::AtomicBool::new(
-                std::env::var("ENGRAM_KV_EVICT_FIRST").is_ok_and(|v| v == "1"),
-            ),
         })
     }
 
@@ -415,26 +387,6 @@ impl CudaBackend {
     /// Chooses the decode attention kernel: tensor cores (the default) or CUDA cores (for comparisons).
     pub fn set_decode_tensor_cores(&self, on: bool) {
         self.decode_mma
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Sets the most bytes of the output projection's weights that decode attention prefetches into L2 (0 turns
-    /// the prefetch off; for comparisons).
-    pub fn set_l2_prefetch_bytes(&self, bytes: u64) {
-        self.l2_prefetch_bytes
-            .store(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Sets the most bytes of a cuBLASLt product's weights that [`Backend::prefetch_weights`] prefetches into L2
-    /// (0 turns it off).
-    pub fn set_edge_prefetch_bytes(&self, bytes: u64) {
-        self.edge_prefetch_bytes
-            .store(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Whether decode attention's K/V copies carry an evict-first L2 hint (for comparisons).
-    pub fn set_kv_evict_first(&self, on: bool) {
-        self.kv_evict_first
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -1260,44 +1212,7 @@ impl Backend for CudaBackend {
                 }
             )
         });
-        Ok(attention::run(self, q, kv, layer, heads, batch, None)?)
-    }
-
-    fn prefetch_weights(&self, w: &CudaTensor, rows: usize) -> Result<(), BackendError> {
-        let cap = self
-            .edge_prefetch_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let (n, k) = w.shape();
-        if cap == 0 || self.skinny(rows, k) {
-            return Ok(()); // the skinny kernels request their weights before waiting already
-        }
-        let _span = self.span(|| "l2_prefetch".into());
-        let bytes = ((n * k * 2) as u64).min(cap) & !15;
-        let mut b = self.builder(&self.kernels.l2_prefetch);
-        b.arg(w.bf16("prefetch_weights")?).arg(&bytes);
-        let blocks = bytes.div_ceil(256 << 10).clamp(1, 128) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        Ok(launch(b, cfg, "elementwise", "l2_prefetch")?)
-    }
-
-    fn attention_output(
-        &self,
-        q: &CudaTensor,
-        kv: &CudaKv,
-        layer: usize,
-        heads: usize,
-        batch: &AttentionBatch,
-        o: &CudaTensor,
-    ) -> Result<CudaTensor, BackendError> {
-        let attn = {
-            let _span = self.span(|| "attention decode+prefetch".into());
-            attention::run(self, q, kv, layer, heads, batch, Some(o))?
-        };
-        self.linear(&attn, o, None)
+        Ok(attention::run(self, q, kv, layer, heads, batch)?)
     }
 
     fn gather_rows(&self, x: &CudaTensor, rows: &[u32]) -> Result<CudaTensor, BackendError> {

@@ -10,6 +10,7 @@ use crate::engine::device::{self, DeviceSpec, Resolved};
 use crate::engine::generator::{EngineError, Generator};
 use crate::engine::model::ModelError;
 use crate::engine::runner::{Engine, EngineConfig};
+use crate::graph::ExtractorChoice;
 use crate::graph::{GraphError, GraphIndex, GraphVectors};
 use crate::index::vectors::{
     EdgeVectorStore, RemoteQdrant, RemoteQdrantConfig, VectorError, VectorStore,
@@ -18,6 +19,7 @@ use crate::index::{DenseError, DenseIndex, IndexError, TextIndex};
 use crate::ingest::pipeline::Pipeline;
 use crate::openie::fallback::FallbackExtractor;
 use crate::openie::import::{OpenIeTable, PrecomputedExtractor};
+use crate::openie::llm::{LlmExtractor, LlmExtractorLimits};
 use crate::openie::{Extractor, OpenIeError};
 use crate::retrieve::bm25::Bm25Retriever;
 use crate::retrieve::dense::DenseRetriever;
@@ -109,8 +111,12 @@ impl App {
         } else {
             None
         };
+        let generator = match &config.engine.model {
+            Some(spec) => Some(open_engine(spec, &config.engine).await?),
+            None => None,
+        };
         let graph = if config.graph.enabled {
-            Some(open_graph(&config, &store, dense.as_ref()).await?)
+            Some(open_graph(&config, &store, dense.as_ref(), generator.as_ref()).await?)
         } else {
             None
         };
@@ -151,10 +157,6 @@ impl App {
                 )));
             }
         }
-        let generator = match &config.engine.model {
-            Some(spec) => Some(open_engine(spec, &config.engine).await?),
-            None => None,
-        };
         tracing::info!(
             backend = store.backend().name(),
             data_dir = %dir.display(),
@@ -222,19 +224,44 @@ async fn open_engine(spec: &str, config: &EngineConfig) -> Result<Arc<dyn Genera
     Ok(Arc::new(engine))
 }
 
-/// The configured extractor: precomputed extractions (with the fallback for passages they lack) when
-/// `graph.openie_file` is set, else the non-LLM fallback.
-fn build_extractor(config: &Config) -> Result<Arc<dyn Extractor>, StartError> {
-    let fallback: Arc<dyn Extractor> = Arc::new(FallbackExtractor::default());
+/// The configured extractor ([`ExtractorChoice`]): the LLM's or the rule-based fallback, behind precomputed
+/// extractions when `graph.openie_file` is set (passages they lack go to the other one).
+fn build_extractor(
+    config: &Config,
+    generator: Option<&Arc<dyn Generator>>,
+) -> Result<Arc<dyn Extractor>, StartError> {
+    let synthetic = config
+        .engine
+        .model
+        .as_deref()
+        .is_some_and(|m| m.starts_with("synthetic:"));
+    let use_llm = match config.graph.extractor {
+        ExtractorChoice::Fallback => false,
+        ExtractorChoice::Auto => generator.is_some() && !synthetic,
+        ExtractorChoice::Llm => true,
+    };
+    let base: Arc<dyn Extractor> =
+        match (use_llm, generator) {
+            (true, Some(g)) => {
+                let limits = LlmExtractorLimits {
+                    max_tokens: config.graph.llm_max_tokens,
+                    ..LlmExtractorLimits::default()
+                };
+                Arc::new(LlmExtractor::new(g.clone(), limits)?)
+            }
+            (true, None) => return Err(StartError::OpenIe(OpenIeError::Extract(
+                "graph.extractor = \"llm\" needs a generation model: set engine.model (--model)"
+                    .into(),
+            ))),
+            (false, _) => Arc::new(FallbackExtractor::default()),
+        };
+    tracing::info!(extractor = base.name(), "open-IE extractor chosen");
     let Some(path) = &config.graph.openie_file else {
-        return Ok(fallback);
+        return Ok(base);
     };
     let table = OpenIeTable::load(path)?;
     tracing::info!(file = %path.display(), stats = ?table.stats, "precomputed extractions loaded");
-    Ok(Arc::new(PrecomputedExtractor::new(
-        Arc::new(table),
-        fallback,
-    )))
+    Ok(Arc::new(PrecomputedExtractor::new(Arc::new(table), base)))
 }
 
 /// Opens the knowledge graph, with phrase and fact vector stores beside the passage vectors when embeddings are
@@ -243,8 +270,9 @@ async fn open_graph(
     config: &Config,
     store: &Store,
     dense: Option<&DenseIndex>,
+    generator: Option<&Arc<dyn Generator>>,
 ) -> Result<GraphIndex, StartError> {
-    let extractor = build_extractor(config)?;
+    let extractor = build_extractor(config, generator)?;
     let vectors = match dense {
         Some(d) => Some(GraphVectors {
             embedder: d.embedder().clone(),

@@ -238,7 +238,7 @@ async fn dropping_the_stream_cancels_the_request_and_frees_its_cache() {
         ..SamplingParams::default()
     };
     let prompt = g.tokenizer().encode("Tell me a long story", true).unwrap();
-    let mut rx = g.submit(GenerationRequest { prompt, params }).unwrap();
+    let mut rx = g.submit(GenerationRequest::new(prompt, params)).unwrap();
     match rx.recv().await {
         Some(GenerationEvent::Token(_)) => {}
         other => panic!("expected a token, got {other:?}"),
@@ -253,5 +253,101 @@ async fn dropping_the_stream_cancels_the_request_and_frees_its_cache() {
         assert!(std::time::Instant::now() < deadline, "still running: {s:?}");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constrained_requests_always_give_json_of_the_shape() {
+    use engram::engine::constrain::{JsonConstraint, JsonShape};
+    use engram::engine::generator::{
+        EngineError, FinishReason, GenerationEvent, GenerationRequest,
+    };
+    use engram::engine::sampling::SamplingParams;
+    use std::sync::Arc;
+    let t = start().await;
+    let g = t.app.generator.as_ref().unwrap().clone();
+    let shape = JsonShape::Object(vec![(
+        "pairs".into(),
+        JsonShape::Array {
+            item: Box::new(JsonShape::Array {
+                item: Box::new(JsonShape::String { max_bytes: 6 }),
+                min_items: 2,
+                max_items: 2,
+            }),
+            min_items: 1,
+            max_items: 3,
+        },
+    )]);
+    let c = Arc::new(JsonConstraint::new(&shape, g.tokenizer()).unwrap());
+    let prompt = g.tokenizer().encode("List some pairs", true).unwrap();
+    // Random weights, greedy and sampled, tight and loose budgets: the output always parses and fits.
+    let mut streams = Vec::new();
+    for (i, max_tokens) in [c.min_tokens(), c.min_tokens() + 3, 40, 60]
+        .into_iter()
+        .enumerate()
+    {
+        for temperature in [0.0, 1.0] {
+            let params = SamplingParams {
+                temperature,
+                seed: Some(i as u64),
+                max_tokens,
+                ..SamplingParams::default()
+            };
+            let request = GenerationRequest {
+                prompt: prompt.clone(),
+                params,
+                constraint: Some(c.clone()),
+            };
+            streams.push((max_tokens, g.submit(request).unwrap()));
+        }
+    }
+    for (max_tokens, mut rx) in streams {
+        let (mut text, mut n) = (String::new(), 0);
+        loop {
+            match rx.recv().await.expect("the stream ends with Done") {
+                GenerationEvent::Token(tok) => {
+                    text.push_str(&tok.text);
+                    n += 1;
+                }
+                GenerationEvent::Done { reason, usage } => {
+                    assert_eq!(
+                        reason,
+                        FinishReason::Stop,
+                        "ends when the value is complete: {text}"
+                    );
+                    assert_eq!(usage.completion_tokens, n);
+                    break;
+                }
+                GenerationEvent::Failed(e) => panic!("{e}"),
+            }
+        }
+        assert!(n <= max_tokens);
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        let pairs = v["pairs"].as_array().unwrap();
+        assert!((1..=3).contains(&pairs.len()), "{text}");
+        for p in pairs {
+            let p = p.as_array().unwrap();
+            assert_eq!(p.len(), 2);
+            assert!(
+                p.iter()
+                    .all(|s| (1..=6).contains(&s.as_str().unwrap().len())),
+                "{text}"
+            );
+        }
+    }
+    // A budget below the shortest value is refused up front.
+    let params = SamplingParams {
+        max_tokens: c.min_tokens() - 1,
+        ..SamplingParams::default()
+    };
+    let request = GenerationRequest {
+        prompt,
+        params,
+        constraint: Some(c.clone()),
+    };
+    assert!(matches!(
+        g.submit(request),
+        Err(EngineError::ConstraintBudget { .. })
+    ));
     t.finish().await;
 }

@@ -1,9 +1,11 @@
 //! The [`Generator`] trait the server talks to, and its requests, events and errors.
 
+use super::constrain::JsonConstraint;
 use super::model::ModelTokenizer;
 use super::sampling::{SamplingError, SamplingParams};
 use super::score::Scores;
 use serde::Serialize;
+use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A generation request: prompt tokens and how to sample.
@@ -13,6 +15,20 @@ pub struct GenerationRequest {
     pub prompt: Vec<u32>,
     /// Sampling and stopping.
     pub params: SamplingParams,
+    /// Output constrained to a JSON shape: only tokens that keep it valid are sampled, and the request stops
+    /// (reason `stop`) when the value is complete.
+    pub constraint: Option<Arc<JsonConstraint>>,
+}
+
+impl GenerationRequest {
+    /// An unconstrained request.
+    pub fn new(prompt: Vec<u32>, params: SamplingParams) -> Self {
+        Self {
+            prompt,
+            params,
+            constraint: None,
+        }
+    }
 }
 
 /// Why generation stopped.
@@ -94,6 +110,16 @@ pub enum EngineError {
     /// The engine could not start.
     #[error("the engine could not start: {0}")]
     Start(String),
+    /// A constrained request cannot complete its JSON value within `max_tokens`.
+    #[error(
+        "max_tokens is {max_tokens} but the constrained output needs at least {needed} tokens"
+    )]
+    ConstraintBudget {
+        /// Requested new tokens.
+        max_tokens: usize,
+        /// Fewest tokens of a complete value.
+        needed: usize,
+    },
     /// A scoring call failed (for example: its prompts do not fit the KV cache).
     #[error("scoring failed: {0}")]
     Scoring(String),

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod constrain;
 pub mod device;
 pub mod generator;
 pub mod kv_cache;

@@ -3,6 +3,7 @@
 //! stream; a request whose stream is dropped is cancelled and its KV blocks freed at the next step.
 
 use super::backend::Backend;
+use super::constrain::JsonState;
 use super::generator::{
     EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, Generator,
     TokenEvent, Usage,
@@ -85,6 +86,8 @@ struct Active {
     decoded: String,
     arrived: Instant,
     last_token: Option<Instant>,
+    /// Where a constrained request's JSON stands.
+    json: Option<JsonState>,
 }
 
 /// The running engine; cheap to share.
@@ -199,6 +202,12 @@ impl Generator for Engine {
             .params
             .validate(self.tokenizer.vocab_size(), self.max_context)?;
         let max_tokens = request.params.max_tokens;
+        if let Some(c) = &request.constraint {
+            let needed = c.min_tokens();
+            if max_tokens < needed {
+                return Err(EngineError::ConstraintBudget { max_tokens, needed });
+            }
+        }
         for (limit, what) in [
             (self.max_context, "the model's context window"),
             (self.kv_tokens, "the KV cache's capacity"),
@@ -332,6 +341,7 @@ impl LoopState {
             } => {
                 let seed = request.params.seed.unwrap_or(id);
                 let stops = StopMatcher::new(request.params.stop_strings.clone());
+                let json = request.constraint.as_ref().map(|c| c.start());
                 self.scheduler.add(SeqState {
                     id,
                     prompt_len: request.prompt.len(),
@@ -350,6 +360,7 @@ impl LoopState {
                         decoded: String::new(),
                         arrived,
                         last_token: None,
+                        json,
                     },
                 );
                 true
@@ -430,9 +441,9 @@ impl LoopState {
         // the device; any other request in the step needs the full logits on the host.
         let on_device = !sampled_ids.is_empty()
             && sampled_ids.iter().all(|id| {
-                self.active
-                    .get(id)
-                    .is_some_and(|a| a.request.params.greedy_on_device())
+                self.active.get(id).is_some_and(|a| {
+                    a.request.params.greedy_on_device() && a.request.constraint.is_none()
+                })
             });
         let mut finished = Vec::new();
         if on_device {
@@ -477,9 +488,39 @@ impl LoopState {
     /// Samples the next token of `id` from `logits` and streams it; returns why the request ends, if it does.
     fn emit(&mut self, id: u64, logits: &mut [f32]) -> Option<FinishReason> {
         let a = self.active.get_mut(&id)?;
-        let mut context = a.request.prompt.clone();
-        context.extend_from_slice(&a.generated);
-        let s = a.sampler.sample(logits, &a.request.params, &context);
+        let allowed = match (&a.request.constraint, &a.json) {
+            (Some(c), Some(state)) => {
+                let remaining = a
+                    .request
+                    .params
+                    .max_tokens
+                    .saturating_sub(a.generated.len());
+                Some((c.clone(), c.allowed(state, remaining)))
+            }
+            _ => None,
+        };
+        let s = match &allowed {
+            // Greedy with nothing else to report: the allowed argmax alone (no mask written, no softmax).
+            Some((c, allowed)) if a.request.params.greedy_on_device() => Sampled {
+                token: c.argmax(logits, allowed).unwrap_or(0),
+                logprob: f32::NAN,
+                top: Vec::new(),
+            },
+            _ => {
+                if let Some((c, allowed)) = &allowed {
+                    c.mask(logits, allowed);
+                }
+                let mut context = a.request.prompt.clone();
+                context.extend_from_slice(&a.generated);
+                a.sampler.sample(logits, &a.request.params, &context)
+            }
+        };
+        if let (Some((c, _)), Some(state)) = (&allowed, &mut a.json) {
+            // Only allowed tokens are chosen (submit checked the budget, so the set is never empty).
+            if let Some(next) = c.advance(state, s.token) {
+                *state = next;
+            }
+        }
         self.emit_sampled(id, s)
     }
 
@@ -495,6 +536,10 @@ impl LoopState {
             Some(t) => metrics::INTER_TOKEN_LATENCY.observe((now - t).as_secs_f64()),
         }
         a.last_token = Some(now);
+        let json_done = match (&a.request.constraint, &a.json) {
+            (Some(c), Some(state)) => c.is_complete(state),
+            _ => false,
+        };
         let stop_token = self.eos.contains(&s.token) || params.stop_token_ids.contains(&s.token);
         // Text of the new token: decode everything generated (stop tokens excluded) and emit what is new,
         // holding back an incomplete UTF-8 sequence.
@@ -515,7 +560,7 @@ impl LoopState {
         }
         // Admission checked that prompt + max_tokens fits the context window.
         let at_limit = a.generated.len() >= params.max_tokens;
-        let reason = if stop_token || stop_string {
+        let reason = if stop_token || stop_string || json_done {
             Some(FinishReason::Stop)
         } else if at_limit {
             Some(FinishReason::Length)

@@ -14,8 +14,20 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 const LINK_CHUNK: i64 = 512;
 /// Facts embedded per call.
 const FACT_CHUNK: usize = 512;
+/// Passages handed to the extractor per call (progress and the cache advance per round).
+pub const EXTRACT_ROUND: usize = 64;
 /// Payload document id of phrase vectors (phrases belong to no document).
 const PHRASE_DOCUMENT: &str = "";
+
+/// The cache key of a passage's content: SHA-256 (hex) of its title, a newline and its text.
+pub fn content_hash(title: &str, text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(title.as_bytes());
+    h.update(b"\n");
+    h.update(text.as_bytes());
+    hex::encode(h.finalize())
+}
 
 /// Errors of the graph layer.
 #[derive(Debug, thiserror::Error)]
@@ -155,23 +167,20 @@ impl GraphIndex {
     /// Extracts triples from passages, stores them, links new phrases (vectors and synonym edges), embeds the new
     /// facts and adds the passages to the graph. Safe to re-run for the same passages.
     pub async fn index_passages(&self, passages: &[PassageRecord]) -> Result<(), GraphError> {
+        self.index_job_passages(passages, None).await
+    }
+
+    /// [`GraphIndex::index_passages`] for an ingestion job: its record names the extractor and counts the
+    /// passages extracted as extraction proceeds.
+    pub async fn index_job_passages(
+        &self,
+        passages: &[PassageRecord],
+        job: Option<&str>,
+    ) -> Result<(), GraphError> {
         if passages.is_empty() {
             return Ok(());
         }
-        let extractor = self.inner.extractor.clone();
-        let owned: Vec<(String, String)> = passages
-            .iter()
-            .map(|p| (p.title.clone(), p.text.clone()))
-            .collect();
-        let extractions: Vec<Extraction> = tokio::task::spawn_blocking(move || {
-            let inputs: Vec<PassageInput<'_>> = owned
-                .iter()
-                .map(|(title, text)| PassageInput { title, text })
-                .collect();
-            extractor.extract(&inputs)
-        })
-        .await
-        .map_err(|e| GraphError::Task(e.to_string()))??;
+        let extractions = self.extract(passages, job).await?;
         let items: Vec<(i64, Extraction)> =
             passages.iter().map(|p| p.id).zip(extractions).collect();
         let saved = self
@@ -197,6 +206,75 @@ impl GraphIndex {
             g.add_passage(p.id, &p.document_id, triples);
         }
         Ok(())
+    }
+
+    /// Extractions of `passages`, in order: from the cache when the extractor is [`Extractor::cacheable`] (by
+    /// content hash and extractor name), the rest from the extractor in rounds of [`EXTRACT_ROUND`] passages,
+    /// each cached and counted in `job` as it finishes.
+    async fn extract(
+        &self,
+        passages: &[PassageRecord],
+        job: Option<&str>,
+    ) -> Result<Vec<Extraction>, GraphError> {
+        let extractor = self.inner.extractor.clone();
+        let name = extractor.name().to_string();
+        let store = &self.inner.store;
+        let hashes: Vec<String> = passages
+            .iter()
+            .map(|p| content_hash(&p.title, &p.text))
+            .collect();
+        let mut found = if extractor.cacheable() {
+            store.cached_extractions(&name, &hashes).await?
+        } else {
+            HashMap::new()
+        };
+        let mut out: Vec<Option<Extraction>> = hashes.iter().map(|h| found.remove(h)).collect();
+        let cached = out.iter().filter(|e| e.is_some()).count();
+        if let Some(job) = job {
+            store.add_job_extracted(job, &name, cached as i64).await?;
+        }
+        let missing: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_none()).collect();
+        for round in missing.chunks(EXTRACT_ROUND) {
+            let owned: Vec<(String, String)> = round
+                .iter()
+                .map(|&i| (passages[i].title.clone(), passages[i].text.clone()))
+                .collect();
+            let ex = extractor.clone();
+            let got: Vec<Extraction> = tokio::task::spawn_blocking(move || {
+                let inputs: Vec<PassageInput<'_>> = owned
+                    .iter()
+                    .map(|(title, text)| PassageInput { title, text })
+                    .collect();
+                ex.extract(&inputs)
+            })
+            .await
+            .map_err(|e| GraphError::Task(e.to_string()))??;
+            if got.len() != round.len() {
+                return Err(GraphError::OpenIe(OpenIeError::Extract(format!(
+                    "{} returned {} extractions for {} passages",
+                    name,
+                    got.len(),
+                    round.len()
+                ))));
+            }
+            if extractor.cacheable() {
+                let items: Vec<(String, Extraction)> = round
+                    .iter()
+                    .zip(&got)
+                    .map(|(&i, e)| (hashes[i].clone(), e.clone()))
+                    .collect();
+                store.cache_extractions(&name, &items).await?;
+            }
+            if let Some(job) = job {
+                store
+                    .add_job_extracted(job, &name, round.len() as i64)
+                    .await?;
+            }
+            for (&i, e) in round.iter().zip(got) {
+                out[i] = Some(e);
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// Extracts every stored passage that has no extraction yet (documents stored before the graph existed, or

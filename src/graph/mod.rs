@@ -12,13 +12,30 @@ pub use knowledge::{GraphStats, KnowledgeGraph, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// Who extracts entities and triples (`graph.extractor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtractorChoice {
+    /// The generation model when one is loaded from a model directory; else the rule-based fallback (a
+    /// `synthetic:` model has random weights, whose extractions would only add noise to the graph).
+    Auto,
+    /// The generation model, synthetic ones included; start-up fails without one.
+    Llm,
+    /// The rule-based fallback, even with a model.
+    Fallback,
+}
+
 /// Knowledge-graph settings (`[graph]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GraphConfig {
     /// Extract triples at ingestion and offer the `hipporag` and `hipporag2` retrievers (default true).
     pub enabled: bool,
-    /// Precomputed extractions in HippoRAG's JSON format; passages it lacks go to the fallback extractor.
+    /// Who extracts entities and triples at ingestion (and the question's entities for `hipporag`).
+    pub extractor: ExtractorChoice,
+    /// Most new tokens of one LLM extraction answer.
+    pub llm_max_tokens: usize,
+    /// Precomputed extractions in HippoRAG's JSON format; passages it lacks go to the other extractor.
     pub openie_file: Option<PathBuf>,
     /// Phrases whose embeddings have at least this cosine similarity get a synonym edge (HippoRAG: 0.8).
     pub synonym_threshold: f32,
@@ -48,6 +65,8 @@ impl Default for GraphConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            extractor: ExtractorChoice::Auto,
+            llm_max_tokens: 768,
             openie_file: None,
             synonym_threshold: 0.8,
             synonym_neighbors: 100,

@@ -170,7 +170,8 @@ impl Pipeline {
                 staged_docs.push(doc_id);
                 staged.extend(passages);
             }
-            self.index_passages(staged, &staged_docs).await?;
+            self.index_passages(staged, &staged_docs, Some(job_id))
+                .await?;
             if let Some(job) = self.store.get_job(job_id).await? {
                 progress(&job.counts);
             }
@@ -287,6 +288,7 @@ impl Pipeline {
         &self,
         passages: Vec<PassageRecord>,
         document_ids: &[String],
+        job: Option<&str>,
     ) -> Result<(), IngestError> {
         if document_ids.is_empty() {
             return Ok(());
@@ -295,7 +297,7 @@ impl Pipeline {
             dense.index_passages(&passages).await?;
         }
         if let Some(graph) = &self.graph {
-            graph.index_passages(&passages).await?;
+            graph.index_job_passages(&passages, job).await?;
         }
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
@@ -323,7 +325,7 @@ impl Pipeline {
                 }
                 passages.extend(self.store.passages_of(id).await?);
             }
-            self.index_passages(passages, batch).await?;
+            self.index_passages(passages, batch, None).await?;
         }
         if !ids.is_empty() {
             tracing::info!(

@@ -159,6 +159,10 @@ impl Extractor for FallbackExtractor {
         "fallback"
     }
 
+    fn question_entities(&self, question: &str) -> Result<Vec<String>, OpenIeError> {
+        Ok(self.entities_of(question))
+    }
+
     fn extract(&self, passages: &[PassageInput<'_>]) -> Result<Vec<Extraction>, OpenIeError> {
         Ok(passages.iter().map(|p| self.extract_passage(p)).collect())
     }

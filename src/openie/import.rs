@@ -224,6 +224,10 @@ impl Extractor for PrecomputedExtractor {
         "precomputed"
     }
 
+    fn question_entities(&self, question: &str) -> Result<Vec<String>, OpenIeError> {
+        self.fallback.question_entities(question)
+    }
+
     fn extract(&self, passages: &[PassageInput<'_>]) -> Result<Vec<Extraction>, OpenIeError> {
         let found: Vec<Option<&Extraction>> =
             passages.iter().map(|p| self.table.get(&p.key())).collect();

@@ -1,12 +1,13 @@
 //! Open information extraction: entities and `(subject, relation, object)` triples per passage.
 //!
-//! - [`Extractor`] is the interface: the LLM extractor of a later stage implements it, beside
+//! - [`Extractor`] is the interface: [`llm::LlmExtractor`] (the generation model, JSON-constrained), beside
 //!   [`fallback::FallbackExtractor`] (no model: capitalised and numeric spans, same-sentence relations) and
 //!   [`import::PrecomputedExtractor`] (extractions computed elsewhere, in HippoRAG's JSON format).
 //! - [`normalize_phrase`] turns an entity into the phrase-node key of the knowledge graph, as HippoRAG does.
 
 pub mod fallback;
 pub mod import;
+pub mod llm;
 
 /// One passage to extract from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,24 @@ pub trait Extractor: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// One [`Extraction`] per input, in order.
     fn extract(&self, passages: &[PassageInput<'_>]) -> Result<Vec<Extraction>, OpenIeError>;
+    /// Whether extractions are worth caching per passage content (costly extractors, such as an LLM's): the
+    /// graph index then reuses them for identical passages under the same [`Extractor::name`].
+    fn cacheable(&self) -> bool {
+        false
+    }
+    /// The named entities of a question (query understanding for `hipporag`): by default those `extract` finds
+    /// in the question taken as a passage.
+    fn question_entities(&self, question: &str) -> Result<Vec<String>, OpenIeError> {
+        let input = PassageInput {
+            title: "",
+            text: question,
+        };
+        Ok(self
+            .extract(&[input])?
+            .pop()
+            .map(|e| e.entities)
+            .unwrap_or_default())
+    }
 }
 
 /// The phrase-node key of an entity, as HippoRAG normalises it: lowercase, every character outside `[a-z0-9]`

@@ -7,7 +7,6 @@ use super::linking::{link_entities, question_entities};
 use super::{hydrate, Retrieval, RetrieveError, Retriever, ScoredPassage, Seed};
 use crate::graph::ppr::{personalized_pagerank, PprConfig};
 use crate::graph::GraphIndex;
-use crate::openie::fallback::FallbackExtractor;
 use crate::store::Store;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,7 +15,6 @@ use std::sync::Arc;
 pub struct HippoRagRetriever {
     graph: GraphIndex,
     store: Store,
-    ner: FallbackExtractor,
     fallback: Arc<dyn Retriever>,
 }
 
@@ -26,14 +24,20 @@ impl HippoRagRetriever {
         Self {
             graph,
             store,
-            ner: FallbackExtractor::default(),
             fallback,
         }
     }
 
     /// The graph-ranked passages for `query` (passage id, score) and the seeds, without fallback filling.
     pub async fn rank(&self, query: &str) -> Result<(Vec<(i64, f32)>, Vec<Seed>), RetrieveError> {
-        let entities = question_entities(query, &self.ner, &self.graph.read());
+        // The graph's extractor finds the question's entities too (the LLM's when it extracts the passages).
+        let ner = self.graph.extractor().clone();
+        let question = query.to_string();
+        let found = tokio::task::spawn_blocking(move || ner.question_entities(&question))
+            .await
+            .map_err(|e| RetrieveError::Task(e.to_string()))?
+            .map_err(|e| RetrieveError::Graph(e.into()))?;
+        let entities = question_entities(query, &found, &self.graph.read());
         let links = link_entities(&self.graph, &entities).await?;
         let snap = self.graph.snapshot();
         let mut weights: HashMap<u32, (f64, Vec<String>)> = HashMap::new();

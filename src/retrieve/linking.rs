@@ -7,7 +7,6 @@
 
 use super::RetrieveError;
 use crate::graph::{GraphIndex, KnowledgeGraph};
-use crate::openie::fallback::FallbackExtractor;
 use crate::openie::normalize_phrase;
 use std::collections::HashSet;
 
@@ -40,7 +39,7 @@ pub(super) struct Link {
 /// with generic nodes.
 pub(super) fn question_entities(
     question: &str,
-    ner: &FallbackExtractor,
+    ner_entities: &[String],
     graph: &KnowledgeGraph,
 ) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -68,8 +67,8 @@ pub(super) fn question_entities(
         }
     }
     let matched: Vec<String> = out.iter().map(|t| format!(" {t} ")).collect();
-    for e in ner.entities_of(question) {
-        let n = normalize_phrase(&e);
+    for e in ner_entities {
+        let n = normalize_phrase(e);
         if n.len() < 3 || STOPWORDS.contains(&n.as_str()) {
             continue;
         }

@@ -109,6 +109,9 @@ impl From<EngineError> for ApiError {
                 ApiError::bad_request("context_length_exceeded", e.to_string()).param("messages")
             }
             EngineError::EmptyPrompt => ApiError::bad_request("empty_prompt", e.to_string()),
+            EngineError::ConstraintBudget { .. } => {
+                ApiError::bad_request("max_tokens_too_small", e.to_string()).param("max_tokens")
+            }
             EngineError::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
             }
@@ -355,7 +358,7 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response,
         .tokenizer()
         .encode(&text, false)
         .map_err(|e| ApiError::internal(&e))?;
-    let rx = g.submit(GenerationRequest { prompt, params })?;
+    let rx = g.submit(GenerationRequest::new(prompt, params))?;
     respond(g, rx, Kind::Chat, body.sampling.stream, body.logprobs).await
 }
 
@@ -376,7 +379,7 @@ pub async fn completions(State(app): State<Arc<App>>, req: Request) -> Result<Re
         .tokenizer()
         .encode(&body.prompt, true)
         .map_err(|e| ApiError::internal(&e))?;
-    let rx = g.submit(GenerationRequest { prompt, params })?;
+    let rx = g.submit(GenerationRequest::new(prompt, params))?;
     respond(
         g,
         rx,

@@ -567,7 +567,7 @@ async fn generate(
         max_tokens: ANSWER_TOKENS,
         ..SamplingParams::default()
     };
-    let mut rx = g.submit(GenerationRequest { prompt, params })?;
+    let mut rx = g.submit(GenerationRequest::new(prompt, params))?;
     let (mut text, mut tokens) = (String::new(), Vec::new());
     while let Some(ev) = rx.recv().await {
         match ev {

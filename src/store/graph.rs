@@ -144,6 +144,67 @@ impl Store {
         })
     }
 
+    /// Cached extractions of `extractor` for the given content hashes (those it has).
+    pub async fn cached_extractions(
+        &self,
+        extractor: &str,
+        hashes: &[String],
+    ) -> Result<HashMap<String, Extraction>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in hashes.chunks(ROWS_PER_INSERT) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT content_hash, extraction FROM extraction_cache WHERE extractor = $1 \
+                 AND content_hash IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(extractor.to_string());
+            for h in chunk {
+                q = q.bind(h.clone());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let json: String = row.try_get("extraction")?;
+                let e = serde_json::from_str(&json).map_err(|source| StoreError::CorruptJson {
+                    column: "extraction_cache.extraction",
+                    source,
+                })?;
+                out.insert(row.try_get("content_hash")?, e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Caches extractions of `extractor` by content hash (an existing entry is kept: same content, same
+    /// extractor, same answer).
+    pub async fn cache_extractions(
+        &self,
+        extractor: &str,
+        items: &[(String, Extraction)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in items.chunks(ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO extraction_cache (content_hash, extractor, extraction) VALUES {} \
+                 ON CONFLICT (content_hash, extractor) DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (hash, e) in chunk {
+                let json = serde_json::to_string(e).map_err(|source| StoreError::CorruptJson {
+                    column: "extraction_cache.extraction",
+                    source,
+                })?;
+                q = q.bind(hash.clone()).bind(extractor.to_string()).bind(json);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Everything the in-memory graph is built from, read in one snapshot.
     pub async fn graph_rows(&self) -> Result<GraphRows, StoreError> {
         let mut tx = self.pool.begin().await?;

@@ -109,6 +109,12 @@ pub struct JobRecord {
     pub document_ids: Vec<String>,
     /// Job-level error, when `status` is `failed`.
     pub error: Option<String>,
+    /// Which extractor builds the knowledge graph from the job's passages (`fallback` when no generation model
+    /// extracts them, `llm-v1:MODEL` when the model does); unset before the job's first passages are indexed
+    /// or when the graph is off.
+    pub extractor: Option<String>,
+    /// Passages of the job extracted so far (cached extractions included).
+    pub passages_extracted: i64,
     /// Creation time, ms since the Unix epoch.
     pub created_at: i64,
     /// Last change, ms since the Unix epoch.
@@ -160,7 +166,7 @@ impl Store {
     /// A job with its counts and errors, or `None` for an unknown id.
     pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let Some(row) =
-            sqlx::query("SELECT id, status, error, created_at, updated_at FROM jobs WHERE id = $1")
+            sqlx::query("SELECT id, status, error, extractor, passages_extracted, created_at, updated_at FROM jobs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?
@@ -217,9 +223,31 @@ impl Store {
             errors,
             document_ids,
             error: opt_text(&row, "error")?,
+            extractor: opt_text(&row, "extractor")?,
+            passages_extracted: row.try_get("passages_extracted")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         }))
+    }
+
+    /// Records that `extractor` extracted `passages` more of the job's passages.
+    pub async fn add_job_extracted(
+        &self,
+        job_id: &str,
+        extractor: &str,
+        passages: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET extractor = $1, passages_extracted = passages_extracted + $2, updated_at = $3 \
+             WHERE id = $4",
+        )
+        .bind(extractor.to_string())
+        .bind(passages)
+        .bind(now_ms())
+        .bind(job_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Ids of jobs that are queued or were interrupted while running, oldest first.

@@ -181,7 +181,7 @@ pub fn random_host_tensor(
 /// vocabulary is 260 tokens whatever `vocab_size` (the model's) is: ids from 260 up to `vocab_size` decode to
 /// nothing.
 pub fn synthetic_tokenizer(vocab_size: usize) -> ModelTokenizer {
-    let chars = byte_chars();
+    let chars = crate::engine::constrain::gpt2_byte_chars();
     let vocab: [(String, u32); 256] = std::array::from_fn(|b| (chars[b].to_string(), b as u32));
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, Vec::new())
@@ -210,21 +210,6 @@ pub fn synthetic_tokenizer(vocab_size: usize) -> ModelTokenizer {
         "<synthetic byte-level tokenizer for vocab {vocab_size}>"
     ));
     ModelTokenizer::from_parts(inner, Some(CHATML.to_string()), special, generation, source)
-}
-
-/// GPT-2's byte-to-character mapping: printable Latin-1 bytes map to themselves, the others to U+0100 onwards.
-fn byte_chars() -> [char; 256] {
-    let mut out = ['\0'; 256];
-    let mut next = 256u32;
-    for b in 0..=255u8 {
-        out[b as usize] = if matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF) {
-            char::from(b)
-        } else {
-            next += 1;
-            char::from_u32(next - 1).unwrap_or('\u{FFFD}')
-        };
-    }
-    out
 }
 
 /// Elements per independently seeded chunk.

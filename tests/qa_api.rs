@@ -266,6 +266,88 @@ async fn qa_with_a_model_attributes_the_generated_answer() {
     // Greedy decoding: the streamed answer and its values are the unstreamed ones.
     assert_eq!(done["answer"], body["answer"]);
     assert_eq!(done["attribution"]["full"], body["attribution"]["full"]);
+    // Two rounds of retrieval: the model writes the reasoning step that is the second query.
+    let (s, it) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "Which company did Ida Fernsworth found?", "top_k": 2, "iterations": 2, "attribution": "none"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{it}");
+    assert_rounds(&it, 2);
+    t.finish().await;
+}
+
+/// The response's rounds: the question first, then reasoning steps; each passage found once, by one round.
+fn assert_rounds(body: &Value, most: usize) {
+    let rounds = body["rounds"].as_array().unwrap();
+    assert!((1..=most).contains(&rounds.len()), "{body}");
+    assert_eq!(rounds[0]["query"], body["question"]);
+    for r in &rounds[1..] {
+        assert!(!r["query"].as_str().unwrap().trim().is_empty(), "{body}");
+    }
+    let added: u64 = rounds.iter().map(|r| r["added"].as_u64().unwrap()).sum();
+    let passages = body["passages"].as_array().unwrap();
+    assert_eq!(added as usize, passages.len(), "{body}");
+    let mut ids: Vec<i64> = passages.iter().map(|p| p["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), passages.len(), "no passage twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_iterates_retrieval_with_reasoning_steps() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    t.ingest(&demo_corpus()).await;
+    let question = "In which town did the company founded by Ida Fernsworth have its workshops?";
+    let (s, one) = t
+        .post_json("/v1/qa", &json!({"question": question, "top_k": 2}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{one}");
+    assert_rounds(&one, 1);
+    let (s, body) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": question, "top_k": 2, "iterations": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_rounds(&body, 3);
+    let rounds = body["rounds"].as_array().unwrap();
+    assert!(
+        rounds.len() >= 2,
+        "the reader had a sentence to go on: {body}"
+    );
+    // The reader's step is a sentence of a passage found by an earlier round.
+    let step = rounds[1]["query"].as_str().unwrap();
+    let texts: Vec<&str> = body["passages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.iter().any(|t| t.contains(step)), "{step:?}");
+    // The first round's passages come first, in the same order as a single round.
+    let first: Vec<&Value> = one["passages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["id"])
+        .collect();
+    let again: Vec<&Value> = body["passages"].as_array().unwrap()[..first.len()]
+        .iter()
+        .map(|p| &p["id"])
+        .collect();
+    assert_eq!(first, again);
+    // Out of range.
+    for bad in [0, 5] {
+        let (s, e) = t
+            .post_json("/v1/qa", &json!({"question": question, "iterations": bad}))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+        assert_eq!(e["error"]["code"], "invalid_iterations");
+        assert_eq!(e["error"]["param"], "iterations");
+    }
     t.finish().await;
 }
 

@@ -16,6 +16,7 @@ use crate::engine::sampling::SamplingParams;
 use crate::graph::KnowledgeGraph;
 use crate::qa::extractive::{read, ReaderGame};
 use crate::qa::generated::{prompt_ids, EngineScorer};
+use crate::qa::iterative::{gather, IterativeError, Round, Thinker, MAX_ITERATIONS};
 use crate::qa::spans::{keep_runs, top_passage, word_runs, ReaderRunGame, SPAN_PLAYERS};
 use crate::retrieve::{Retriever, Seed};
 use axum::extract::{Request, State};
@@ -104,6 +105,10 @@ pub struct QaRequest {
     /// an `error` event (`{error: {code, message}}`). Bad requests are still plain 4xx JSON errors.
     #[serde(default)]
     pub stream: bool,
+    /// Rounds of retrieval (IRCoT-style, 1 to 4, default 1): after the first, each round retrieves `top_k` more
+    /// passages with a reasoning step as the query (the model's, or the reader's best new sentence without one).
+    #[serde(default)]
+    pub iterations: Option<usize>,
 }
 
 /// The answer and where it came from.
@@ -255,6 +260,8 @@ pub struct QaResponse {
     pub attribution: Option<AttributionInfo>,
     /// With `attribution: "tokens"`: the values of runs of words of the passage with the largest value.
     pub token_attribution: Option<TokenAttribution>,
+    /// The retrieval rounds: the question first, then each reasoning step used as a query.
+    pub rounds: Vec<Round>,
     /// Per-stage timings.
     pub timings: QaTimings,
 }
@@ -285,6 +292,16 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
         .param("question"));
     }
     let top_k = checked_top_k(&app, body.top_k)?;
+    let iterations = body.iterations.unwrap_or(1);
+    if !(1..=MAX_ITERATIONS).contains(&iterations) {
+        return Err(ApiError::bad_request(
+            "invalid_iterations",
+            format!(
+                "`iterations` is {iterations}: ask for 1 to {MAX_ITERATIONS} rounds of retrieval"
+            ),
+        )
+        .param("iterations"));
+    }
     let method = body.retriever.clone().unwrap_or_else(|| "bm25".into());
     // Looked up here, so that a bad name is a 400 before any stream starts.
     let retriever = app
@@ -350,7 +367,23 @@ async fn answer(
     events: Option<UnboundedSender<Event>>,
 ) -> Result<QaResponse, ApiError> {
     let t = Instant::now();
-    let found = retriever.retrieve_explained(&body.question, top_k).await?;
+    let thinker = match &app.generator {
+        Some(g) => Thinker::Model(g.clone()),
+        None => Thinker::Reader,
+    };
+    let (found, rounds) = gather(
+        retriever.as_ref(),
+        &thinker,
+        &body.question,
+        top_k,
+        body.iterations.unwrap_or(1),
+        app.config.retrieval.max_top_k,
+    )
+    .await
+    .map_err(|e| match e {
+        IterativeError::Retrieve(e) => ApiError::from(e),
+        IterativeError::Step(e) => ApiError::internal(&e),
+    })?;
     let retrieve_ms = ms(t);
 
     let n = found.passages.len();
@@ -500,6 +533,7 @@ async fn answer(
         relations,
         attribution: info,
         token_attribution,
+        rounds,
         timings: QaTimings {
             retrieve_ms,
             read_ms,

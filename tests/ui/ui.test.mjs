@@ -179,6 +179,19 @@ await check('ask: answer with citation, passages with attributions, seeds and gr
   assert.equal(await page.locator('#qa-passages .attr').count(), 0);
   assert.match(await page.textContent('#seeds'), /bm25 does not walk the graph/);
   assert.match(await page.textContent('#answer-meta'), /^bm25 · 3 passages · no attribution/);
+
+  // Two retrieval rounds: the page lists the question and the reasoning step that was the second query, as the
+  // API answers them.
+  const { body: it } = await api('POST', '/v1/qa',
+    { question: QUESTION, top_k: 3, retriever: 'bm25', attribution: 'none', iterations: 2 });
+  await page.selectOption('#ask-iterations', '2');
+  await page.click('#ask-btn');
+  assert.equal(it.rounds.length, 2, JSON.stringify(it.rounds));
+  await page.waitForFunction(() => document.querySelectorAll('#rounds li').length === 2, null, WAIT);
+  const items = await page.$$eval('#rounds li', (lis) => lis.map((li) => li.textContent));
+  assert.ok(items[1].includes(it.rounds[1].query), items[1]);
+  assert.equal(await page.locator('#qa-passages > li').count(), it.passages.length);
+  await page.selectOption('#ask-iterations', '1');
 });
 
 await check('documents: drop two files, follow the job, list, search, open and delete them', async (page) => {
@@ -205,6 +218,9 @@ await check('documents: drop two files, follow the job, list, search, open and d
   await page.waitForFunction(() => /^Completed: 2 of 2 documents processed \(2 new/.test(
     document.getElementById('job-text').textContent), null, WAIT);
   assert.equal(await page.getAttribute('#job-text', 'role'), 'status');
+  // No generation model: the job says the rule-based extractor built the graph.
+  assert.match(await page.textContent('#job-text'),
+    /Graph: [1-9]\d* passages? extracted by the rule-based extractor \(no generation model\)\./);
   assert.deepEqual(await page.$eval('#job-progress', (p) => [p.value, p.max]), [2, 2]);
 
   // Listed; the title filter finds both.

@@ -152,11 +152,10 @@ impl Store {
     ) -> Result<HashMap<String, Extraction>, StoreError> {
         let mut out = HashMap::new();
         for chunk in hashes.chunks(ROWS_PER_INSERT) {
-            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT content_hash, extraction FROM extraction_cache WHERE extractor = $1 \
                  AND content_hash IN ({})",
-                marks.join(", ")
+                placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(extractor.to_string());
             for h in chunk {

@@ -2,7 +2,8 @@
 # TextGenSHAP through the API on the GPU: `engram serve --model synthetic:llama-3-8b --device cuda:0` over the demo
 # corpus (BM25), then `POST /v1/qa` with 5, 10 and 20 passages (and token-level attribution with QA_TOKENS=1);
 # prints the answer's token count, the attribution method, coalitions valued and per-stage timings. Run through
-# the device tool with carry = ["dist"] after `make dist-cuda`; output in $OUT/qa_shap.txt.
+# the device tool with carry = ["dist"] after `make dist-cuda`; output in $OUT/qa_shap$QA_TAG.txt. The separate-scoring
+# baseline: `ENGRAM_QA_COALITIONS_PER_CALL=1 QA_TAG=_separate bash scripts/device_qa_shap.sh`.
 set -uo pipefail
 OUT=${OUT:-/tmp/engram-out}
 mkdir -p "$OUT"
@@ -11,7 +12,7 @@ export ENGRAM__EMBEDDING__ENABLED=false ENGRAM__GRAPH__ENABLED=false ENGRAM__ENG
 export ENGRAM__ENGINE__TOKEN_BUDGET=16384
 $ENGRAM ingest --data-dir /tmp/engram-data corpora/demo/corpus.json > "$OUT/ingest.log" 2>&1
 $ENGRAM serve --data-dir /tmp/engram-data --bind 127.0.0.1:8080 --model synthetic:llama-3-8b --device cuda:0 \
-  > "$OUT/serve_qa.log" 2>&1 &
+  > "$OUT/serve_qa${QA_TAG:-}.log" 2>&1 &
 pid=$!
 for _ in $(seq 120); do curl -sf 127.0.0.1:8080/readyz >/dev/null && break; sleep 1; done
 ask() {
@@ -24,5 +25,5 @@ ask() {
   echo "== warm-up (first request: cuBLASLt autotuning)"; ask 3
   for k in ${QA_TOP_KS:-5 10 20}; do echo "== top_k $k"; ask $k; done
   if [ "${QA_TOKENS:-0}" = 1 ]; then echo "== top_k 5, attribution tokens"; ask 5 tokens; fi
-} | tee "$OUT/qa_shap.txt"
+} | tee "$OUT/qa_shap${QA_TAG:-}.txt"
 kill $pid; wait $pid 2>/dev/null

@@ -11,8 +11,18 @@ use crate::engine::generator::Generator;
 use crate::engine::model::ChatMessage;
 use crate::engine::score::Scores;
 
-/// Coalitions scored per engine call (each call's sequences are released before the next).
+/// Coalitions scored per engine call (each call's sequences are released before the next), unless
+/// `ENGRAM_QA_COALITIONS_PER_CALL` says otherwise: 1 scores every coalition prompt alone and in full (no packing,
+/// no shared prefix), the separate-scoring baseline of the benchmarks.
 const COALITIONS_PER_CALL: usize = 16;
+
+fn coalitions_per_call() -> usize {
+    std::env::var("ENGRAM_QA_COALITIONS_PER_CALL")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(COALITIONS_PER_CALL)
+}
 
 /// The prompt tokens for the passages in `coalition` (bit `i`: passage `i`), through the model's chat template
 /// when it has one (the template then brings its own special tokens), else as plain text.
@@ -55,7 +65,7 @@ impl Scorer for EngineScorer {
             computed_tokens: 0,
             total_tokens: 0,
         };
-        for chunk in pairs.chunks(COALITIONS_PER_CALL) {
+        for chunk in pairs.chunks(coalitions_per_call()) {
             let s = self.0.score(chunk.to_vec()).map_err(|e| e.to_string())?;
             all.log_probs.extend(s.log_probs);
             all.passes += s.passes;

@@ -351,3 +351,78 @@ async fn constrained_requests_always_give_json_of_the_shape() {
     ));
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_format_json_schema_constrains_the_answer() {
+    let t = start().await;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 12},
+            "sights": {"type": "array", "items": {"type": "string", "maxLength": 8}, "minItems": 1, "maxItems": 2}
+        }
+    });
+    let format = json!({"type": "json_schema", "json_schema": {"name": "trip", "schema": schema}});
+    for temperature in [0.0, 1.0] {
+        let (status, a) = t
+            .post_json(
+                "/v1/chat/completions",
+                &chat(
+                    "Plan a trip",
+                    json!({"max_tokens": 64, "temperature": temperature, "seed": 3, "response_format": format}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{a}");
+        let content = a["choices"][0]["message"]["content"].as_str().unwrap();
+        let v: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?}: {e}"));
+        assert!(
+            (1..=12).contains(&v["city"].as_str().unwrap().len()),
+            "{content}"
+        );
+        let sights = v["sights"].as_array().unwrap();
+        assert!((1..=2).contains(&sights.len()), "{content}");
+        assert_eq!(a["choices"][0]["finish_reason"], "stop", "{a}");
+    }
+    // The text endpoint takes it too.
+    let (status, c) = t
+        .post_json(
+            "/v1/completions",
+            &json!({"prompt": "A city:", "max_tokens": 40, "temperature": 0,
+                    "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "maxLength": 10}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    let text = c["choices"][0]["text"].as_str().unwrap();
+    assert!(serde_json::from_str::<String>(text).is_ok(), "{text:?}");
+    // What cannot be enforced is a 400 naming where; a budget too small for the shortest value too.
+    let (status, e) = t
+        .post_json(
+            "/v1/chat/completions",
+            &chat(
+                "x",
+                json!({"response_format": {"type": "json_schema", "json_schema": {"schema":
+                {"type": "object", "properties": {"n": {"type": "integer"}}}}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["code"], "unsupported_schema");
+    assert_eq!(e["error"]["param"], "response_format");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$.properties.n"),
+        "{e}"
+    );
+    let (status, e) = t
+        .post_json(
+            "/v1/chat/completions",
+            &chat("x", json!({"max_tokens": 3, "response_format": format})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["code"], "max_tokens_too_small");
+    t.finish().await;
+}

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod constrain;
 pub mod device;
 pub mod generator;
+pub mod json_schema;
 pub mod kv_cache;
 pub mod llama;
 pub mod model;

@@ -4,9 +4,11 @@
 use super::body::{parse_json, read_limited, require_json};
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
+use crate::engine::constrain::JsonConstraint;
 use crate::engine::generator::{
     EngineError, FinishReason, GenerationEvent, GenerationRequest, Generator, Usage,
 };
+use crate::engine::json_schema::shape_of;
 use crate::engine::model::ChatMessage;
 use crate::engine::sampling::{SamplingError, SamplingParams};
 use axum::extract::{Request, State};
@@ -57,6 +59,39 @@ pub struct SamplingFields {
     /// Only 1 is supported.
     #[serde(default)]
     pub n: Option<usize>,
+    /// `{"type": "text"}` (the default), or `{"type": "json_schema", "json_schema": {"schema": ...}}`: the output
+    /// is constrained to JSON of that schema (strings with maxLength, arrays with items/minItems/maxItems,
+    /// objects with properties; anything else is a 400 `unsupported_schema` naming the path).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub response_format: Option<Value>,
+}
+
+/// The constraint a `response_format` asks for (`None`: free text).
+fn response_constraint(
+    g: &dyn Generator,
+    format: Option<&Value>,
+) -> Result<Option<Arc<JsonConstraint>>, ApiError> {
+    let Some(format) = format else {
+        return Ok(None);
+    };
+    let bad =
+        |msg: String| ApiError::bad_request("unsupported_schema", msg).param("response_format");
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| bad("`response_format.json_schema.schema` is missing".into()))?;
+            let shape = shape_of(schema).map_err(|e| bad(format!("the schema at {e}")))?;
+            let constraint = JsonConstraint::new(&shape, g.tokenizer()).map_err(|e| bad(e.to_string()))?;
+            Ok(Some(Arc::new(constraint)))
+        }
+        _ => Err(bad(
+            "`response_format.type` must be \"text\" or \"json_schema\" (json_object needs a schema here)".into(),
+        )),
+    }
 }
 
 /// `POST /v1/chat/completions` body.
@@ -358,7 +393,12 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response,
         .tokenizer()
         .encode(&text, false)
         .map_err(|e| ApiError::internal(&e))?;
-    let rx = g.submit(GenerationRequest::new(prompt, params))?;
+    let constraint = response_constraint(g.as_ref(), body.sampling.response_format.as_ref())?;
+    let rx = g.submit(GenerationRequest {
+        prompt,
+        params,
+        constraint,
+    })?;
     respond(g, rx, Kind::Chat, body.sampling.stream, body.logprobs).await
 }
 
@@ -379,7 +419,12 @@ pub async fn completions(State(app): State<Arc<App>>, req: Request) -> Result<Re
         .tokenizer()
         .encode(&body.prompt, true)
         .map_err(|e| ApiError::internal(&e))?;
-    let rx = g.submit(GenerationRequest::new(prompt, params))?;
+    let constraint = response_constraint(g.as_ref(), body.sampling.response_format.as_ref())?;
+    let rx = g.submit(GenerationRequest {
+        prompt,
+        params,
+        constraint,
+    })?;
     respond(
         g,
         rx,

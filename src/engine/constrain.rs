@@ -273,26 +273,6 @@ impl JsonConstraint {
         out
     }
 
-    /// Whether `token` is in `allowed`.
-    pub fn contains(&self, allowed: &Allowed, token: u32) -> bool {
-        let n = self.content_len.get(token as usize).copied().unwrap_or(0) as usize;
-        (n > 0 && n <= allowed.content_max) || allowed.ids.contains(&token)
-    }
-
-    /// Every token of `allowed`, in id order.
-    pub fn allowed_ids(&self, allowed: &Allowed) -> Vec<u32> {
-        let mut ids: Vec<u32> = (0..self.content_len.len() as u32)
-            .filter(|&t| {
-                let n = self.content_len[t as usize] as usize;
-                n > 0 && n <= allowed.content_max
-            })
-            .chain(allowed.ids.iter().copied())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
     /// The allowed token with the largest logit (lowest id on ties), in one read-only pass; `None` when nothing
     /// is allowed. The same choice as masking then taking the argmax, without writing the logits.
     pub fn argmax(&self, logits: &[f32], allowed: &Allowed) -> Option<u32> {
@@ -671,6 +651,29 @@ pub fn gpt2_byte_chars() -> [char; 256] {
         };
     }
     out
+}
+
+#[cfg(test)]
+impl JsonConstraint {
+    /// Whether `token` is in `allowed`.
+    pub fn contains(&self, allowed: &Allowed, token: u32) -> bool {
+        let n = self.content_len.get(token as usize).copied().unwrap_or(0) as usize;
+        (n > 0 && n <= allowed.content_max) || allowed.ids.contains(&token)
+    }
+
+    /// Every token of `allowed`, in id order.
+    pub fn allowed_ids(&self, allowed: &Allowed) -> Vec<u32> {
+        let mut ids: Vec<u32> = (0..self.content_len.len() as u32)
+            .filter(|&t| {
+                let n = self.content_len[t as usize] as usize;
+                n > 0 && n <= allowed.content_max
+            })
+            .chain(allowed.ids.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 #[cfg(test)]

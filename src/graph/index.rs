@@ -15,7 +15,7 @@ const LINK_CHUNK: i64 = 512;
 /// Facts embedded per call.
 const FACT_CHUNK: usize = 512;
 /// Passages handed to the extractor per call (progress and the cache advance per round).
-pub const EXTRACT_ROUND: usize = 64;
+const EXTRACT_ROUND: usize = 64;
 /// Payload document id of phrase vectors (phrases belong to no document).
 const PHRASE_DOCUMENT: &str = "";
 

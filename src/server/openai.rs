@@ -67,6 +67,21 @@ pub struct SamplingFields {
     pub response_format: Option<Value>,
 }
 
+/// Submits `prompt` with the constraint the request's `response_format` asks for.
+fn submit(
+    g: &dyn Generator,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    fields: &SamplingFields,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>, ApiError> {
+    let constraint = response_constraint(g, fields.response_format.as_ref())?;
+    Ok(g.submit(GenerationRequest {
+        prompt,
+        params,
+        constraint,
+    })?)
+}
+
 /// The constraint a `response_format` asks for (`None`: free text).
 fn response_constraint(
     g: &dyn Generator,
@@ -393,12 +408,7 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response,
         .tokenizer()
         .encode(&text, false)
         .map_err(|e| ApiError::internal(&e))?;
-    let constraint = response_constraint(g.as_ref(), body.sampling.response_format.as_ref())?;
-    let rx = g.submit(GenerationRequest {
-        prompt,
-        params,
-        constraint,
-    })?;
+    let rx = submit(g.as_ref(), prompt, params, &body.sampling)?;
     respond(g, rx, Kind::Chat, body.sampling.stream, body.logprobs).await
 }
 
@@ -419,12 +429,7 @@ pub async fn completions(State(app): State<Arc<App>>, req: Request) -> Result<Re
         .tokenizer()
         .encode(&body.prompt, true)
         .map_err(|e| ApiError::internal(&e))?;
-    let constraint = response_constraint(g.as_ref(), body.sampling.response_format.as_ref())?;
-    let rx = g.submit(GenerationRequest {
-        prompt,
-        params,
-        constraint,
-    })?;
+    let rx = submit(g.as_ref(), prompt, params, &body.sampling)?;
     respond(
         g,
         rx,

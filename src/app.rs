@@ -10,6 +10,7 @@ use crate::engine::device::{self, DeviceSpec, Resolved};
 use crate::engine::generator::{EngineError, Generator};
 use crate::engine::model::ModelError;
 use crate::engine::runner::{Engine, EngineConfig};
+use crate::engine::speculative::SpeculationMethod;
 use crate::graph::ExtractorChoice;
 use crate::graph::{GraphError, GraphIndex, GraphVectors};
 use crate::index::vectors::{
@@ -201,16 +202,47 @@ async fn open_engine(spec: &str, config: &EngineConfig) -> Result<Arc<dyn Genera
     let engine = tokio::task::spawn_blocking(move || -> Result<Engine, StartError> {
         let start = |e: &dyn std::fmt::Display| EngineError::Start(e.to_string());
         let device: DeviceSpec = config.device.parse().map_err(|e| start(&e))?;
+        // The draft model of speculative decoding, when configured, goes on the same device (its own backend
+        // instance: the same device context, a stream of its own).
+        let draft_spec = match config.speculative.method {
+            SpeculationMethod::Draft => config.speculative.draft_model.clone(),
+            _ => None,
+        };
         match device::resolve(device).map_err(|e| start(&e))? {
             Resolved::Cpu => {
                 let (model, tokenizer, name) =
                     load_model(CpuBackend, &spec).map_err(|e| start(&e))?;
-                Ok(Engine::start(model, Arc::new(tokenizer), name, &config)?)
+                let tokenizer = Arc::new(tokenizer);
+                match &draft_spec {
+                    Some(d) => {
+                        let (draft, _, _) = load_model(CpuBackend, d).map_err(|e| start(&e))?;
+                        Ok(Engine::start_with_draft(
+                            model, draft, tokenizer, name, &config,
+                        )?)
+                    }
+                    None => Ok(Engine::start(model, tokenizer, name, &config)?),
+                }
             }
             Resolved::Cuda(backend) => {
                 let (model, tokenizer, name) =
                     load_model(*backend, &spec).map_err(|e| start(&e))?;
-                Ok(Engine::start(model, Arc::new(tokenizer), name, &config)?)
+                let tokenizer = Arc::new(tokenizer);
+                match &draft_spec {
+                    Some(d) => {
+                        let Resolved::Cuda(draft_backend) =
+                            device::resolve(device).map_err(|e| start(&e))?
+                        else {
+                            return Err(
+                                start(&"the draft model's device is not the target's").into()
+                            );
+                        };
+                        let (draft, _, _) = load_model(*draft_backend, d).map_err(|e| start(&e))?;
+                        Ok(Engine::start_with_draft(
+                            model, draft, tokenizer, name, &config,
+                        )?)
+                    }
+                    None => Ok(Engine::start(model, tokenizer, name, &config)?),
+                }
             }
         }
     })

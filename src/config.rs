@@ -321,6 +321,9 @@ impl Config {
                 });
             }
         }
+        e.speculative
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         self.graph
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;

@@ -136,6 +136,30 @@ enum BenchCommand {
         #[arg(long)]
         profile: bool,
     },
+    /// Speculative decoding through the engine, greedy, against plain decoding: an oracle that always agrees
+    /// (replay), a copy of the target as draft, a disagreeing draft (adaptive switch on and off), prompt lookup.
+    Speculative {
+        #[command(flatten)]
+        common: BenchFlags,
+        /// A draft that disagrees with the target (same vocabulary).
+        #[arg(long, default_value = "synthetic:llama-3.2-1b@7")]
+        reject_draft: String,
+        /// Sequences decoding together.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Prompt tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// New tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        /// Proposal lengths for the replay and copy-draft runs, comma-separated.
+        #[arg(long, default_value = "2,4,8")]
+        k: String,
+        /// Skip the copy-draft runs (they hold two copies of the target).
+        #[arg(long)]
+        no_copy_draft: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -411,8 +435,9 @@ mod engram_bench {
     use anyhow::{Context, Result};
     use engram::engine::backend::cpu::CpuBackend;
     use engram::engine::backend::Backend;
-    use engram::engine::bench::{self, DeviceProbe};
+    use engram::engine::bench::{self, BenchError, DeviceProbe};
     use engram::engine::device::{self, DeviceSpec, Resolved};
+    use engram::engine::spec_bench::{bench_speculative, SpecBenchConfig};
 
     pub fn run(what: BenchCommand) -> Result<()> {
         tracing_subscriber::fmt()
@@ -423,15 +448,83 @@ mod engram_bench {
             .with_writer(std::io::stderr)
             .init();
         let common = match &what {
-            BenchCommand::Prefill { common, .. } | BenchCommand::Decode { common, .. } => {
-                common.clone()
-            }
+            BenchCommand::Prefill { common, .. }
+            | BenchCommand::Decode { common, .. }
+            | BenchCommand::Speculative { common, .. } => common.clone(),
         };
         let spec: DeviceSpec = common.device.parse()?;
+        if let BenchCommand::Speculative { .. } = &what {
+            return speculative(spec, &common, &what);
+        }
         match device::resolve(spec)? {
             Resolved::Cpu => on(CpuBackend, &common, &what),
             Resolved::Cuda(b) => on(*b, &common, &what),
         }
+    }
+
+    /// `engram bench speculative`: each run loads its own models, so it gets a backend maker.
+    fn speculative(spec: DeviceSpec, common: &BenchFlags, what: &BenchCommand) -> Result<()> {
+        let BenchCommand::Speculative {
+            reject_draft,
+            batch,
+            prompt_len,
+            tokens,
+            k,
+            no_copy_draft,
+            ..
+        } = what
+        else {
+            unreachable!("called for the speculative benchmark only")
+        };
+        let cfg = SpecBenchConfig {
+            model: common.model.clone(),
+            reject_draft: reject_draft.clone(),
+            batch: *batch,
+            prompt_len: *prompt_len,
+            tokens: *tokens,
+            ks: k
+                .split(',')
+                .map(|x| x.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .context("--k must be comma-separated integers")?,
+            copy_draft: !no_copy_draft,
+        };
+        let report = match device::resolve(spec)? {
+            Resolved::Cpu => bench_speculative(&|| Ok(CpuBackend), &cfg)?,
+            Resolved::Cuda(_) => bench_speculative(
+                &|| match device::resolve(spec) {
+                    Ok(Resolved::Cuda(b)) => Ok(*b),
+                    Ok(Resolved::Cpu) => Err(BenchError::Setup("the CUDA device went away".into())),
+                    Err(e) => Err(BenchError::Setup(e.to_string())),
+                },
+                &cfg,
+            )?,
+        };
+        println!(
+            "device {} | model {} | batch {} | prompt {} | {} new tokens | greedy",
+            report.device, report.model, report.batch, report.prompt_len, report.tokens
+        );
+        println!("| run | s | tokens/s | vs plain | tokens per target step | acceptance | identical outputs | agreeing prefix |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for r in &report.runs {
+            println!(
+                "| {} | {:.3} | {:.1} | {:.3} | {:.2} | {:.3} | {}/{} | {:.1} |",
+                r.label,
+                r.seconds,
+                r.tokens_per_s,
+                r.speedup,
+                r.tokens_per_target_step,
+                r.acceptance_rate,
+                r.identical_outputs,
+                report.batch,
+                r.agreeing_prefix
+            );
+        }
+        if let Some(out) = &common.out {
+            std::fs::write(out, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Ok(())
     }
 
     fn on<B: Backend + DeviceProbe>(
@@ -532,6 +625,9 @@ mod engram_bench {
                     }
                 }
                 serde_json::to_string_pretty(&r)?
+            }
+            BenchCommand::Speculative { .. } => {
+                unreachable!("the speculative benchmark loads its own models")
             }
         };
         if let Some(out) = &common.out {

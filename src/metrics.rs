@@ -112,6 +112,29 @@ pub static KV_BLOCKS_TOTAL: LazyLock<IntGauge> =
 pub static TOKENS_GENERATED: LazyLock<IntCounter> =
     LazyLock::new(|| counter("generation_tokens_total", "Tokens generated"));
 
+/// Generation: forward passes of the target model that produced tokens, counted per sequence (tokens per target
+/// step = `generation_tokens_total` / this; above 1 with speculative decoding).
+pub static TARGET_STEPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "generation_target_steps_total",
+        "Target-model passes that produced tokens, per sequence",
+    )
+});
+/// Speculative decoding: tokens proposed.
+pub static SPECULATIVE_PROPOSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "generation_speculative_proposed_tokens_total",
+        "Tokens proposed by speculative decoding",
+    )
+});
+/// Speculative decoding: proposed tokens the target accepted (acceptance rate = this / proposed).
+pub static SPECULATIVE_ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "generation_speculative_accepted_tokens_total",
+        "Proposed tokens the target model accepted",
+    )
+});
+
 /// The registry in Prometheus' text exposition format.
 pub fn render() -> String {
     // Touch every metric so that it is listed even before its first event.
@@ -129,6 +152,9 @@ pub fn render() -> String {
     LazyLock::force(&KV_BLOCKS_USED);
     LazyLock::force(&KV_BLOCKS_TOTAL);
     LazyLock::force(&TOKENS_GENERATED);
+    LazyLock::force(&TARGET_STEPS);
+    LazyLock::force(&SPECULATIVE_PROPOSED);
+    LazyLock::force(&SPECULATIVE_ACCEPTED);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()

@@ -205,7 +205,7 @@ fn skinny_products_match_with_gemv_and_with_cublaslt() {
             );
         }
     }
-    g.set_gemv(true);
+    g.set_gemv_rows(engram::engine::backend::cuda::GEMV_DEFAULT_ROWS);
 }
 
 #[test]

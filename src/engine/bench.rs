@@ -13,7 +13,7 @@ use super::backend::{Backend, BackendError};
 use super::kv_cache::{KvCache, KvCacheConfig};
 use super::llama::{LlamaError, LlamaModel, StepBatch};
 use super::model::synthetic::{
-    synthetic_config, synthetic_tokenizer, MAX_CPU_SYNTHETIC_PARAMS, SYNTHETIC_SEED,
+    parse_synthetic, synthetic_config, synthetic_tokenizer, MAX_CPU_SYNTHETIC_PARAMS,
 };
 use super::model::{ModelFiles, ModelTokenizer, SYNTHETIC_PREFIX};
 use super::prefill::{push_chunk, PrefillError};
@@ -101,16 +101,22 @@ impl DeviceProbe for CudaBackend {
     }
 }
 
-/// Loads `spec` on `backend`: a model directory, or `synthetic:NAME` (built on the host and uploaded, or, above
-/// [`MAX_CPU_SYNTHETIC_PARAMS`], drawn on the device by [`LlamaModel::synthetic`]).
+/// Loads `spec` on `backend`: a model directory, or `synthetic:NAME[@SEED]` (built on the host and uploaded, or,
+/// above [`MAX_CPU_SYNTHETIC_PARAMS`] or from 1B parameters on a GPU, drawn on the device by
+/// [`LlamaModel::synthetic`]).
 pub fn load_model<B: Backend>(
     backend: B,
     spec: &str,
 ) -> Result<(LlamaModel<B>, ModelTokenizer, String), LlamaError> {
     if let Some(name) = spec.strip_prefix(SYNTHETIC_PREFIX) {
+        let (name, seed) = parse_synthetic(name)?;
         let config = synthetic_config(name)?;
-        if config.param_count() > MAX_CPU_SYNTHETIC_PARAMS {
-            let model = LlamaModel::synthetic(backend, &config, SYNTHETIC_SEED)?;
+        // Big models are drawn on the device: always above the host limit, and on a GPU from 1B parameters (the
+        // host would take tens of seconds to draw them).
+        let on_device = config.param_count() > MAX_CPU_SYNTHETIC_PARAMS
+            || (backend.name() != "cpu" && config.param_count() > 1_000_000_000);
+        if on_device {
+            let model = LlamaModel::synthetic(backend, &config, seed)?;
             return Ok((
                 model,
                 synthetic_tokenizer(config.vocab_size),
@@ -135,6 +141,9 @@ pub enum BenchError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// An engine or proposer could not be set up, or a request failed.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// One prefill configuration's result.

@@ -48,6 +48,13 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Forward passes of the target model that produced tokens for this request (with speculative decoding,
+    /// fewer than `completion_tokens`).
+    pub target_steps: usize,
+    /// Tokens proposed by speculative decoding.
+    pub proposed_tokens: usize,
+    /// Proposed tokens the target accepted.
+    pub accepted_tokens: usize,
 }
 
 /// One generated token.

@@ -322,6 +322,34 @@ impl KvCache {
             .collect())
     }
 
+    /// Shortens the sequence to its first `len` tokens (speculative decoding drops rejected proposals), freeing
+    /// blocks past the new end. Only positions after the prompt are ever dropped, and those blocks are never
+    /// shared. Errors when `len` is beyond the sequence's end.
+    pub fn truncate(&mut self, seq: u64, len: usize) -> Result<(), KvError> {
+        let bs = self.config.block_size;
+        let entry = self
+            .entries
+            .get_mut(&seq)
+            .ok_or(KvError::UnknownSequence(seq))?;
+        if len > entry.table.len {
+            return Err(KvError::OutOfRange {
+                seq,
+                end: len,
+                len: entry.table.len,
+            });
+        }
+        let keep = len.div_ceil(bs);
+        for block in entry.table.blocks.split_off(keep) {
+            if self.allocator.release(block) {
+                if let Some(key) = self.keys[block as usize].take() {
+                    self.prefix.remove(&key);
+                }
+            }
+        }
+        entry.table.len = len;
+        Ok(())
+    }
+
     /// Slots of positions `start..start + n`, which must already be reserved.
     pub fn slots_for(&self, seq: u64, start: usize, n: usize) -> Result<Vec<u32>, KvError> {
         let table = self.table(seq).ok_or(KvError::UnknownSequence(seq))?;
@@ -376,6 +404,24 @@ mod tests {
             block_size,
             num_blocks,
         })
+    }
+
+    #[test]
+    fn truncate_frees_the_blocks_past_the_new_end_and_keeps_the_rest() {
+        let mut c = cache(4, 8);
+        c.admit(1, &[1, 2, 3, 4, 5]).unwrap();
+        c.append_slots(1, 7).unwrap(); // 12 tokens: 3 blocks
+        assert_eq!(c.usage().used_blocks, 3);
+        let before = c.table(1).unwrap().blocks.clone();
+        c.truncate(1, 6).unwrap();
+        assert_eq!(c.table(1).unwrap().len, 6);
+        assert_eq!(c.table(1).unwrap().blocks, before[..2].to_vec());
+        assert_eq!(c.usage().used_blocks, 2);
+        // Appending again reuses freed blocks and continues at position 6.
+        let slots = c.append_slots(1, 3).unwrap();
+        assert_eq!(slots[0], c.table(1).unwrap().slot(6, 4));
+        assert!(matches!(c.truncate(1, 10), Err(KvError::OutOfRange { .. })));
+        assert!(matches!(c.truncate(9, 1), Err(KvError::UnknownSequence(9))));
     }
 
     /// Reference counts equal table membership, free + used = total, and a block in several tables is a

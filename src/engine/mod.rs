@@ -1,6 +1,6 @@
 //! The LLM inference engine: Llama-family models written once over a [`backend`] trait (CPU through candle-core
 //! now, CUDA next), prepacked prefill ([`prepack`]), a paged KV cache ([`kv_cache`]), continuous batching with
-//! Dynamic SplitFuse ([`scheduler`]) and sampling ([`sampling`]).
+//! Dynamic SplitFuse ([`scheduler`]), sampling ([`sampling`]) and speculative decoding ([`speculative`]).
 
 pub mod backend;
 pub mod bench;
@@ -17,3 +17,5 @@ pub mod runner;
 pub mod sampling;
 pub mod scheduler;
 pub mod score;
+pub mod spec_bench;
+pub mod speculative;

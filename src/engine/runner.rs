@@ -15,6 +15,9 @@ use super::prefill::push_chunk;
 use super::sampling::{Sampled, Sampler, StopMatcher};
 use super::scheduler::{ChunkKind, Scheduler, SchedulerConfig, SeqState};
 use super::score::{score_continuations, Scores};
+use super::speculative::draft::DraftModel;
+use super::speculative::speculator::{SpecInput, Speculator};
+use super::speculative::{verify, verify_argmax, AdaptiveK, Proposal, SpeculativeConfig};
 use crate::metrics;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -41,6 +44,8 @@ pub struct EngineConfig {
     pub max_sequences: usize,
     /// Most requests waiting for admission before new ones are refused.
     pub max_waiting: usize,
+    /// Speculative decoding (`[engine.speculative]`).
+    pub speculative: SpeculativeConfig,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +58,7 @@ impl Default for EngineConfig {
             token_budget: 512,
             max_sequences: 64,
             max_waiting: 256,
+            speculative: SpeculativeConfig::default(),
         }
     }
 }
@@ -88,6 +94,25 @@ struct Active {
     last_token: Option<Instant>,
     /// Where a constrained request's JSON stands.
     json: Option<JsonState>,
+    /// Speculative decoding: the proposal length (`None` without speculation), the draft's generator, and counts.
+    k: Option<AdaptiveK>,
+    draft_sampler: Sampler,
+    target_steps: usize,
+    proposed: usize,
+    accepted: usize,
+}
+
+/// A sequence whose next token(s) a step samples: its logits rows, and for a speculating decode, its guesses and
+/// where its fed token sits in the cache.
+struct Sampling {
+    seq: u64,
+    proposal: Option<(Proposal, usize)>,
+}
+
+impl Sampling {
+    fn rows(&self) -> usize {
+        1 + self.proposal.as_ref().map_or(0, |(p, _)| p.tokens.len())
+    }
 }
 
 /// The running engine; cheap to share.
@@ -109,9 +134,48 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread for `model`.
+    /// Starts the engine thread for `model`, with the speculative decoding `config.speculative` asks for (a draft
+    /// model must be given through [`Engine::start_with_draft`]).
     pub fn start<B: Backend>(
         model: LlamaModel<B>,
+        tokenizer: Arc<ModelTokenizer>,
+        name: String,
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let spec =
+            Speculator::from_config(&config.speculative, None).map_err(EngineError::Start)?;
+        Self::start_with(model, spec, tokenizer, name, config)
+    }
+
+    /// Starts the engine with `draft` as speculative decoding's draft model (same vocabulary as `model`).
+    pub fn start_with_draft<B: Backend>(
+        model: LlamaModel<B>,
+        draft: LlamaModel<B>,
+        tokenizer: Arc<ModelTokenizer>,
+        name: String,
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let (target_vocab, draft_vocab) = (model.config().vocab_size, draft.config().vocab_size);
+        if target_vocab != draft_vocab {
+            return Err(EngineError::Start(format!(
+                "the draft model's vocabulary ({draft_vocab} tokens) differs from the target's ({target_vocab})"
+            )));
+        }
+        let draft = DraftModel::new(
+            draft,
+            config.speculative.draft_kv_cache_mib,
+            config.block_size,
+        )
+        .map_err(|e| EngineError::Start(format!("draft model: {e}")))?;
+        let spec = Speculator::from_config(&config.speculative, Some(draft))
+            .map_err(EngineError::Start)?;
+        Self::start_with(model, spec, tokenizer, name, config)
+    }
+
+    /// Starts the engine thread for `model` with an explicit speculator (or none).
+    pub fn start_with<B: Backend>(
+        model: LlamaModel<B>,
+        mut spec: Option<Speculator<B>>,
         tokenizer: Arc<ModelTokenizer>,
         name: String,
         config: &EngineConfig,
@@ -152,8 +216,9 @@ impl Engine {
                     tokenizer: loop_tokenizer,
                     stats: loop_stats,
                     score_capacity: config_token_budget,
+                    token_budget: config_token_budget,
                 };
-                state.run(&model, &mut kv, &rx);
+                state.run(&model, &mut kv, &rx, &mut spec);
             })
             .map_err(|e| EngineError::Start(e.to_string()))?;
         Ok(Self {
@@ -262,6 +327,8 @@ struct LoopState {
     cache: KvCache,
     /// Tokens per forward pass of a scoring call (at least its longest pair).
     score_capacity: usize,
+    /// Tokens per step (speculative guesses use what the plan leaves).
+    token_budget: usize,
     scheduler: Scheduler,
     active: HashMap<u64, Active>,
     eos: Vec<u32>,
@@ -275,13 +342,14 @@ impl LoopState {
         model: &LlamaModel<B>,
         kv: &mut B::Kv,
         rx: &mpsc::Receiver<Command>,
+        spec: &mut Option<Speculator<B>>,
     ) {
         loop {
             // Block for work when idle; otherwise take whatever has arrived.
             if self.scheduler.is_idle() {
                 match rx.recv() {
                     Ok(cmd) => {
-                        if !self.handle(cmd, model, kv) {
+                        if !self.handle(cmd, model, kv, spec) {
                             return;
                         }
                     }
@@ -289,17 +357,20 @@ impl LoopState {
                 }
             }
             while let Ok(cmd) = rx.try_recv() {
-                if !self.handle(cmd, model, kv) {
+                if !self.handle(cmd, model, kv, spec) {
                     return;
                 }
             }
-            self.drop_cancelled();
-            if let Err(e) = self.step(model, kv) {
+            self.drop_cancelled(spec);
+            if let Err(e) = self.step(model, kv, spec) {
                 tracing::error!(error = %e, "engine step failed");
                 for (id, a) in self.active.drain() {
                     let _ = a.events.send(GenerationEvent::Failed(e.clone()));
                     self.scheduler.cancel(id);
                     self.cache.release(id);
+                    if let Some(s) = spec.as_mut() {
+                        s.release(id);
+                    }
                 }
             }
             self.publish_stats();
@@ -307,7 +378,13 @@ impl LoopState {
     }
 
     /// Takes a command, scoring calls at once (between steps, over the shared cache); false on shutdown.
-    fn handle<B: Backend>(&mut self, cmd: Command, model: &LlamaModel<B>, kv: &mut B::Kv) -> bool {
+    fn handle<B: Backend>(
+        &mut self,
+        cmd: Command,
+        model: &LlamaModel<B>,
+        kv: &mut B::Kv,
+        spec: &Option<Speculator<B>>,
+    ) -> bool {
         match cmd {
             Command::Score { pairs, reply } => {
                 let result = score_continuations(
@@ -322,12 +399,13 @@ impl LoopState {
                 let _ = reply.send(result);
                 true
             }
-            other => self.accept(other),
+            other => self.accept(other, spec.as_ref().map(Speculator::initial_k)),
         }
     }
 
-    /// Takes a generation request or a shutdown; false on shutdown.
-    fn accept(&mut self, cmd: Command) -> bool {
+    /// Takes a generation request or a shutdown; false on shutdown. `k`: the proposal length of a new sequence
+    /// under speculative decoding.
+    fn accept(&mut self, cmd: Command, k: Option<AdaptiveK>) -> bool {
         match cmd {
             Command::Shutdown => false,
             Command::Score { .. } => {
@@ -360,7 +438,13 @@ impl LoopState {
                         decoded: String::new(),
                         arrived,
                         last_token: None,
+                        // Constrained output is not speculated: its masks follow one token at a time.
+                        k: k.filter(|_| json.is_none()),
                         json,
+                        draft_sampler: Sampler::new(seed ^ 0xD4AF_7000),
+                        target_steps: 0,
+                        proposed: 0,
+                        accepted: 0,
                     },
                 );
                 true
@@ -368,7 +452,7 @@ impl LoopState {
         }
     }
 
-    fn drop_cancelled(&mut self) {
+    fn drop_cancelled<B: Backend>(&mut self, spec: &mut Option<Speculator<B>>) {
         let gone: Vec<u64> = self
             .active
             .iter()
@@ -379,6 +463,9 @@ impl LoopState {
             self.scheduler.cancel(id);
             self.cache.release(id);
             self.active.remove(&id);
+            if let Some(s) = spec.as_mut() {
+                s.release(id);
+            }
         }
     }
 
@@ -398,7 +485,13 @@ impl LoopState {
     }
 
     /// Plans and runs one step, then samples and streams the new tokens.
-    fn step<B: Backend>(&mut self, model: &LlamaModel<B>, kv: &mut B::Kv) -> Result<(), String> {
+    fn step<B: Backend>(
+        &mut self,
+        model: &LlamaModel<B>,
+        kv: &mut B::Kv,
+        spec: &mut Option<Speculator<B>>,
+    ) -> Result<(), String> {
+        let began = Instant::now();
         let (cache, active) = (&mut self.cache, &self.active);
         let plan = self.scheduler.plan(&mut |id, len| {
             active
@@ -408,8 +501,20 @@ impl LoopState {
         if plan.items.is_empty() {
             return Ok(());
         }
+        let decode_only = plan.items.iter().all(|i| i.kind == ChunkKind::Decode);
+        let any_decode = plan.items.iter().any(|i| i.kind == ChunkKind::Decode);
+        let mut proposals = match spec.as_mut() {
+            Some(s) if any_decode => {
+                if s.choose() {
+                    self.propose(s, &plan)?
+                } else {
+                    HashMap::new()
+                }
+            }
+            _ => HashMap::new(),
+        };
         let mut batch = StepBatch::default();
-        let mut sampled_ids = Vec::new();
+        let mut sampling: Vec<Sampling> = Vec::new();
         for item in &plan.items {
             let a = &self.active[&item.seq];
             match item.kind {
@@ -418,7 +523,10 @@ impl LoopState {
                     push_chunk(&mut batch, &self.cache, item.seq, tokens, start, last)
                         .map_err(|e| e.to_string())?;
                     if last {
-                        sampled_ids.push(item.seq);
+                        sampling.push(Sampling {
+                            seq: item.seq,
+                            proposal: None,
+                        });
                     }
                 }
                 ChunkKind::Decode => {
@@ -428,46 +536,112 @@ impl LoopState {
                         .table(item.seq)
                         .ok_or("decode of an unknown sequence")?
                         .len;
-                    self.cache
-                        .append_slots(item.seq, 1)
+                    // Guesses ride along when the cache has room for them.
+                    let mut proposal = proposals.remove(&item.seq);
+                    let guesses = proposal.as_ref().map_or(0, |p| p.tokens.len());
+                    let fits =
+                        guesses > 0 && self.cache.append_slots(item.seq, 1 + guesses).is_ok();
+                    if !fits {
+                        proposal = None;
+                        self.cache
+                            .append_slots(item.seq, 1)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    let mut tokens = vec![token];
+                    if let Some(p) = &proposal {
+                        tokens.extend_from_slice(&p.tokens);
+                    }
+                    push_chunk(&mut batch, &self.cache, item.seq, &tokens, start, false)
                         .map_err(|e| e.to_string())?;
-                    push_chunk(&mut batch, &self.cache, item.seq, &[token], start, true)
-                        .map_err(|e| e.to_string())?;
-                    sampled_ids.push(item.seq);
+                    let end = batch.tokens.len() as u32;
+                    batch.logits_rows.extend(end - tokens.len() as u32..end);
+                    sampling.push(Sampling {
+                        seq: item.seq,
+                        proposal: proposal.map(|p| (p, start)),
+                    });
                 }
             }
         }
+        let speculated = sampling.iter().any(|s| s.proposal.is_some());
         // Greedy requests without logprobs or penalties take the argmax on the backend, so only token ids leave
         // the device; any other request in the step needs the full logits on the host.
-        let on_device = !sampled_ids.is_empty()
-            && sampled_ids.iter().all(|id| {
-                self.active.get(id).is_some_and(|a| {
+        let on_device = !sampling.is_empty()
+            && sampling.iter().all(|s| {
+                self.active.get(&s.seq).is_some_and(|a| {
                     a.request.params.greedy_on_device() && a.request.constraint.is_none()
                 })
             });
         let mut finished = Vec::new();
+        let mut emitted_total = 0;
         if on_device {
             let tokens = model
                 .forward_select(kv, &batch, self.cache.block_size(), 0.0, 0)
                 .map_err(|e| e.to_string())?;
-            for (id, token) in sampled_ids.into_iter().zip(tokens) {
-                let sampled = Sampled {
+            let forced = spec.as_ref().is_some_and(Speculator::forces_acceptance);
+            let mut row = 0;
+            for s in sampling {
+                let rows = &tokens[row..row + s.rows()];
+                row += s.rows();
+                let (chosen, accepted) = match &s.proposal {
+                    Some((p, _)) if forced => {
+                        let mut kept = p.tokens.clone();
+                        kept.push(rows[p.tokens.len()]);
+                        (kept, p.tokens.len())
+                    }
+                    Some((p, _)) => verify_argmax(&p.tokens, rows),
+                    None => (rows.to_vec(), 0),
+                };
+                let sampled = chosen.into_iter().map(|token| Sampled {
                     token,
                     logprob: f32::NAN, // not computed: the request asked for no logprobs
                     top: Vec::new(),
-                };
-                if let Some(reason) = self.emit_sampled(id, sampled) {
-                    finished.push((id, reason));
+                });
+                let (emitted, reason) = self.emit_all(s.seq, sampled);
+                emitted_total += emitted;
+                let seq = s.seq;
+                self.settle(s, accepted, emitted, reason.is_some(), spec)?;
+                if let Some(reason) = reason {
+                    finished.push((seq, reason));
                 }
             }
         } else {
-            let logits = model
+            let mut logits = model
                 .forward(kv, &batch, self.cache.block_size())
-                .map_err(|e| e.to_string())?;
-            for (id, mut row) in sampled_ids.into_iter().zip(logits) {
-                if let Some(reason) = self.emit(id, &mut row) {
-                    finished.push((id, reason));
+                .map_err(|e| e.to_string())?
+                .into_iter();
+            for s in sampling {
+                let mut rows: Vec<Vec<f32>> = logits.by_ref().take(s.rows()).collect();
+                let (emitted, accepted, reason) = match &s.proposal {
+                    None => {
+                        let reason = self.emit(s.seq, &mut rows[0]);
+                        (1, 0, reason)
+                    }
+                    Some((p, _)) => {
+                        let a = self.active.get_mut(&s.seq).ok_or("unknown sequence")?;
+                        let mut context = a.request.prompt.clone();
+                        context.extend_from_slice(&a.generated);
+                        let verdict = verify(
+                            &mut rows,
+                            p,
+                            &a.request.params,
+                            &mut context,
+                            &mut a.sampler,
+                        );
+                        let (emitted, reason) = self.emit_all(s.seq, verdict.tokens.into_iter());
+                        (emitted, verdict.accepted, reason)
+                    }
+                };
+                emitted_total += emitted;
+                let seq = s.seq;
+                self.settle(s, accepted, emitted, reason.is_some(), spec)?;
+                if let Some(reason) = reason {
+                    finished.push((seq, reason));
                 }
+            }
+        }
+        if let Some(s) = spec.as_mut() {
+            if decode_only {
+                s.observe(speculated, emitted_total, began.elapsed().as_secs_f64());
             }
         }
         let ids: Vec<u64> = finished.iter().map(|f| f.0).collect();
@@ -477,10 +651,126 @@ impl LoopState {
                 let usage = Usage {
                     prompt_tokens: a.request.prompt.len(),
                     completion_tokens: a.generated.len(),
+                    target_steps: a.target_steps,
+                    proposed_tokens: a.proposed,
+                    accepted_tokens: a.accepted,
                 };
                 let _ = a.events.send(GenerationEvent::Done { reason, usage });
             }
             self.cache.release(id);
+            if let Some(s) = spec.as_mut() {
+                s.release(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Guesses for the step's decoding sequences that speculate, within the step's spare token budget.
+    fn propose<B: Backend>(
+        &mut self,
+        spec: &mut Speculator<B>,
+        plan: &super::scheduler::StepPlan,
+    ) -> Result<HashMap<u64, Proposal>, String> {
+        let decoding: std::collections::HashSet<u64> = plan
+            .items
+            .iter()
+            .filter(|i| i.kind == ChunkKind::Decode)
+            .map(|i| i.seq)
+            .collect();
+        let mut room = self.token_budget.saturating_sub(plan.tokens);
+        let mut inputs: Vec<SpecInput<'_>> = Vec::new();
+        for (&seq, a) in self.active.iter_mut() {
+            let Some(k) = a.k else { continue };
+            if !decoding.contains(&seq) || room == 0 {
+                continue;
+            }
+            // Every emitted token must fit max_tokens: the guesses plus the target's own token.
+            let left = a
+                .request
+                .params
+                .max_tokens
+                .saturating_sub(a.generated.len() + 1);
+            let k = k.k.min(left).min(room);
+            if k == 0 {
+                continue;
+            }
+            room -= k;
+            inputs.push(SpecInput {
+                seq,
+                prompt: &a.request.prompt,
+                generated: &a.generated,
+                k,
+                params: &a.request.params,
+                sampler: &mut a.draft_sampler,
+            });
+        }
+        let seqs: Vec<u64> = inputs.iter().map(|i| i.seq).collect();
+        let proposals = spec.propose(&mut inputs)?;
+        Ok(seqs
+            .into_iter()
+            .zip(proposals)
+            .filter(|(_, p)| !p.tokens.is_empty())
+            .collect())
+    }
+
+    /// Streams `tokens` of `id` in order until one ends the request; returns how many were streamed and why it
+    /// ended, if it did.
+    fn emit_all(
+        &mut self,
+        id: u64,
+        tokens: impl Iterator<Item = Sampled>,
+    ) -> (usize, Option<FinishReason>) {
+        let mut emitted = 0;
+        for t in tokens {
+            emitted += 1;
+            if let Some(reason) = self.emit_sampled(id, t) {
+                return (emitted, Some(reason));
+            }
+        }
+        (emitted, None)
+    }
+
+    /// Book-keeping after a sequence's tokens were streamed: the target step is counted, and for a speculating
+    /// decode the rejected guesses leave the cache (target and draft), the proposal length adapts, and the
+    /// scheduler counts the extra tokens.
+    fn settle<B: Backend>(
+        &mut self,
+        s: Sampling,
+        accepted: usize,
+        emitted: usize,
+        finished: bool,
+        spec: &mut Option<Speculator<B>>,
+    ) -> Result<(), String> {
+        let Some(a) = self.active.get_mut(&s.seq) else {
+            return Ok(());
+        };
+        a.target_steps += 1;
+        metrics::TARGET_STEPS.inc();
+        let Some((proposal, start)) = s.proposal else {
+            return Ok(());
+        };
+        let proposed = proposal.tokens.len();
+        // A request that ends on an accepted guess keeps only the guesses before its end.
+        let accepted = accepted.min(emitted);
+        a.proposed += proposed;
+        a.accepted += accepted;
+        if let Some(k) = a.k.as_mut() {
+            k.observe(proposed, accepted);
+        }
+        metrics::SPECULATIVE_PROPOSED.inc_by(proposed as u64);
+        metrics::SPECULATIVE_ACCEPTED.inc_by(accepted as u64);
+        if emitted > 1 {
+            self.scheduler.add_generated(s.seq, emitted - 1);
+        }
+        if !finished {
+            // The fed token and the accepted guesses stay; the target's own token is fed next step.
+            let context_len = a.request.prompt.len() + a.generated.len() - emitted;
+            self.cache
+                .truncate(s.seq, start + emitted)
+                .map_err(|e| e.to_string())?;
+            if let Some(sp) = spec.as_mut() {
+                sp.accept(s.seq, context_len + accepted);
+            }
         }
         Ok(())
     }

@@ -39,8 +39,9 @@ impl SamplingParams {
     /// Whether the token is the plain argmax of the logits with nothing else to report (greedy, no repetition
     /// penalty, no logprobs), so a backend can pick it on the device ([`crate::engine::backend::Backend::select_tokens`]).
     pub fn greedy_on_device(&self) -> bool {
-        let greedy = self.temperature <= 0.0 || self.top_k == Some(1);
-        greedy && self.logprobs.is_none() && self.repetition_penalty.is_none_or(|r| r == 1.0)
+        self.is_greedy()
+            && self.logprobs.is_none()
+            && self.repetition_penalty.is_none_or(|r| r == 1.0)
     }
 }
 
@@ -163,42 +164,15 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` (one per vocabulary entry, not empty), given the context tokens
-    /// `previous` for the repetition penalty. `logits` is rewritten in place: penalised, divided by the
-    /// temperature, NaN made `-inf` and `+inf` made the largest finite value.
+    /// `previous` for the repetition penalty. `logits` is rewritten in place by [`prepare_logits`].
     pub fn sample(
         &mut self,
         logits: &mut [f32],
         params: &SamplingParams,
         previous: &[u32],
     ) -> Sampled {
-        assert!(!logits.is_empty(), "no logits to sample from");
-        if let Some(penalty) = params.repetition_penalty.filter(|&r| r != 1.0) {
-            apply_repetition_penalty(logits, previous, penalty);
-        }
-        let greedy = params.temperature <= 0.0 || params.top_k == Some(1);
-        let temperature = if params.temperature > 0.0 {
-            params.temperature
-        } else {
-            1.0
-        };
-        for l in logits.iter_mut() {
-            *l /= temperature;
-            if l.is_nan() {
-                *l = f32::NEG_INFINITY;
-            } else if *l == f32::INFINITY {
-                *l = f32::MAX;
-            }
-        }
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-        // All -inf: every log-probability is -inf.
-        let lse = if max == f64::NEG_INFINITY {
-            f64::INFINITY
-        } else {
-            max + sum.ln()
-        };
-        let logprob = |i: usize| (logits[i] as f64 - lse) as f32;
-        let token = if greedy {
+        prepare_logits(logits, params, previous);
+        let token = if params.is_greedy() {
             argmax(logits)
         } else {
             let kept = candidates(logits, params.top_k, params.top_p);
@@ -214,15 +188,95 @@ impl Sampler {
             }
             token
         };
-        let top = top_n(logits, params.logprobs.unwrap_or(0))
-            .into_iter()
-            .map(|i| (i as u32, logprob(i)))
-            .collect();
-        Sampled {
-            token: token as u32,
-            logprob: logprob(token),
-            top,
+        describe_token(logits, token as u32, params)
+    }
+
+    /// Draws an index from `weights` (non-negative, not all zero; unnormalised).
+    pub fn sample_weights(&mut self, weights: &[f64]) -> usize {
+        let total: f64 = weights.iter().sum();
+        let mut u = self.uniform() * total;
+        let mut last = 0;
+        for (i, &w) in weights.iter().enumerate().filter(|(_, &w)| w > 0.0) {
+            last = i;
+            if u < w {
+                return i;
+            }
+            u -= w;
         }
+        last
+    }
+
+    /// A uniform draw in `[0, 1)` from the request's stream (speculative decoding's acceptance test).
+    pub fn draw(&mut self) -> f64 {
+        self.uniform()
+    }
+}
+
+impl SamplingParams {
+    /// Whether tokens are the argmax (temperature 0 or `top_k` 1).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == Some(1)
+    }
+}
+
+/// What [`Sampler::sample`] does to logits before choosing: the repetition penalty over `previous`, division by
+/// the temperature (1 when greedy), NaN made `-inf` and `+inf` the largest finite value.
+pub fn prepare_logits(logits: &mut [f32], params: &SamplingParams, previous: &[u32]) {
+    assert!(!logits.is_empty(), "no logits to sample from");
+    if let Some(penalty) = params.repetition_penalty.filter(|&r| r != 1.0) {
+        apply_repetition_penalty(logits, previous, penalty);
+    }
+    let temperature = if params.temperature > 0.0 {
+        params.temperature
+    } else {
+        1.0
+    };
+    for l in logits.iter_mut() {
+        *l /= temperature;
+        if l.is_nan() {
+            *l = f32::NEG_INFINITY;
+        } else if *l == f32::INFINITY {
+            *l = f32::MAX;
+        }
+    }
+}
+
+/// The distribution [`Sampler::sample`] draws from, over the whole vocabulary (0 outside top-k/top-p), summing
+/// to 1; one-hot on the argmax when greedy. `logits` must have been through [`prepare_logits`].
+pub fn token_distribution(logits: &[f32], params: &SamplingParams) -> Vec<f64> {
+    let mut p = vec![0.0; logits.len()];
+    if params.is_greedy() {
+        p[argmax(logits)] = 1.0;
+        return p;
+    }
+    let kept = candidates(logits, params.top_k, params.top_p);
+    let total: f64 = kept.iter().map(|c| c.1).sum();
+    for (i, w) in kept {
+        p[i] = w / total;
+    }
+    p
+}
+
+/// `token`'s report: its log-probability and the `params.logprobs` most likely alternatives, from logits that
+/// have been through [`prepare_logits`].
+pub fn describe_token(logits: &[f32], token: u32, params: &SamplingParams) -> Sampled {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    // All -inf: every log-probability is -inf.
+    let lse = if max == f64::NEG_INFINITY {
+        f64::INFINITY
+    } else {
+        max + sum.ln()
+    };
+    let logprob = |i: usize| (logits[i] as f64 - lse) as f32;
+    let top = top_n(logits, params.logprobs.unwrap_or(0))
+        .into_iter()
+        .map(|i| (i as u32, logprob(i)))
+        .collect();
+    Sampled {
+        token,
+        logprob: logprob(token as usize),
+        top,
     }
 }
 

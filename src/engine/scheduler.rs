@@ -252,6 +252,14 @@ impl Scheduler {
         removed
     }
 
+    /// Counts `extra` more generated tokens for a running sequence, beyond the one its decode item adds at
+    /// [`Scheduler::complete`] (speculative decoding accepts several per pass). Call before `complete`.
+    pub fn add_generated(&mut self, id: u64, extra: usize) {
+        if let Some(seq) = self.running.iter_mut().find(|s| s.id == id) {
+            seq.generated += extra;
+        }
+    }
+
     /// The state of a running sequence.
     pub fn get(&self, id: u64) -> Option<&SeqState> {
         self.running.iter().find(|s| s.id == id)

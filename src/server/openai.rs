@@ -248,8 +248,18 @@ fn finish_name(r: FinishReason) -> &'static str {
 }
 
 fn usage_json(u: Usage) -> Value {
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-           "total_tokens": u.prompt_tokens + u.completion_tokens})
+    let mut usage = json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.prompt_tokens + u.completion_tokens});
+    if u.proposed_tokens > 0 {
+        usage["speculative"] = json!({
+            "proposed_tokens": u.proposed_tokens,
+            "accepted_tokens": u.accepted_tokens,
+            "acceptance_rate": u.accepted_tokens as f64 / u.proposed_tokens as f64,
+            "target_steps": u.target_steps,
+            "tokens_per_target_step": u.completion_tokens as f64 / u.target_steps.max(1) as f64,
+        });
+    }
+    usage
 }
 
 /// Which OpenAI object family a response belongs to.

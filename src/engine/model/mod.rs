@@ -76,12 +76,13 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// `spec` is a directory (Hugging Face layout) or `synthetic:NAME` (tiny, qwen2.5-0.5b, llama-3-8b) — synthetic
-    /// weights from a fixed seed ([`synthetic::SYNTHETIC_SEED`]).
+    /// `spec` is a directory (Hugging Face layout) or `synthetic:NAME[@SEED]` (tiny, qwen2.5-0.5b, llama-3.2-1b,
+    /// llama-3-8b) — synthetic weights from a fixed seed ([`synthetic::parse_synthetic`]).
     pub fn load(spec: &str) -> Result<Self, ModelError> {
         if let Some(name) = spec.strip_prefix(SYNTHETIC_PREFIX) {
+            let (name, seed) = synthetic::parse_synthetic(name)?;
             let config = synthetic::synthetic_config(name)?;
-            let weights = synthetic::synthetic_weights(&config, synthetic::SYNTHETIC_SEED)?;
+            let weights = synthetic::synthetic_weights(&config, seed)?;
             let tokenizer = synthetic::synthetic_tokenizer(config.vocab_size);
             return Ok(Self {
                 config,

@@ -20,10 +20,28 @@ use super::weights::{expected_tensors, Weights};
 use super::ModelError;
 
 /// The names `synthetic:NAME` accepts.
-pub const SYNTHETIC_MODELS: &[&str] = &["tiny", "qwen2.5-0.5b", "llama-3-8b"];
+pub const SYNTHETIC_MODELS: &[&str] = &["tiny", "qwen2.5-0.5b", "llama-3.2-1b", "llama-3-8b"];
 
 /// The seed [`super::ModelFiles::load`] uses for synthetic weights.
 pub const SYNTHETIC_SEED: u64 = 0x5EED_2024;
+
+/// Splits a synthetic model's `NAME` or `NAME@SEED` (other weights of the same shape, e.g. a draft model that
+/// disagrees with its target) into the name and the weights' seed ([`SYNTHETIC_SEED`] when none is given).
+pub fn parse_synthetic(spec: &str) -> Result<(&str, u64), ModelError> {
+    match spec.split_once('@') {
+        None => Ok((spec, SYNTHETIC_SEED)),
+        Some((name, seed)) => seed
+            .parse::<u64>()
+            .map(|s| (name, SYNTHETIC_SEED ^ s))
+            .map_err(|_| ModelError::UnknownSynthetic {
+                name: spec.to_string(),
+                known: format!(
+                    "{} (each optionally with @SEED, a number)",
+                    SYNTHETIC_MODELS.join(", ")
+                ),
+            }),
+    }
+}
 
 /// Above this many parameters, synthetic weights are not generated on the CPU (f32: 4 bytes each).
 pub const MAX_CPU_SYNTHETIC_PARAMS: u64 = 4_000_000_000;
@@ -43,8 +61,8 @@ const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['
     message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}\
     {% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
-/// The configuration of a synthetic model: `tiny` (Llama-shaped, vocab 512, hidden 64, 2 layers), `qwen2.5-0.5b`
-/// and `llama-3-8b` (the real shapes). Token ids follow [`synthetic_tokenizer`] (bos 256, eos 259 and 257).
+/// The configuration of a synthetic model: `tiny` (Llama-shaped, vocab 512, hidden 64, 2 layers), `qwen2.5-0.5b`,
+/// `llama-3.2-1b` (a draft model's shape for Llama 3 8B: same vocabulary) and `llama-3-8b` (the real shapes). Token ids follow [`synthetic_tokenizer`] (bos 256, eos 259 and 257).
 pub fn synthetic_config(name: &str) -> Result<ModelConfig, ModelError> {
     let base = ModelConfig {
         architecture: Architecture::Llama,
@@ -82,6 +100,20 @@ pub fn synthetic_config(name: &str) -> Result<ModelConfig, ModelError> {
             max_position_embeddings: 32768,
             tie_word_embeddings: true,
             attention_bias: true,
+            dtype: DType::BF16,
+            ..base
+        }),
+        "llama-3.2-1b" => Ok(ModelConfig {
+            vocab_size: 128256,
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_layers: 16,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 64,
+            rope_theta: 5e5,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
             dtype: DType::BF16,
             ..base
         }),

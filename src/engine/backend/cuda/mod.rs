@@ -149,8 +149,14 @@ pub struct CudaKv {
     v: Vec<CudaSlice<u16>>,
 }
 
-/// Products with at most this many rows use the skinny-product kernels (`kernels/gemv.cu`) instead of cuBLASLt.
+/// The skinny-product kernels (`kernels/gemv.cu`) exist for products of up to this many rows.
 pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Products of at most this many rows take the skinny-product kernels by default (`ENGRAM_GEMV_ROWS`), larger
+/// ones cuBLASLt. On the H200 with the Llama-3-8B shape a whole decode step took 4.13 / 4.30 / 4.84 / 6.73 /
+/// 10.43 ms at 1 / 2 / 3 / 5 / 8 rows with the kernels against 5.14-5.25 ms with cuBLASLt (BENCHMARKS.md): the
+/// kernels read the weights once but their arithmetic grows with the rows.
+pub const GEMV_DEFAULT_ROWS: usize = 3;
 
 /// Head dimensions the attention kernels are instantiated for.
 pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
@@ -242,8 +248,9 @@ pub struct CudaBackend {
     uploads: Mutex<UploadCache>,
     device_name: String,
     sm_count: usize,
-    /// Whether skinny products use `kernels/gemv.cu` (on unless `ENGRAM_GEMV=0`).
-    use_gemv: std::sync::atomic::AtomicBool,
+    /// Products of at most this many rows use `kernels/gemv.cu` ([`GEMV_DEFAULT_ROWS`], or `ENGRAM_GEMV_ROWS`;
+    /// `ENGRAM_GEMV=0`: none).
+    gemv_rows: std::sync::atomic::AtomicUsize,
     /// Whether decode attention runs on tensor cores (`attn_decode_mma_d*`, on unless `ENGRAM_DECODE_ATTN=simt`)
     /// or on the CUDA cores (`attn_decode_d*`).
     decode_mma: std::sync::atomic::AtomicBool,
@@ -366,8 +373,15 @@ impl CudaBackend {
             uploads: Mutex::new(HashMap::new()),
             device_name,
             sm_count,
-            use_gemv: std::sync::atomic::AtomicBool::new(
-                std::env::var("ENGRAM_GEMV").map_or(true, |v| v != "0"),
+            gemv_rows: std::sync::atomic::AtomicUsize::new(
+                if std::env::var("ENGRAM_GEMV").is_ok_and(|v| v == "0") {
+                    0
+                } else {
+                    std::env::var("ENGRAM_GEMV_ROWS")
+                        .ok()
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .map_or(GEMV_DEFAULT_ROWS, |n| n.min(GEMV_MAX_ROWS))
+                },
             ),
             profile: Mutex::new(None),
             pdl,
@@ -377,11 +391,18 @@ impl CudaBackend {
         })
     }
 
-    /// Chooses between the skinny-product kernels and cuBLASLt for products of at most
-    /// [`GEMV_MAX_ROWS`] rows (for comparisons; on by default).
+    /// Sends every product of at most [`GEMV_MAX_ROWS`] rows to the skinny-product kernels (`true`: what the
+    /// parity tests check) or all of them to cuBLASLt (`false`).
     pub fn set_gemv(&self, on: bool) {
-        self.use_gemv
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.set_gemv_rows(if on { GEMV_MAX_ROWS } else { 0 });
+    }
+
+    /// Products of at most `rows` rows (capped at [`GEMV_MAX_ROWS`]) take the skinny-product kernels.
+    pub fn set_gemv_rows(&self, rows: usize) {
+        self.gemv_rows.store(
+            rows.min(GEMV_MAX_ROWS),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Chooses the decode attention kernel: tensor cores (the default) or CUDA cores (for comparisons).
@@ -392,9 +413,7 @@ impl CudaBackend {
 
     /// Whether an `m x k` input takes the skinny-product kernels.
     fn skinny(&self, m: usize, k: usize) -> bool {
-        (1..=GEMV_MAX_ROWS).contains(&m)
-            && k % 8 == 0
-            && self.use_gemv.load(std::sync::atomic::Ordering::Relaxed)
+        m >= 1 && m <= self.gemv_rows.load(std::sync::atomic::Ordering::Relaxed) && k % 8 == 0
     }
 
     /// Starts (or stops) timing every operation with device events.

@@ -159,6 +159,9 @@ enum BenchCommand {
         /// Skip the copy-draft runs (they hold two copies of the target).
         #[arg(long)]
         no_copy_draft: bool,
+        /// Timed repetitions per run, after the warm-up (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
     },
 }
 
@@ -471,6 +474,7 @@ mod engram_bench {
             tokens,
             k,
             no_copy_draft,
+            reps,
             ..
         } = what
         else {
@@ -488,6 +492,7 @@ mod engram_bench {
                 .collect::<Result<_, _>>()
                 .context("--k must be comma-separated integers")?,
             copy_draft: !no_copy_draft,
+            reps: *reps,
         };
         let report = match device::resolve(spec)? {
             Resolved::Cpu => bench_speculative(&|| Ok(CpuBackend), &cfg)?,

@@ -2,7 +2,7 @@
 //! greedy, against plain decoding in the same process.
 //!
 //! Runs, each on a fresh engine after a warm-up pass with the same requests (so kernel compilation and GEMM
-//! tuning are not timed):
+//! tuning are not timed), timed `reps` times (median reported):
 //! - `plain`: no speculation (the baseline; its outputs are the reference).
 //! - `forced k=K`: guesses (the baseline's continuation) kept without checking, guessing free: what a step costs
 //!   with a proposer that always agrees and costs nothing, the upper bound of the mechanism (K + 1 tokens per
@@ -52,6 +52,8 @@ pub struct SpecBenchConfig {
     pub ks: Vec<usize>,
     /// Whether to run the copy-draft runs (two copies of the target in memory).
     pub copy_draft: bool,
+    /// Timed repetitions per run (the median is reported).
+    pub reps: usize,
 }
 
 /// One run's result.
@@ -59,7 +61,7 @@ pub struct SpecBenchConfig {
 pub struct SpecRun {
     /// What ran.
     pub label: String,
-    /// Seconds from submitting the batch to the last token (prefill included).
+    /// Seconds from submitting the batch to the last token (prefill included), median of the repetitions.
     pub seconds: f64,
     /// Completion tokens of all sequences.
     pub tokens: usize,
@@ -272,9 +274,16 @@ fn run<B: Backend + DeviceProbe>(
     // Warm-up: the same requests, so that the timed run meets no new product shape (cuBLASLt tunes each row
     // count up to 128 at its first call, on each backend instance).
     generate(&engine, prompts, cfg.tokens)?;
-    let t = Instant::now();
-    let results = generate(&engine, prompts, cfg.tokens)?;
-    let seconds = t.elapsed().as_secs_f64();
+    // Timed repetitions on the same engine; the median time, the last repetition's outputs and counts.
+    let mut times = Vec::with_capacity(cfg.reps.max(1));
+    let mut results = Vec::new();
+    for _ in 0..cfg.reps.max(1) {
+        let t = Instant::now();
+        results = generate(&engine, prompts, cfg.tokens)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
     let tokens: usize = results.iter().map(|r| r.1.completion_tokens).sum();
     let steps: usize = results.iter().map(|r| r.1.target_steps).sum();
     let proposed: usize = results.iter().map(|r| r.1.proposed_tokens).sum();

@@ -2,9 +2,10 @@
 //! layouts and an algorithm) is made once per shape and reused, so a step pays no heuristic query per
 //! projection. The algorithm is autotuned at the first call of a shape: up to 32 of the heuristic's candidates
 //! (plus, for products of at most 128 rows, split-k versions of the first 8) are timed on the real operands with
-//! device events and the fastest kept (`ENGRAM_GEMM_TUNE=0`: the heuristic's first choice). Above 128 rows a
-//! shape reuses the algorithm tuned for the same power-of-two row bucket ([`tuning_rows`]), so prefill and
-//! scoring passes, whose packed token counts rarely repeat, do not retune at every pass.
+//! device events and the fastest kept (`ENGRAM_GEMM_TUNE=0`: the heuristic's first choice). From 9 rows a shape
+//! reuses the algorithm tuned for its row bucket ([`tuning_rows`]: multiples of 8 up to 128, powers of two
+//! above), so prefill, scoring and speculative verify passes, whose row counts rarely repeat, do not retune at
+//! every pass.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -61,13 +62,16 @@ pub struct Gemm {
     tuned: Mutex<HashMap<(u64, u64, u64), sys::cublasLtMatmulAlgo_t>>,
 }
 
-/// The row count whose tuning a product of `m` rows shares: its own up to 128 rows (decode batches, where the
-/// best algorithm changes quickly with m), else the next power of two. Prefill and scoring passes have a new row
-/// count almost every time (the packed token count), and timing 32-72 candidates for each would cost more than
-/// the pass itself.
+/// The row count whose tuning a product of `m` rows shares: its own up to 8 rows, the next multiple of 8 up to
+/// 128 rows (decode batches, where the best algorithm changes quickly with m), else the next power of two.
+/// Prefill and scoring passes have a new row count almost every time (the packed token count), and so do
+/// speculative decoding's verify passes (the batch plus every sequence's guesses); timing 32-72 candidates for
+/// each new count would cost more than the pass itself.
 pub fn tuning_rows(m: u64) -> u64 {
-    if m <= SPLIT_K_MAX_ROWS {
+    if m <= 8 {
         m
+    } else if m <= SPLIT_K_MAX_ROWS {
+        m.div_ceil(8) * 8
     } else {
         m.next_power_of_two()
     }
@@ -421,6 +425,9 @@ mod tests {
     #[test]
     fn decode_shapes_tune_alone_and_larger_ones_share_a_bucket() {
         assert_eq!(tuning_rows(1), 1);
+        assert_eq!(tuning_rows(8), 8);
+        assert_eq!(tuning_rows(9), 16);
+        assert_eq!(tuning_rows(57), 64);
         assert_eq!(tuning_rows(64), 64);
         assert_eq!(tuning_rows(128), 128);
         assert_eq!(tuning_rows(129), 256);

@@ -20,7 +20,7 @@ for _ in $(seq 120); do curl -sf 127.0.0.1:8080/readyz >/dev/null && break; slee
   curl -sN 127.0.0.1:8080/v1/completions -H 'content-type: application/json' \
     -d '{"model":"synthetic:llama-3-8b","prompt":"The capital of France is","max_tokens":32,"stream":true,"temperature":0.7,"seed":1}' \
     | sed -n '1,2p;$p'
-  echo "== metrics"; curl -s 127.0.0.1:8080/metrics | grep -E "^generation_(time_to_first_token_seconds_(sum|count)|inter_token_latency_seconds_(sum|count)|tokens_total|kv_blocks)" | head -20
+  echo "== metrics"; curl -s 127.0.0.1:8080/metrics | grep -E "^engram_generation_(time_to_first_token_seconds_(sum|count)|inter_token_latency_seconds_(sum|count)|tokens_total|target_steps_total|speculative_|kv_blocks)" | head -20
 } 2>&1 | tee "$OUT/serve_smoke.txt"
 kill $pid; wait $pid
 grep -iE "error|panic|cuda|device" "$OUT/serve.log" | head -10

@@ -19,3 +19,4 @@ pub mod scheduler;
 pub mod score;
 pub mod spec_bench;
 pub mod speculative;
+pub mod warmup;

@@ -18,6 +18,7 @@ use super::score::{score_continuations, Scores};
 use super::speculative::draft::DraftModel;
 use super::speculative::speculator::{SpecInput, Speculator};
 use super::speculative::{verify, verify_argmax, AdaptiveK, Proposal, SpeculativeConfig};
+use super::warmup::{warm_up, warmup_rows};
 use crate::metrics;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -161,12 +162,16 @@ impl Engine {
                 "the draft model's vocabulary ({draft_vocab} tokens) differs from the target's ({target_vocab})"
             )));
         }
-        let draft = DraftModel::new(
+        let mut draft = DraftModel::new(
             draft,
             config.speculative.draft_kv_cache_mib,
             config.block_size,
         )
         .map_err(|e| EngineError::Start(format!("draft model: {e}")))?;
+        // The draft also feeds whole prompts and catch-up chunks beyond the step's token budget.
+        draft
+            .warm_up(config.token_budget.max(2048))
+            .map_err(|e| EngineError::Start(format!("draft model warm-up: {e}")))?;
         let spec = Speculator::from_config(&config.speculative, Some(draft))
             .map_err(EngineError::Start)?;
         Self::start_with(model, spec, tokenizer, name, config)
@@ -190,6 +195,21 @@ impl Engine {
         let mut kv = model
             .backend_kv(&cache_config)
             .map_err(|e| EngineError::Start(e.to_string()))?;
+        if model.backend().tunes_per_shape() {
+            let t = Instant::now();
+            let done = warm_up(
+                &model,
+                &mut kv,
+                cache_config,
+                &warmup_rows(config.token_budget),
+            )
+            .map_err(|e| EngineError::Start(format!("warm-up: {e}")))?;
+            tracing::info!(
+                passes = done.len(),
+                ms = t.elapsed().as_millis() as u64,
+                "engine warm-up: one pass per row bucket, products tuned"
+            );
+        }
         let max_context = model.config().max_position_embeddings;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(EngineStats {

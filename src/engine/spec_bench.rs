@@ -261,7 +261,8 @@ fn run<B: Backend + DeviceProbe>(
                 ..spec_config(k, adaptive, SpeculationMethod::Draft)
             };
             let mib = kv_mib(&draft, cfg, engine_config.block_size);
-            let draft = DraftModel::new(draft, mib, engine_config.block_size)?;
+            let mut draft = DraftModel::new(draft, mib, engine_config.block_size)?;
+            draft.warm_up(engine_config.token_budget.max(2048))?;
             Speculator::from_config(&config, Some(draft)).map_err(BenchError::Setup)?
         }
         Mode::Lookup => Some(Speculator::new(

@@ -232,6 +232,11 @@ pub trait Backend: Send + Sync + 'static {
     fn synchronize(&self) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Whether the backend tunes its products per row count at their first call (cuBLASLt autotuning), so that
+    /// the engine should run the row counts it will meet once before serving ([`crate::engine::warmup`]).
+    fn tunes_per_shape(&self) -> bool {
+        false
+    }
 }
 
 /// Checks the arguments of [`Backend::token_log_probs`]: one token per row, each inside the vocabulary.

@@ -57,6 +57,16 @@ impl<B: Backend> DraftModel<B> {
         })
     }
 
+    /// Runs the draft once per row bucket up to `max_rows` when its backend tunes products per row count
+    /// ([`crate::engine::warmup`]), so proposals do not stall on tuning while serving.
+    pub fn warm_up(&mut self, max_rows: usize) -> Result<(), PrefillError> {
+        if self.model.backend().tunes_per_shape() {
+            let rows = crate::engine::warmup::warmup_rows(max_rows);
+            crate::engine::warmup::warm_up(&self.model, &mut self.kv, self.cache.config(), &rows)?;
+        }
+        Ok(())
+    }
+
     /// The draft's vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.model.config().vocab_size

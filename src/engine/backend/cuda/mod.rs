@@ -1360,4 +1360,8 @@ impl Backend for CudaBackend {
     fn synchronize(&self) -> Result<(), BackendError> {
         Ok(self.cuda_sync()?)
     }
+
+    fn tunes_per_shape(&self) -> bool {
+        std::env::var("ENGRAM_GEMM_TUNE").map_or(true, |v| v != "0")
+    }
 }

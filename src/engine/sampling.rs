@@ -293,7 +293,7 @@ fn apply_repetition_penalty(logits: &mut [f32], previous: &[u32], penalty: f32) 
 }
 
 /// Index of the largest logit, lowest index on ties.
-fn argmax(logits: &[f32]) -> usize {
+pub fn argmax(logits: &[f32]) -> usize {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] {

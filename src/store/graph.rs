@@ -2,7 +2,7 @@
 //!
 //! The in-memory graph (`crate::graph`) is rebuilt from these rows at start; they are the source of truth.
 
-use super::{placeholders, Store, StoreError};
+use super::{placeholders, value_rows, Store, StoreError};
 use crate::openie::{normalize_phrase, Extraction};
 use sqlx::{Any, Row, Transaction};
 use std::collections::HashMap;
@@ -96,15 +96,9 @@ impl Store {
             }
         }
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = 4 * i + 1;
-                    format!("(${}, ${}, ${}, ${})", b, b + 1, b + 2, b + 3)
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO triples (passage_id, subject_id, relation, object_id) VALUES {}",
-                values.join(", ")
+                value_rows(chunk.len(), 4)
             );
             let mut q = sqlx::query(&sql);
             for (p, s, r, o) in chunk {
@@ -113,12 +107,9 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         for chunk in items.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect();
             let sql = format!(
                 "INSERT INTO extractions (passage_id, extractor, entities) VALUES {}",
-                values.join(", ")
+                value_rows(chunk.len(), 3)
             );
             let mut q = sqlx::query(&sql);
             for (p, e) in chunk {
@@ -182,13 +173,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for chunk in items.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect();
             let sql = format!(
                 "INSERT INTO extraction_cache (content_hash, extractor, extraction) VALUES {} \
                  ON CONFLICT (content_hash, extractor) DO NOTHING",
-                values.join(", ")
+                value_rows(chunk.len(), 3)
             );
             let mut q = sqlx::query(&sql);
             for (hash, e) in chunk {
@@ -269,13 +257,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for chunk in synonyms.chunks(ROWS_PER_INSERT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect();
             let sql = format!(
                 "INSERT INTO synonyms (phrase_a, phrase_b, weight) VALUES {} \
                  ON CONFLICT (phrase_a, phrase_b) DO NOTHING",
-                values.join(", ")
+                value_rows(chunk.len(), 3)
             );
             let mut q = sqlx::query(&sql);
             for &(a, b, w) in chunk {
@@ -384,10 +369,9 @@ async fn upsert_phrases(
 ) -> Result<HashMap<String, i64>, StoreError> {
     let mut ids = HashMap::with_capacity(texts.len());
     for chunk in texts.chunks(ROWS_PER_INSERT) {
-        let values: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i})")).collect();
         let sql = format!(
             "INSERT INTO phrases (text) VALUES {} ON CONFLICT (text) DO NOTHING",
-            values.join(", ")
+            value_rows(chunk.len(), 1)
         );
         let mut q = sqlx::query(&sql);
         for t in chunk {

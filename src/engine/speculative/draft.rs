@@ -10,7 +10,9 @@ use crate::engine::backend::Backend;
 use crate::engine::kv_cache::{KvCache, KvCacheConfig};
 use crate::engine::llama::{LlamaError, LlamaModel, StepBatch};
 use crate::engine::prefill::{push_chunk, PrefillError};
-use crate::engine::sampling::{prepare_logits, token_distribution, Sampler, SamplingParams};
+use crate::engine::sampling::{
+    argmax, prepare_logits, token_distribution, Sampler, SamplingParams,
+};
 
 /// One sequence's request for guesses.
 pub struct DraftRequest<'a> {
@@ -124,11 +126,11 @@ impl<B: Backend> DraftModel<B> {
                         let mut context = r.context.to_vec();
                         context.extend_from_slice(&out[*i].tokens);
                         prepare_logits(&mut row, r.params, &context);
-                        let q = token_distribution(&row, r.params);
                         if r.params.is_greedy() {
-                            let t = q.iter().position(|&p| p > 0.0).unwrap_or(0) as u32;
-                            (t, Some(q))
+                            // One-hot q: no distribution is kept.
+                            (argmax(&row) as u32, None)
                         } else {
+                            let q = token_distribution(&row, r.params);
                             (r.sampler.sample_weights(&q) as u32, Some(q))
                         }
                     })
@@ -143,12 +145,6 @@ impl<B: Backend> DraftModel<B> {
                     p.q.get_or_insert_with(Vec::new).push(q);
                 }
                 *feed = vec![token];
-            }
-        }
-        // Greedy guesses are one-hot: drop the distributions kept for them.
-        for (p, r) in out.iter_mut().zip(requests.iter()) {
-            if r.params.is_greedy() {
-                p.q = None;
             }
         }
         Ok(out)

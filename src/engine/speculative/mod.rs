@@ -17,7 +17,7 @@ pub mod lookup;
 pub mod speculator;
 
 use super::sampling::{
-    describe_token, prepare_logits, token_distribution, Sampled, Sampler, SamplingParams,
+    argmax, describe_token, prepare_logits, token_distribution, Sampled, Sampler, SamplingParams,
 };
 use serde::{Deserialize, Serialize};
 
@@ -158,10 +158,7 @@ pub fn verify(
         let (token, keep) = match guess {
             Some(x) if params.is_greedy() => {
                 prepare_logits(row, params, context);
-                let best = token_distribution(row, params)
-                    .iter()
-                    .position(|&p| p > 0.0)
-                    .unwrap_or(0) as u32;
+                let best = argmax(row) as u32;
                 (best, best == x)
             }
             Some(x) => {

@@ -4,6 +4,7 @@ use super::constrain::JsonConstraint;
 use super::model::ModelTokenizer;
 use super::sampling::{SamplingError, SamplingParams};
 use super::score::Scores;
+use super::score_segments::SegmentedScoring;
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -163,4 +164,7 @@ pub trait Generator: Send + Sync + std::fmt::Debug {
     /// Teacher-forced log-probabilities of each (context, continuation) pair ([`crate::engine::score`]), run by
     /// the engine between steps. Blocks until done: call it off the async runtime (`spawn_blocking`).
     fn score(&self, pairs: Vec<(Vec<u32>, Vec<u32>)>) -> Result<Scores, EngineError>;
+    /// The continuation's teacher-forced log-probability under each subset of segments, each segment computed
+    /// once ([`crate::engine::score_segments`]), run by the engine between steps. Blocks like [`Self::score`].
+    fn score_segmented(&self, request: SegmentedScoring) -> Result<Scores, EngineError>;
 }

@@ -259,6 +259,39 @@ impl KvCache {
         Ok(reused * bs)
     }
 
+    /// Reserves slots for `tokens` tokens of a sequence whose keys and values must never be shared: it reuses no
+    /// cached block and none of its blocks is ever offered to another sequence (a passage encoded after a prefix
+    /// at shifted positions, say, whose tokens alone say nothing of its context). All or nothing.
+    pub fn reserve(&mut self, seq: u64, tokens: usize) -> Result<(), KvError> {
+        if self.entries.contains_key(&seq) {
+            return Err(KvError::AlreadyAdmitted(seq));
+        }
+        if tokens > self.max_tokens() {
+            return Err(KvError::TooLong {
+                tokens,
+                max: self.max_tokens(),
+            });
+        }
+        let needed = tokens.div_ceil(self.config.block_size);
+        let free = self.allocator.free_blocks();
+        if needed > free {
+            return Err(KvError::OutOfBlocks { needed, free });
+        }
+        let blocks = (0..needed)
+            .filter_map(|_| self.allocator.allocate())
+            .collect();
+        let entry = Entry {
+            table: BlockTable {
+                blocks,
+                len: tokens,
+            },
+            prompt: Vec::new(),
+            registered: 0,
+        };
+        self.entries.insert(seq, entry);
+        Ok(())
+    }
+
     /// Records that the KV of the sequence's first `tokens` prompt tokens is written, making its full prompt blocks
     /// in that range shareable with later sequences. Call after each prefill chunk; without it nothing is shared.
     pub fn mark_computed(&mut self, seq: u64, tokens: usize) -> Result<(), KvError> {
@@ -422,6 +455,31 @@ mod tests {
         assert_eq!(slots[0], c.table(1).unwrap().slot(6, 4));
         assert!(matches!(c.truncate(1, 10), Err(KvError::OutOfRange { .. })));
         assert!(matches!(c.truncate(9, 1), Err(KvError::UnknownSequence(9))));
+    }
+
+    #[test]
+    fn reserved_blocks_are_never_shared_or_reused() {
+        let mut c = cache(4, 8);
+        c.admit(1, &[1, 2, 3, 4, 5]).unwrap();
+        c.mark_computed(1, 5).unwrap();
+        // The same tokens reserved privately reuse nothing, and offer nothing to a later identical prompt.
+        c.reserve(2, 5).unwrap();
+        assert_eq!(c.table(2).unwrap().len, 5);
+        assert_eq!(c.usage().used_blocks, 4);
+        assert!(c.mark_computed(2, 5).is_ok());
+        c.release(1);
+        assert_eq!(c.admit(3, &[1, 2, 3, 4, 5]).unwrap(), 0);
+        assert!(matches!(c.reserve(2, 1), Err(KvError::AlreadyAdmitted(2))));
+        assert!(matches!(
+            c.reserve(4, 40),
+            Err(KvError::TooLong { tokens: 40, .. })
+        ));
+        let used = c.usage().used_blocks;
+        assert!(matches!(
+            c.reserve(4, 4 * (8 - used) + 1),
+            Err(KvError::OutOfBlocks { .. })
+        ));
+        assert_eq!(c.usage().used_blocks, used);
     }
 
     /// Reference counts equal table membership, free + used = total, and a block in several tables is a

@@ -17,6 +17,7 @@ pub mod runner;
 pub mod sampling;
 pub mod scheduler;
 pub mod score;
+pub mod score_segments;
 pub mod spec_bench;
 pub mod speculative;
 pub mod warmup;

@@ -49,7 +49,9 @@ pub struct SeqChunk {
 pub struct AttentionBatch {
     /// The sequences, in batch order; their `q_len`s sum to the batch's token count.
     pub seqs: Vec<SeqChunk>,
-    /// Tokens per KV block.
+    /// Tokens per KV block: the cache's, or 1, which makes every block table a list of cache slots (the same
+    /// storage viewed token by token: a context gathered from several sequences' slots, as
+    /// [`crate::engine::score_segments`] builds).
     pub block_size: usize,
 }
 

@@ -14,6 +14,7 @@ use super::prefill::push_chunk;
 use super::sampling::{Sampler, StopMatcher};
 use super::scheduler::{ChunkKind, Scheduler, SchedulerConfig, SeqState};
 use super::score::{score_continuations, Scores};
+use super::score_segments::{score_segmented, SegmentedScoring};
 use super::speculative::draft::DraftModel;
 use super::speculative::speculator::Speculator;
 use super::speculative::{AdaptiveK, SpeculativeConfig};
@@ -76,6 +77,11 @@ enum Command {
     /// Teacher-forced scoring of (context, continuation) pairs, run between steps.
     Score {
         pairs: Vec<(Vec<u32>, Vec<u32>)>,
+        reply: mpsc::Sender<Result<Scores, EngineError>>,
+    },
+    /// Teacher-forced scoring with segments encoded once, run between steps.
+    ScoreSegmented {
+        request: SegmentedScoring,
         reply: mpsc::Sender<Result<Scores, EngineError>>,
     },
     Shutdown,
@@ -321,10 +327,27 @@ impl Generator for Engine {
 
     fn score(&self, pairs: Vec<(Vec<u32>, Vec<u32>)>) -> Result<Scores, EngineError> {
         let (reply, answer) = mpsc::channel();
+        self.call(Command::Score { pairs, reply }, answer)
+    }
+
+    fn score_segmented(&self, request: SegmentedScoring) -> Result<Scores, EngineError> {
+        request.validate().map_err(EngineError::Scoring)?;
+        let (reply, answer) = mpsc::channel();
+        self.call(Command::ScoreSegmented { request, reply }, answer)
+    }
+}
+
+impl Engine {
+    /// Sends a scoring command and waits for its reply.
+    fn call(
+        &self,
+        cmd: Command,
+        answer: mpsc::Receiver<Result<Scores, EngineError>>,
+    ) -> Result<Scores, EngineError> {
         self.commands
             .lock()
             .map_err(|_| EngineError::Stopped("poisoned".into()))?
-            .send(Command::Score { pairs, reply })
+            .send(cmd)
             .map_err(|_| EngineError::Stopped("the engine thread exited".into()))?;
         answer
             .recv()
@@ -408,6 +431,19 @@ impl LoopState {
                 let _ = reply.send(result);
                 true
             }
+            Command::ScoreSegmented { request, reply } => {
+                let result = score_segmented(
+                    model,
+                    kv,
+                    &mut self.cache,
+                    &request,
+                    self.score_capacity,
+                    SCORE_SEQ_BASE,
+                )
+                .map_err(|e| EngineError::Scoring(e.to_string()));
+                let _ = reply.send(result);
+                true
+            }
             other => self.accept(other, spec.as_ref().map(Speculator::initial_k)),
         }
     }
@@ -417,7 +453,7 @@ impl LoopState {
     fn accept(&mut self, cmd: Command, k: Option<AdaptiveK>) -> bool {
         match cmd {
             Command::Shutdown => false,
-            Command::Score { .. } => {
+            Command::Score { .. } | Command::ScoreSegmented { .. } => {
                 unreachable!("scoring calls are handled with the model at hand")
             }
             Command::Submit {

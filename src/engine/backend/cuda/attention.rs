@@ -163,17 +163,19 @@ pub fn run(
             reason: format!("{tokens}x{width} queries, {heads} heads, {described} rows described"),
         });
     }
-    if batch.block_size != l.block_size {
+    // The cache's own blocks, or (block size 1) a list of slots: the same storage viewed token by token.
+    if batch.block_size != l.block_size && batch.block_size != 1 {
         return Err(CudaError::Shape {
             op: "attention",
             reason: format!("block size {} vs cache {}", batch.block_size, l.block_size),
         });
     }
+    let table_entries = l.num_blocks * l.block_size / batch.block_size;
     for s in &batch.seqs {
-        let needed = s.context_len.div_ceil(l.block_size);
+        let needed = s.context_len.div_ceil(batch.block_size);
         if s.q_len > s.context_len
             || s.block_table.len() < needed
-            || s.block_table.iter().any(|&b| b as usize >= l.num_blocks)
+            || s.block_table.iter().any(|&b| b as usize >= table_entries)
         {
             return Err(CudaError::Shape {
                 op: "attention",
@@ -197,7 +199,7 @@ pub fn run(
     let qs = q.bf16("attention")?;
     let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
     let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
-    let (hh, kvh, bs) = (heads as i32, l.kv_heads as i32, l.block_size as i32);
+    let (hh, kvh, bs) = (heads as i32, l.kv_heads as i32, batch.block_size as i32);
     if p.work.1 > 0 {
         let work = view(p.work.0, 2 * p.work.1);
         let f = &be.kernels.attn_prefill[dim_index];

@@ -99,8 +99,8 @@ enum Command {
         /// Retriever names, comma-separated (e.g. `bm25,dense,hybrid,hipporag,hipporag2`), or `all`.
         #[arg(long, default_value = "bm25")]
         retriever: String,
-        /// Also answer every question from its top 5 passages (the extractive reader without a model) and
-        /// report exact match and F1 against the answer and its aliases.
+        /// Also answer every question from its top 5 passages (the configured generation model, or the
+        /// extractive reader without one) and report exact match and F1 against the answer and its aliases.
         #[arg(long)]
         qa: bool,
         /// Print one JSON object instead of a table.
@@ -162,6 +162,42 @@ enum BenchCommand {
         /// Timed repetitions per run, after the warm-up (the median is reported).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+    },
+    /// TextGenSHAP passage attribution (permutation Shapley): passages encoded once, against every coalition
+    /// prompt scored alone (timed on a sample, scaled), and optionally the joint prepacked mode.
+    Attribution {
+        #[command(flatten)]
+        common: BenchFlags,
+        /// Passage counts, comma-separated.
+        #[arg(long, default_value = "10,20")]
+        passages: String,
+        /// Tokens per passage.
+        #[arg(long, default_value_t = 150)]
+        passage_tokens: usize,
+        /// Tokens before the passages (instruction and question).
+        #[arg(long, default_value_t = 48)]
+        prefix_tokens: usize,
+        /// Tokens between the passages and the answer.
+        #[arg(long, default_value_t = 8)]
+        suffix_tokens: usize,
+        /// Answer lengths in tokens, comma-separated (each measured with each passage count).
+        #[arg(long, default_value = "32")]
+        answer_tokens: String,
+        /// Permutations (sampled in antithetic pairs).
+        #[arg(long, default_value_t = 128)]
+        permutations: usize,
+        /// Coalition prompts timed one by one for the baseline (scaled to all coalitions).
+        #[arg(long, default_value_t = 64)]
+        baseline_sample: usize,
+        /// Also time the joint mode (every coalition prompt, prepacked, shared prefix computed once).
+        #[arg(long)]
+        joint: bool,
+        /// Tokens per forward pass.
+        #[arg(long, default_value_t = 16384)]
+        capacity: usize,
+        /// KV cache size in MiB.
+        #[arg(long, default_value_t = 16384)]
+        kv_cache_mib: usize,
     },
 }
 
@@ -304,7 +340,11 @@ async fn main() -> Result<()> {
             let mut reports = Vec::new();
             for name in &names {
                 let r = app.retrievers.get(name)?;
-                reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style, qa).await?);
+                let reader = qa.then(|| match &app.generator {
+                    Some(g) => eval::Reader::Model(g.as_ref()),
+                    None => eval::Reader::Extractive,
+                });
+                reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style, reader).await?);
             }
             if json {
                 for report in &reports {
@@ -436,6 +476,7 @@ async fn ingest_with_progress(app: &Arc<App>, documents: &[NewDocument]) -> Resu
 mod engram_bench {
     use super::{BenchCommand, BenchFlags};
     use anyhow::{Context, Result};
+    use engram::attribution::bench::{bench_attribution, AttributionBenchConfig};
     use engram::engine::backend::cpu::CpuBackend;
     use engram::engine::backend::Backend;
     use engram::engine::bench::{self, BenchError, DeviceProbe};
@@ -453,11 +494,15 @@ mod engram_bench {
         let common = match &what {
             BenchCommand::Prefill { common, .. }
             | BenchCommand::Decode { common, .. }
-            | BenchCommand::Speculative { common, .. } => common.clone(),
+            | BenchCommand::Speculative { common, .. }
+            | BenchCommand::Attribution { common, .. } => common.clone(),
         };
         let spec: DeviceSpec = common.device.parse()?;
         if let BenchCommand::Speculative { .. } = &what {
             return speculative(spec, &common, &what);
+        }
+        if let BenchCommand::Attribution { .. } = &what {
+            return attribution(spec, &common, &what);
         }
         match device::resolve(spec)? {
             Resolved::Cpu => on(CpuBackend, &common, &what),
@@ -486,11 +531,7 @@ mod engram_bench {
             batch: *batch,
             prompt_len: *prompt_len,
             tokens: *tokens,
-            ks: k
-                .split(',')
-                .map(|x| x.trim().parse::<usize>())
-                .collect::<Result<_, _>>()
-                .context("--k must be comma-separated integers")?,
+            ks: usize_list(k, "--k")?,
             copy_draft: !no_copy_draft,
             reps: *reps,
         };
@@ -523,6 +564,83 @@ mod engram_bench {
                 r.identical_outputs,
                 report.batch,
                 r.agreeing_prefix
+            );
+        }
+        if let Some(out) = &common.out {
+            std::fs::write(out, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Ok(())
+    }
+
+    /// A flag's comma-separated integers.
+    fn usize_list(value: &str, flag: &str) -> Result<Vec<usize>> {
+        value
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{flag} must be comma-separated integers"))
+    }
+
+    /// `engram bench attribution`.
+    fn attribution(spec: DeviceSpec, common: &BenchFlags, what: &BenchCommand) -> Result<()> {
+        let BenchCommand::Attribution {
+            passages,
+            passage_tokens,
+            prefix_tokens,
+            suffix_tokens,
+            answer_tokens,
+            permutations,
+            baseline_sample,
+            joint,
+            capacity,
+            kv_cache_mib,
+            ..
+        } = what
+        else {
+            unreachable!("called for the attribution benchmark only")
+        };
+        let cfg = AttributionBenchConfig {
+            model: common.model.clone(),
+            passages: usize_list(passages, "--passages")?,
+            passage_tokens: *passage_tokens,
+            prefix_tokens: *prefix_tokens,
+            suffix_tokens: *suffix_tokens,
+            answer_tokens: usize_list(answer_tokens, "--answer-tokens")?,
+            permutations: *permutations,
+            baseline_sample: *baseline_sample,
+            joint: *joint,
+            capacity: *capacity,
+            kv_cache_mib: *kv_cache_mib,
+        };
+        let report = match device::resolve(spec)? {
+            Resolved::Cpu => bench_attribution(CpuBackend, &cfg)?,
+            Resolved::Cuda(b) => bench_attribution(*b, &cfg)?,
+        };
+        println!(
+            "device {} | model {} | passages of {} tokens | {} permutations",
+            report.device, report.model, report.passage_tokens, report.permutations
+        );
+        println!("| passages | answer tokens | coalitions | run | s | forward passes | tokens computed | timed coalitions | measured s |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for case in &report.cases {
+            for r in &case.runs {
+                println!(
+                    "| {} | {} | {} | {} | {:.3} | {} | {} | {} | {:.3} |",
+                    case.passages,
+                    case.answer_tokens,
+                    case.coalitions,
+                    r.label,
+                    r.seconds,
+                    r.forward_passes,
+                    r.computed_tokens,
+                    r.timed_coalitions,
+                    r.measured_seconds
+                );
+            }
+            println!(
+                "{} passages, {}-token answer: separate is {:.1}x faster than one by one",
+                case.passages, case.answer_tokens, case.speedup_vs_one_by_one
             );
         }
         if let Some(out) = &common.out {
@@ -587,11 +705,7 @@ mod engram_bench {
                 profile,
                 ..
             } => {
-                let batches: Vec<usize> = batch
-                    .split(',')
-                    .map(|b| b.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .context("--batch must be comma-separated integers")?;
+                let batches: Vec<usize> = usize_list(batch, "--batch")?;
                 let r = bench::bench_decode(
                     &model,
                     &common.model,
@@ -631,8 +745,8 @@ mod engram_bench {
                 }
                 serde_json::to_string_pretty(&r)?
             }
-            BenchCommand::Speculative { .. } => {
-                unreachable!("the speculative benchmark loads its own models")
+            BenchCommand::Speculative { .. } | BenchCommand::Attribution { .. } => {
+                unreachable!("the speculative and attribution benchmarks are run apart")
             }
         };
         if let Some(out) = &common.out {

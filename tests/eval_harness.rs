@@ -3,7 +3,7 @@
 mod common;
 
 use common::{fixture, musique_dir, Db, TestApp};
-use engram::eval::{evaluate, load_corpus, load_questions, GoldStyle};
+use engram::eval::{evaluate, load_corpus, load_questions, GoldStyle, Reader};
 use std::path::Path;
 
 async fn run(t: &TestApp, questions: &Path, corpus: &Path) -> engram::eval::EvalReport {
@@ -21,9 +21,15 @@ async fn run_with(
     let job = t.app.pipeline.submit(&docs).await.unwrap();
     t.wait_job(&job).await;
     let r = t.app.retrievers.get(retriever).unwrap();
-    let report = evaluate(&t.app.store, r.as_ref(), &qs, style, true)
-        .await
-        .unwrap();
+    let report = evaluate(
+        &t.app.store,
+        r.as_ref(),
+        &qs,
+        style,
+        Some(Reader::Extractive),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.questions, qs.len());
     // The extractive reader's scores are percentages; F1 is never below exact match.
     let (em, f1) = (report.exact_match.unwrap(), report.f1.unwrap());
@@ -48,6 +54,45 @@ async fn demo_corpus_bm25() {
     assert_eq!(report.retriever, "bm25");
     assert!(report.recall_at_5 >= report.recall_at_2);
     assert!(report.recall_at_5 > 40.0, "{report:?}");
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_model_answers_the_questions() {
+    let t = TestApp::start(Db::Sqlite, |c| {
+        c.engine.model = Some("synthetic:tiny".into());
+        c.engine.kv_cache_mib = 16;
+    })
+    .await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (qs, style) = load_questions(&root.join("corpora/demo/questions.json")).unwrap();
+    let docs = load_corpus(&root.join("corpora/demo/corpus.json")).unwrap();
+    let job = t.app.pipeline.submit(&docs).await.unwrap();
+    t.wait_job(&job).await;
+    let g = t.app.generator.clone().expect("the model is loaded");
+    let r = t.app.retrievers.get("bm25").unwrap();
+    let qs = &qs[..3];
+    let report = evaluate(
+        &t.app.store,
+        r.as_ref(),
+        qs,
+        style,
+        Some(Reader::Model(g.as_ref())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.reader.as_deref(), Some("generated:synthetic:tiny"));
+    let (em, f1) = (report.exact_match.unwrap(), report.f1.unwrap());
+    assert!(
+        (0.0..=100.0).contains(&em) && (em..=100.0).contains(&f1),
+        "{report:?}"
+    );
+    // Without a reader, no answer scores.
+    let plain = evaluate(&t.app.store, r.as_ref(), qs, style, None)
+        .await
+        .unwrap();
+    assert!(plain.reader.is_none() && plain.exact_match.is_none());
+    assert_eq!(plain.recall_at_5, report.recall_at_5);
     t.finish().await;
 }
 

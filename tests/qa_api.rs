@@ -278,6 +278,108 @@ async fn qa_with_a_model_attributes_the_generated_answer() {
     t.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_attributes_with_passages_encoded_once() {
+    let t = TestApp::start(Db::Sqlite, |c| {
+        c.engine.model = Some("synthetic:tiny".into());
+        c.engine.kv_cache_mib = 32;
+        c.engine.token_budget = 512;
+    })
+    .await;
+    // Short passages, so that 8 of them and the answer fit the tiny model's 2,048-token window.
+    let short: Vec<Value> = (0..12)
+        .map(|i| {
+            json!({
+                "title": format!("Note {i}"),
+                "text": format!("Ida Fernsworth founded company number {i} in the town of Marrowick, year {}.", 1870 + i),
+            })
+        })
+        .collect();
+    t.ingest(&Value::Array(short)).await;
+    let ask = |top_k: usize, encoding: Option<&str>| {
+        let mut q = json!({"question": "Which company did Ida Fernsworth found?", "top_k": top_k});
+        if let Some(e) = encoding {
+            q["passage_encoding"] = json!(e);
+        }
+        q
+    };
+    // Past 5 passages `auto` encodes each passage once: 2^8 coalitions, each costing its tail only.
+    let (s, body) = t.post_json("/v1/qa", &ask(8, None)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let info = &body["attribution"];
+    assert_eq!(info["passage_encoding"], "separate", "{info}");
+    assert_eq!(info["method"], "exact_shapley");
+    assert_eq!(info["evaluations"], 256);
+    let (full, empty) = (
+        info["full"].as_f64().unwrap(),
+        info["empty"].as_f64().unwrap(),
+    );
+    assert!(full < 0.0 && empty < 0.0, "{info}");
+    assert!(
+        (attribution_sum(&body) - (full - empty)).abs() < 1e-6 * full.abs().max(1.0),
+        "{body}"
+    );
+    let (computed, written) = (
+        info["computed_tokens"].as_u64().unwrap(),
+        info["prompt_tokens"].as_u64().unwrap(),
+    );
+    assert!(computed * 4 < written, "{info}");
+    assert!(info["forward_passes"].as_u64().unwrap() >= 1);
+    // Up to 5 passages `auto` computes every coalition prompt; either can be asked for.
+    let (_, joint) = t.post_json("/v1/qa", &ask(3, None)).await;
+    assert_eq!(joint["attribution"]["passage_encoding"], "joint", "{joint}");
+    let (s, sep) = t.post_json("/v1/qa", &ask(3, Some("separate"))).await;
+    assert_eq!(s, StatusCode::OK, "{sep}");
+    assert_eq!(sep["attribution"]["passage_encoding"], "separate");
+    assert_eq!(
+        sep["answer"], joint["answer"],
+        "the answer is generated the same way"
+    );
+    assert_ne!(sep["attribution"]["empty"], joint["attribution"]["empty"]);
+    // The estimator and the value function can be chosen: Banzhaf values of the answer-change indicator.
+    let mut q = ask(6, Some("separate"));
+    q["estimator"] = json!("banzhaf");
+    q["value"] = json!("answer_kept");
+    let (s, bz) = t.post_json("/v1/qa", &q).await;
+    assert_eq!(s, StatusCode::OK, "{bz}");
+    let info = &bz["attribution"];
+    assert_eq!(info["method"], "banzhaf", "{info}");
+    assert_eq!(info["value"], "answer_kept");
+    assert_eq!(
+        info["full"], 1.0,
+        "the full prompt keeps its own answer: {info}"
+    );
+    assert!(info["evaluations"].as_u64().unwrap() <= 64);
+    let mut q = ask(3, None);
+    q["estimator"] = json!("permutation");
+    let (_, perm) = t.post_json("/v1/qa", &q).await;
+    assert_eq!(
+        perm["attribution"]["method"], "permutation_shapley",
+        "{perm}"
+    );
+    // Passages that cannot fit the model's window: a 400 that says to lower top_k.
+    t.ingest(&demo_corpus()).await;
+    let (s, err) = t
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "What is Marrowick known for?", "top_k": 12}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["code"], "context_length_exceeded", "{err}");
+    assert_eq!(err["error"]["param"], "top_k", "{err}");
+    let (s, err) = t.post_json("/v1/qa", &ask(3, Some("fused"))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("passage_encoding"),
+        "{err}"
+    );
+    t.finish().await;
+}
+
 /// The response's rounds: the question first, then reasoning steps; each passage found once, by one round.
 fn assert_rounds(body: &Value, most: usize) {
     let rounds = body["rounds"].as_array().unwrap();

@@ -4,13 +4,16 @@
 //! a margin of the full prompt's (a smooth stand-in for the paper's answer-change indicator).
 //! Coalition prompts are scored by a [`Scorer`]: a model held directly ([`ModelScorer`]) or the running engine
 //! (`crate::qa::generated::EngineScorer`), both in prepacked batches with shared prefixes computed once
-//! ([`crate::engine::score`]).
+//! ([`crate::engine::score`]). A coalition's prompt is either written out in full ([`Prompts::Joint`]: exact) or
+//! assembled from passages encoded once each ([`Prompts::Separate`], TextGenSHAP's Fusion-in-Decoder speed-up in
+//! decoder form, [`crate::engine::score_segments`]: a coalition then costs only the tokens after its passages).
 
 use super::shapley::{all_players, Coalition, Game};
 use crate::engine::backend::Backend;
 use crate::engine::kv_cache::KvCache;
 use crate::engine::llama::LlamaModel;
 use crate::engine::score::{score_continuations, Scores};
+use crate::engine::score_segments::{score_segmented, SegmentedScoring};
 
 /// What a coalition is worth.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,10 +30,31 @@ pub enum Value {
 /// Builds the prompt tokens for a coalition (bit `i`: passage `i` is in).
 pub type PromptBuilder<'a> = Box<dyn Fn(Coalition) -> Result<Vec<u32>, String> + Send + 'a>;
 
-/// Scores (context, continuation) pairs: the teacher-forced log-probability of each continuation.
+/// A prompt cut around its passages, for scoring with each passage encoded once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeparatePrompt {
+    /// Everything before the passages (instruction, question).
+    pub prefix: Vec<u32>,
+    /// Each passage's tokens.
+    pub passages: Vec<Vec<u32>>,
+    /// Everything after the passages, up to the answer.
+    pub suffix: Vec<u32>,
+}
+
+/// How a coalition's prompt is made.
+pub enum Prompts<'a> {
+    /// Each coalition's prompt written out in full and computed as one text.
+    Joint(PromptBuilder<'a>),
+    /// Each passage encoded once after the prefix; a coalition's suffix and answer attend to its passages.
+    Separate(SeparatePrompt),
+}
+
+/// Scores continuations: the teacher-forced log-probability of each.
 pub trait Scorer {
-    /// Scores `pairs`, in order.
+    /// Scores (context, continuation) `pairs`, in order.
     fn score(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Scores, String>;
+    /// Scores a continuation under subsets of segments encoded once each.
+    fn score_segmented(&mut self, request: SegmentedScoring) -> Result<Scores, String>;
 }
 
 /// A [`Scorer`] over a model held directly, with a KV cache of its own (used for the call's sequences only).
@@ -50,13 +74,18 @@ impl<B: Backend> Scorer for ModelScorer<'_, B> {
         score_continuations(self.model, self.kv, self.cache, pairs, self.capacity, 0)
             .map_err(|e| e.to_string())
     }
+
+    fn score_segmented(&mut self, request: SegmentedScoring) -> Result<Scores, String> {
+        score_segmented(self.model, self.kv, self.cache, &request, self.capacity, 0)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// A passage-attribution game over one scorer, question and answer.
 pub struct LogProbGame<'a, S: Scorer> {
     scorer: S,
     players: usize,
-    prompt: PromptBuilder<'a>,
+    prompts: Prompts<'a>,
     answer: Vec<u32>,
     value: Value,
     full: Option<f64>,
@@ -77,10 +106,26 @@ impl<'a, S: Scorer> LogProbGame<'a, S> {
         answer: Vec<u32>,
         value: Value,
     ) -> Self {
+        Self::with_prompts(scorer, players, Prompts::Joint(prompt), answer, value)
+    }
+
+    /// A game whose players are `prompt`'s passages, each encoded once ([`Prompts::Separate`]).
+    pub fn separate(scorer: S, prompt: SeparatePrompt, answer: Vec<u32>, value: Value) -> Self {
+        let players = prompt.passages.len();
+        Self::with_prompts(scorer, players, Prompts::Separate(prompt), answer, value)
+    }
+
+    fn with_prompts(
+        scorer: S,
+        players: usize,
+        prompts: Prompts<'a>,
+        answer: Vec<u32>,
+        value: Value,
+    ) -> Self {
         Self {
             scorer,
             players,
-            prompt,
+            prompts,
             answer,
             value,
             full: None,
@@ -91,11 +136,22 @@ impl<'a, S: Scorer> LogProbGame<'a, S> {
     }
 
     fn log_probs(&mut self, coalitions: &[Coalition]) -> Result<Vec<f64>, String> {
-        let pairs = coalitions
-            .iter()
-            .map(|&c| Ok(((self.prompt)(c)?, self.answer.clone())))
-            .collect::<Result<Vec<_>, String>>()?;
-        let s = self.scorer.score(&pairs)?;
+        let s = match &self.prompts {
+            Prompts::Joint(prompt) => {
+                let pairs = coalitions
+                    .iter()
+                    .map(|&c| Ok((prompt(c)?, self.answer.clone())))
+                    .collect::<Result<Vec<_>, String>>()?;
+                self.scorer.score(&pairs)?
+            }
+            Prompts::Separate(p) => self.scorer.score_segmented(SegmentedScoring {
+                prefix: p.prefix.clone(),
+                segments: p.passages.clone(),
+                suffix: p.suffix.clone(),
+                continuation: self.answer.clone(),
+                subsets: coalitions.to_vec(),
+            })?,
+        };
         self.passes += s.passes;
         self.computed_tokens += s.computed_tokens;
         self.total_tokens += s.total_tokens;
@@ -202,6 +258,69 @@ mod tests {
         // Sampling lands near the exact values.
         let sampled = permutation_shapley(&mut game, 64, 1).unwrap();
         for i in 0..5 {
+            assert!(
+                (sampled.values[i] - exact.values[i]).abs() <= 4.0 * sampled.std_errors[i] + 1e-9,
+                "passage {i}: {} vs {}",
+                sampled.values[i],
+                exact.values[i]
+            );
+        }
+    }
+
+    #[test]
+    fn separately_encoded_passages_make_an_efficient_game() {
+        let config = synthetic_config("tiny").unwrap();
+        let model = LlamaModel::synthetic(CpuBackend, &config, 9).unwrap();
+        // Equal lengths: a coalition of one passage is then exactly its joint prompt.
+        let passages: Vec<Vec<u32>> = (0..6u32)
+            .map(|k| (0..12).map(|i| (k * 37 + i * 5) % 390).collect())
+            .collect();
+        let cfg = KvCacheConfig {
+            block_size: 16,
+            num_blocks: 256,
+        };
+        let mut kv = model.backend_kv(&cfg).unwrap();
+        let mut cache = KvCache::new(cfg);
+        let prompt = SeparatePrompt {
+            prefix: (0..20).map(|i| (i * 3 + 1) % 500).collect(),
+            passages: passages.clone(),
+            suffix: vec![400, 401, 402],
+        };
+        let answer = vec![7, 8, 9];
+        let mut game = LogProbGame::separate(
+            ModelScorer {
+                model: &model,
+                kv: &mut kv,
+                cache: &mut cache,
+                capacity: 512,
+            },
+            prompt,
+            answer.clone(),
+            Value::AnswerLogProb,
+        );
+        assert_eq!(game.players(), 6);
+        let exact = exact_shapley(&mut game).unwrap();
+        assert_eq!(exact.evaluations, 64);
+        assert!((exact.values.iter().sum::<f64>() - (exact.full - exact.empty)).abs() < 1e-6);
+        // Each passage once, plus 64 tails of 6 tokens: far fewer than the 64 prompts written out.
+        assert!(
+            game.computed_tokens <= 20 + 6 * 12 + 64 * 6,
+            "{}",
+            game.computed_tokens
+        );
+        assert!(game.total_tokens > 64 * 26);
+        let one = game.values(&[0b000100]).unwrap()[0];
+        let alone = {
+            let mut kv2 = model.backend_kv(&cfg).unwrap();
+            let mut cache2 = KvCache::new(cfg);
+            let pairs = vec![(prompt_for(&passages)(0b000100), answer.clone())];
+            score_continuations(&model, &mut kv2, &mut cache2, &pairs, 512, 0)
+                .unwrap()
+                .log_probs[0]
+        };
+        assert!((one - alone).abs() < 1e-4, "{one} vs {alone}");
+        let sampled = permutation_shapley(&mut game, 64, 3).unwrap();
+        for i in 0..6 {
             assert!(
                 (sampled.values[i] - exact.values[i]).abs() <= 4.0 * sampled.std_errors[i] + 1e-9,
                 "passage {i}: {} vs {}",

@@ -1,8 +1,10 @@
 //! The retrieval evaluation harness behind `engram eval`: reads MuSiQue-style or HotpotQA-distractor-style
 //! questions and corpora, retrieves for every question, and reports recall@2 and recall@5 as the HippoRAG papers
 //! define them (per question |top-k ∩ gold| / |gold|, averaged, in percent) with the mean retrieval latency, and
-//! with `--qa` the answers' exact match and F1 (SQuAD normalisation, best over the answer's aliases). Without a
-//! generation model the answers come from the extractive reader ([`crate::qa::extractive`]) over the top 5.
+//! with `--qa` the answers' exact match and F1 (SQuAD normalisation, best over the answer's aliases). With a
+//! generation model the model answers from the top 5 passages (as many as fit its context window; greedy, the
+//! `/v1/qa` prompt, [`crate::qa::generated::generate_answer`]); without one the extractive reader
+//! ([`crate::qa::extractive`]) does.
 
 mod answers;
 mod dataset;
@@ -11,7 +13,9 @@ pub use answers::{best_scores, exact_match, f1, normalize_answer};
 
 pub use dataset::{load_corpus, load_questions, EvalQuestion, GoldStyle};
 
-use crate::retrieve::{RetrieveError, Retriever};
+use crate::engine::generator::Generator;
+use crate::qa::generated;
+use crate::retrieve::{RetrieveError, Retriever, ScoredPassage};
 use crate::store::{Store, StoreError};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -44,6 +48,9 @@ pub enum EvalError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The generation model failed to answer.
+    #[error("the model failed to answer: {0}")]
+    Generation(String),
 }
 
 /// The summary `engram eval --json` prints.
@@ -61,7 +68,7 @@ pub struct EvalReport {
     pub recall_at_5: f64,
     /// Mean retrieval latency per question, milliseconds.
     pub mean_latency_ms: f64,
-    /// With `--qa`: how the answers were made (`extractive`).
+    /// With `--qa`: how the answers were made (`extractive`, or `generated:MODEL`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reader: Option<String>,
     /// With `--qa`: mean exact match, percent.
@@ -81,15 +88,58 @@ pub fn recall_at(ranked: &[String], gold: &HashSet<String>, k: usize) -> f64 {
     gold.iter().filter(|g| top.contains(g)).count() as f64 / gold.len() as f64
 }
 
+/// Who answers the questions of `engram eval --qa`.
+#[derive(Clone, Copy)]
+pub enum Reader<'a> {
+    /// The extractive reader: the best-matching sentence.
+    Extractive,
+    /// The generation model.
+    Model(&'a dyn Generator),
+}
+
+impl Reader<'_> {
+    fn name(&self) -> String {
+        match self {
+            Self::Extractive => "extractive".into(),
+            Self::Model(g) => format!("generated:{}", g.model_name()),
+        }
+    }
+
+    async fn answer(&self, question: &str, hits: &[ScoredPassage]) -> Result<String, EvalError> {
+        match self {
+            Self::Extractive => {
+                let texts: Vec<&str> = hits.iter().map(|h| h.passage.text.as_str()).collect();
+                let reading = crate::qa::extractive::read(question, &texts);
+                Ok(reading.best.map_or(String::new(), |s| {
+                    texts[s.passage][s.start..s.end].to_string()
+                }))
+            }
+            Self::Model(g) => {
+                let mut passages: Vec<(String, String)> = hits
+                    .iter()
+                    .map(|h| (h.passage.title.clone(), h.passage.text.clone()))
+                    .collect();
+                let fit = generated::passages_that_fit(*g, question, &passages)
+                    .map_err(|e| EvalError::Generation(e.to_string()))?;
+                passages.truncate(fit);
+                generated::generate_answer(*g, question, &passages, |_| {})
+                    .await
+                    .map(|(text, _)| text)
+                    .map_err(|e| EvalError::Generation(e.to_string()))
+            }
+        }
+    }
+}
+
 /// Retrieves the top 5 passages for every question and scores them against the gold passages. Passages are mapped
 /// to their documents, and documents to gold keys in `style` (title and text for MuSiQue, title for HotpotQA).
-/// With `qa`, also answers each question from those passages with the extractive reader and scores the answer.
+/// With a `reader`, also answers each question from those passages and scores the answer.
 pub async fn evaluate(
     store: &Store,
     retriever: &dyn Retriever,
     questions: &[EvalQuestion],
     style: GoldStyle,
-    qa: bool,
+    reader: Option<Reader<'_>>,
 ) -> Result<EvalReport, EvalError> {
     let keys: HashMap<String, String> = store
         .document_keys()
@@ -108,13 +158,9 @@ pub async fn evaluate(
             .collect();
         r2 += recall_at(&ranked, &q.gold, 2);
         r5 += recall_at(&ranked, &q.gold, 5);
-        if qa {
-            let texts: Vec<&str> = hits.iter().map(|h| h.passage.text.as_str()).collect();
-            let reading = crate::qa::extractive::read(&q.question, &texts);
-            let answer = reading
-                .best
-                .map_or("", |s| &texts[s.passage][s.start..s.end]);
-            let (e, f1) = best_scores(answer, &q.answers);
+        if let Some(reader) = &reader {
+            let answer = reader.answer(&q.question, &hits).await?;
+            let (e, f1) = best_scores(&answer, &q.answers);
             em += e;
             f += f1;
         }
@@ -127,9 +173,9 @@ pub async fn evaluate(
         recall_at_2: round(100.0 * r2 / n),
         recall_at_5: round(100.0 * r5 / n),
         mean_latency_ms: round(latency / n),
-        reader: qa.then(|| "extractive".to_string()),
-        exact_match: qa.then(|| round(100.0 * em / n)),
-        f1: qa.then(|| round(100.0 * f / n)),
+        reader: reader.as_ref().map(Reader::name),
+        exact_match: reader.is_some().then(|| round(100.0 * em / n)),
+        f1: reader.is_some().then(|| round(100.0 * f / n)),
     })
 }
 

@@ -1,15 +1,18 @@
 //! Answers from the generation model, and what their passage attributions need: the prompt for a set of
-//! passages ([`prompt_ids`]: the passages, numbered as retrieved, then the question), and [`EngineScorer`], the
+//! passages ([`prompt_ids`]: the passages, numbered as retrieved, then the question; [`separate_prompt`]: the
+//! question first, cut around the passages for encoding each once), and [`EngineScorer`], the
 //! running engine as the scorer of TextGenSHAP's game ([`crate::attribution::LogProbGame`]): a coalition is worth
 //! the log-probability of the model's answer under the prompt that holds only those passages (teacher-forced,
 //! scored by the engine between decode steps).
 
 use std::sync::Arc;
 
-use crate::attribution::{Coalition, Scorer};
-use crate::engine::generator::Generator;
+use crate::attribution::{Coalition, Scorer, SeparatePrompt};
+use crate::engine::generator::{EngineError, GenerationEvent, GenerationRequest, Generator};
 use crate::engine::model::ChatMessage;
+use crate::engine::sampling::SamplingParams;
 use crate::engine::score::Scores;
+use crate::engine::score_segments::SegmentedScoring;
 
 /// Coalitions scored per engine call (each call's sequences are released before the next), unless
 /// `ENGRAM_QA_COALITIONS_PER_CALL` says otherwise: 1 scores every coalition prompt alone and in full (no packing,
@@ -24,6 +27,57 @@ fn coalitions_per_call() -> usize {
         .unwrap_or(COALITIONS_PER_CALL)
 }
 
+/// The instruction every answer prompt starts with.
+const INSTRUCTION: &str =
+    "Answer the question using the passages. Reply with the answer only, in a few words.\n\n";
+
+/// Marks where the passages go while the chat template is rendered (a character no passage holds after
+/// [`separate_prompt`] strips it).
+const PASSAGES_MARK: &str = "\u{1}";
+
+/// One passage as the prompts show it: numbered as retrieved.
+fn passage_text(i: usize, title: &str, text: &str) -> String {
+    format!("[{}] {title}: {text}\n\n", i + 1)
+}
+
+/// The prompt for attribution with each passage encoded once ([`crate::attribution::Prompts::Separate`]): the
+/// instruction and the question come first (so each passage is encoded knowing the question, as Fusion-in-Decoder
+/// encodes them), then the passages, then the answer cue; the chat template's text around them is cut at the
+/// passages, and each piece is tokenised on its own.
+pub fn separate_prompt(
+    g: &dyn Generator,
+    question: &str,
+    passages: &[(String, String)],
+) -> Result<SeparatePrompt, String> {
+    let clean = |s: &str| s.replace(PASSAGES_MARK, " ");
+    let user = format!(
+        "{INSTRUCTION}Question: {}\n\n{PASSAGES_MARK}Answer:",
+        clean(question)
+    );
+    let tokenizer = g.tokenizer();
+    let messages = [ChatMessage {
+        role: "user".into(),
+        content: user.clone(),
+    }];
+    let (text, special) = match tokenizer.apply_chat_template(&messages, true) {
+        Ok(text) => (text, false),
+        Err(_) => (user, true),
+    };
+    let (before, after) = text
+        .split_once(PASSAGES_MARK)
+        .ok_or("the chat template dropped the passages' place")?;
+    let encode = |s: &str, special: bool| tokenizer.encode(s, special).map_err(|e| e.to_string());
+    Ok(SeparatePrompt {
+        prefix: encode(before, special)?,
+        passages: passages
+            .iter()
+            .enumerate()
+            .map(|(i, (title, text))| encode(&passage_text(i, &clean(title), &clean(text)), false))
+            .collect::<Result<_, _>>()?,
+        suffix: encode(after, false)?,
+    })
+}
+
 /// The prompt tokens for the passages in `coalition` (bit `i`: passage `i`), through the model's chat template
 /// when it has one (the template then brings its own special tokens), else as plain text.
 pub fn prompt_ids(
@@ -32,12 +86,10 @@ pub fn prompt_ids(
     passages: &[(String, String)],
     coalition: Coalition,
 ) -> Result<Vec<u32>, String> {
-    let mut user = String::from(
-        "Answer the question using the passages. Reply with the answer only, in a few words.\n\n",
-    );
+    let mut user = String::from(INSTRUCTION);
     for (i, (title, text)) in passages.iter().enumerate() {
         if coalition & (1 << i) != 0 {
-            user.push_str(&format!("[{}] {title}: {text}\n\n", i + 1));
+            user.push_str(&passage_text(i, title, text));
         }
     }
     user.push_str(&format!("Question: {question}\nAnswer:"));
@@ -51,6 +103,71 @@ pub fn prompt_ids(
         Err(_) => tokenizer.encode(&user, true),
     };
     ids.map_err(|e| e.to_string())
+}
+
+/// Most tokens of a generated answer.
+pub const ANSWER_TOKENS: usize = 32;
+
+/// Why a generated answer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The prompt could not be made (the tokenizer failed).
+    #[error("cannot make the prompt: {0}")]
+    Prompt(String),
+    /// The engine refused the request (for example: the prompt does not fit the context window).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Generation failed midway.
+    #[error("generation failed: {0}")]
+    Failed(String),
+}
+
+/// How many of `passages`, best first, fit the model's context window together with the question and an answer
+/// of [`ANSWER_TOKENS`] tokens.
+pub fn passages_that_fit(
+    g: &dyn Generator,
+    question: &str,
+    passages: &[(String, String)],
+) -> Result<usize, AnswerError> {
+    for k in (0..=passages.len()).rev() {
+        let all = crate::attribution::all_players(k);
+        let prompt = prompt_ids(g, question, &passages[..k], all).map_err(AnswerError::Prompt)?;
+        if prompt.len() + ANSWER_TOKENS <= g.max_context() {
+            return Ok(k);
+        }
+    }
+    Ok(0)
+}
+
+/// The model's greedy answer (at most [`ANSWER_TOKENS`] tokens) to the prompt holding every passage: the trimmed
+/// text and the token ids. `on_token` sees each token's text as it is made.
+pub async fn generate_answer(
+    g: &dyn Generator,
+    question: &str,
+    passages: &[(String, String)],
+    mut on_token: impl FnMut(&str),
+) -> Result<(String, Vec<u32>), AnswerError> {
+    let all = crate::attribution::all_players(passages.len());
+    let prompt = prompt_ids(g, question, passages, all).map_err(AnswerError::Prompt)?;
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: ANSWER_TOKENS,
+        ..SamplingParams::default()
+    };
+    let mut rx = g.submit(GenerationRequest::new(prompt, params))?;
+    let (mut text, mut tokens) = (String::new(), Vec::new());
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            GenerationEvent::Token(t) => {
+                on_token(&t.text);
+                text.push_str(&t.text);
+                tokens.push(t.token);
+            }
+            GenerationEvent::Done { .. } => return Ok((text.trim().to_string(), tokens)),
+            GenerationEvent::Failed(e) => return Err(AnswerError::Failed(e)),
+        }
+    }
+    Err(AnswerError::Failed("the engine dropped the request".into()))
 }
 
 /// The running engine as a [`Scorer`]: each call's sequences live in the engine's shared KV cache and are
@@ -73,5 +190,10 @@ impl Scorer for EngineScorer {
             all.total_tokens += s.total_tokens;
         }
         Ok(all)
+    }
+
+    /// All of a batch's subsets in one engine call, so each passage is encoded once per batch.
+    fn score_segmented(&mut self, request: SegmentedScoring) -> Result<Scores, String> {
+        self.0.score_segmented(request).map_err(|e| e.to_string())
     }
 }

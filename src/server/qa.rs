@@ -9,13 +9,15 @@ use super::error::{ApiError, ErrorEnvelope};
 use super::retrieve::{checked_top_k, ScoredPassageView};
 use crate::app::App;
 use crate::attribution::{
-    all_players, exact_shapley, permutation_shapley, Game, LogProbGame, Value, MAX_EXACT_PLAYERS,
+    all_players, banzhaf, exact_shapley, permutation_shapley, Game, LogProbGame, Scorer, Value,
+    MAX_EXACT_PLAYERS,
 };
-use crate::engine::generator::{GenerationEvent, GenerationRequest, Generator};
-use crate::engine::sampling::SamplingParams;
+use crate::engine::generator::{EngineError, Generator};
 use crate::graph::KnowledgeGraph;
 use crate::qa::extractive::{read, ReaderGame};
-use crate::qa::generated::{prompt_ids, EngineScorer};
+use crate::qa::generated::{
+    generate_answer, prompt_ids, separate_prompt, AnswerError, EngineScorer,
+};
 use crate::qa::iterative::{gather, IterativeError, Round, Thinker, MAX_ITERATIONS};
 use crate::qa::spans::{keep_runs, top_passage, word_runs, ReaderRunGame, SPAN_PLAYERS};
 use crate::retrieve::{Retriever, Seed};
@@ -34,25 +36,55 @@ use tokio::sync::mpsc::UnboundedSender;
 /// Antithetic permutation pairs sampled past [`MAX_EXACT_PLAYERS`] passages (128 permutations).
 const PERMUTATION_PAIRS: usize = 64;
 
-/// Most tokens of a generated answer.
-const ANSWER_TOKENS: usize = 32;
-
 /// Most relations listed per retrieved passage in [`QaResponse::relations`].
 pub const RELATIONS_PER_PASSAGE: usize = 3;
 
-/// Shapley values of `game`'s players: exact up to [`MAX_EXACT_PLAYERS`], sampled beyond.
+/// Random coalitions valued by the `banzhaf` estimator.
+const BANZHAF_SAMPLES: usize = 1024;
+
+/// Drop in the answer's log-probability (nats) below which `answer_kept` counts the answer as changed: the answer
+/// is at least half as likely as with every passage.
+const ANSWER_KEPT_MARGIN: f64 = std::f64::consts::LN_2;
+
+/// How the values are estimated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Estimator {
+    /// Exact Shapley values up to 10 players, permutation sampling beyond.
+    #[default]
+    Auto,
+    /// Permutation sampling (128 permutations in antithetic pairs), whatever the number of players.
+    Permutation,
+    /// Banzhaf values from 1,024 random coalitions (each player in with probability 1/2).
+    Banzhaf,
+}
+
+/// What a passage subset is worth for a generated answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFunction {
+    /// The answer's teacher-forced log-probability.
+    #[default]
+    LogProb,
+    /// 1 when the answer's log-probability stays within ln 2 of the full prompt's, else 0 (TextGenSHAP's
+    /// answer-change indicator, as "is the answer still the likely one").
+    AnswerKept,
+}
+
+/// Values of `game`'s players by `estimator`.
 fn shapley<G: Game>(
     game: &mut G,
     value: &str,
+    estimator: Estimator,
 ) -> Result<(Vec<f64>, Vec<f64>, AttributionInfo), ApiError> {
     let n = game.players();
-    let (method, result) = if n <= MAX_EXACT_PLAYERS {
-        ("exact_shapley", exact_shapley(game))
-    } else {
-        (
+    let (method, result) = match estimator {
+        Estimator::Auto if n <= MAX_EXACT_PLAYERS => ("exact_shapley", exact_shapley(game)),
+        Estimator::Auto | Estimator::Permutation => (
             "permutation_shapley",
             permutation_shapley(game, PERMUTATION_PAIRS, 0),
-        )
+        ),
+        Estimator::Banzhaf => ("banzhaf", banzhaf(game, BANZHAF_SAMPLES, 0.5, 0)),
     };
     let a = result.map_err(|e| {
         ApiError::new(
@@ -67,8 +99,41 @@ fn shapley<G: Game>(
         evaluations: a.evaluations,
         full: a.full,
         empty: a.empty,
+        passage_encoding: None,
+        forward_passes: None,
+        computed_tokens: None,
+        prompt_tokens: None,
     };
     Ok((a.values, a.std_errors, info))
+}
+
+/// The game's value function for `value`.
+fn game_value(value: ValueFunction) -> Value {
+    match value {
+        ValueFunction::LogProb => Value::AnswerLogProb,
+        ValueFunction::AnswerKept => Value::AnswerKept {
+            margin: ANSWER_KEPT_MARGIN,
+        },
+    }
+}
+
+/// Shapley values of a model-backed game, with what the model computed for them.
+fn model_shapley<S: Scorer>(
+    game: &mut LogProbGame<'_, S>,
+    encoding: PassageEncoding,
+    value: ValueFunction,
+    estimator: Estimator,
+) -> Result<(Vec<f64>, Vec<f64>, AttributionInfo), ApiError> {
+    let name = match value {
+        ValueFunction::LogProb => "answer_log_prob",
+        ValueFunction::AnswerKept => "answer_kept",
+    };
+    let (values, errors, mut info) = shapley(game, name, estimator)?;
+    info.passage_encoding = Some(encoding.name().into());
+    info.forward_passes = Some(game.passes);
+    info.computed_tokens = Some(game.computed_tokens);
+    info.prompt_tokens = Some(game.total_tokens);
+    Ok((values, errors, info))
 }
 
 /// What to attribute the answer to.
@@ -109,6 +174,57 @@ pub struct QaRequest {
     /// passages with a reasoning step as the query (the model's, or the reader's best new sentence without one).
     #[serde(default)]
     pub iterations: Option<usize>,
+    /// How coalition prompts are computed for generated answers' attributions: `joint` (each coalition's prompt
+    /// written out and computed in full: exact, about one prefill per coalition), `separate` (each passage encoded
+    /// once after the instruction and question, a coalition's answer attending to its passages only: the
+    /// Fusion-in-Decoder approximation, a coalition costs its answer's tokens) or `auto` (the default: `joint` up
+    /// to 5 passages, `separate` beyond).
+    #[serde(default)]
+    pub passage_encoding: PassageEncoding,
+    /// The estimator: `auto` (default: exact Shapley up to 10 passages, permutation sampling beyond),
+    /// `permutation` or `banzhaf`.
+    #[serde(default)]
+    pub estimator: Estimator,
+    /// For generated answers, what a passage subset is worth: `log_prob` (default, the answer's teacher-forced
+    /// log-probability) or `answer_kept` (TextGenSHAP's answer-change indicator: 1 while the answer's
+    /// log-probability stays within ln 2 of the full prompt's). The extractive reader has its own value.
+    #[serde(default)]
+    pub value: ValueFunction,
+}
+
+/// How coalition prompts are computed (see [`QaRequest::passage_encoding`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PassageEncoding {
+    /// `joint` up to [`JOINT_MAX_PASSAGES`] passages, `separate` beyond.
+    #[default]
+    Auto,
+    /// Each coalition's prompt computed in full.
+    Joint,
+    /// Each passage encoded once; coalitions attend to their passages' keys.
+    Separate,
+}
+
+/// Most passages for which `auto` computes every coalition prompt in full (2^5 = 32 prompts).
+pub const JOINT_MAX_PASSAGES: usize = 5;
+
+impl PassageEncoding {
+    /// `joint` or `separate` for `passages` passages.
+    fn resolve(self, passages: usize) -> Self {
+        match self {
+            Self::Auto if passages <= JOINT_MAX_PASSAGES => Self::Joint,
+            Self::Auto => Self::Separate,
+            other => other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Joint => "joint",
+            Self::Separate => "separate",
+        }
+    }
 }
 
 /// The answer and where it came from.
@@ -161,6 +277,14 @@ pub struct AttributionInfo {
     pub full: f64,
     /// Value of no passage.
     pub empty: f64,
+    /// Generated answers: how coalition prompts were computed, `joint` or `separate`.
+    pub passage_encoding: Option<String>,
+    /// Generated answers: forward passes the model ran for the attribution.
+    pub forward_passes: Option<usize>,
+    /// Generated answers: prompt tokens the model computed for the attribution.
+    pub computed_tokens: Option<usize>,
+    /// Generated answers: prompt tokens of every valued coalition's prompt written out in full.
+    pub prompt_tokens: Option<usize>,
 }
 
 /// A relation of the knowledge graph inside a retrieved passage: one edge of the graph neighbourhood that led to
@@ -389,124 +513,145 @@ async fn answer(
     let n = found.passages.len();
     let want_attribution = body.attribution != AttributionLevel::None && n > 0;
     let want_tokens = body.attribution == AttributionLevel::Tokens;
-    let (answer, values, info, read_ms, attribution_ms, token_attribution) = match app
-        .generator
-        .clone()
-    {
-        Some(g) => {
-            let passages: Vec<(String, String)> = found
-                .passages
-                .iter()
-                .map(|p| (p.passage.title.clone(), p.passage.text.clone()))
-                .collect();
-            let all_passages = passages.clone();
-            let t = Instant::now();
-            let (text, tokens) =
-                generate(g.as_ref(), &body.question, &passages, events.as_ref()).await?;
-            let read_ms = ms(t);
-            let t = Instant::now();
-            let scored = if want_attribution && !tokens.is_empty() {
-                let question = body.question.clone();
-                let prompt_g = g.clone();
-                let mut game = LogProbGame::new(
-                    EngineScorer(g.clone()),
-                    n,
-                    Box::new(move |c| prompt_ids(prompt_g.as_ref(), &question, &passages, c)),
-                    tokens.clone(),
-                    Value::AnswerLogProb,
-                );
-                let r = tokio::task::spawn_blocking(move || shapley(&mut game, "answer_log_prob"))
+    let (answer, values, info, read_ms, attribution_ms, token_attribution) =
+        match app.generator.clone() {
+            Some(g) => {
+                let passages: Vec<(String, String)> = found
+                    .passages
+                    .iter()
+                    .map(|p| (p.passage.title.clone(), p.passage.text.clone()))
+                    .collect();
+                let all_passages = passages.clone();
+                let t = Instant::now();
+                let (text, tokens) =
+                    generate(g.as_ref(), &body.question, &passages, events.as_ref()).await?;
+                let read_ms = ms(t);
+                let t = Instant::now();
+                let scored = if want_attribution && !tokens.is_empty() {
+                    let encoding = body.passage_encoding.resolve(n);
+                    let mut game = match encoding {
+                        PassageEncoding::Separate => LogProbGame::separate(
+                            EngineScorer(g.clone()),
+                            separate_prompt(g.as_ref(), &body.question, &passages)
+                                .map_err(|e| ApiError::internal(&e))?,
+                            tokens.clone(),
+                            game_value(body.value),
+                        ),
+                        _ => {
+                            let (question, prompt_g) = (body.question.clone(), g.clone());
+                            LogProbGame::new(
+                                EngineScorer(g.clone()),
+                                n,
+                                Box::new(move |c| {
+                                    prompt_ids(prompt_g.as_ref(), &question, &passages, c)
+                                }),
+                                tokens.clone(),
+                                game_value(body.value),
+                            )
+                        }
+                    };
+                    let (value, estimator) = (body.value, body.estimator);
+                    let r = tokio::task::spawn_blocking(move || {
+                        model_shapley(&mut game, encoding, value, estimator)
+                    })
                     .await
                     .map_err(|e| ApiError::internal(&e))??;
-                Some(r)
-            } else {
-                None
-            };
-            let answer = Answer {
-                text,
-                mode: "generated".into(),
-                passage: None,
-                start_byte: None,
-                end_byte: None,
-                tokens: Some(tokens.len()),
-            };
-            let top = scored.as_ref().and_then(|(v, _, _)| top_passage(v));
-            let tokens_level = match top {
-                Some(p) if want_tokens => {
-                    let runs = word_runs(&all_passages[p].1, SPAN_PLAYERS);
-                    let (question, prompt_g, kept_runs) =
-                        (body.question.clone(), g.clone(), runs.clone());
-                    let mut game = LogProbGame::new(
-                        EngineScorer(g),
-                        runs.len(),
-                        Box::new(move |c| {
-                            let mut ps = all_passages.clone();
-                            ps[p].1 = keep_runs(&all_passages[p].1, &kept_runs, c);
-                            prompt_ids(prompt_g.as_ref(), &question, &ps, all_players(ps.len()))
-                        }),
-                        tokens.clone(),
-                        Value::AnswerLogProb,
-                    );
-                    let r =
-                        tokio::task::spawn_blocking(move || shapley(&mut game, "answer_log_prob"))
-                            .await
-                            .map_err(|e| ApiError::internal(&e))??;
-                    Some(token_attribution(p, &runs, r))
-                }
-                _ => None,
-            };
-            let (values, info) = split(scored);
-            (Some(answer), values, info, read_ms, ms(t), tokens_level)
-        }
-        None => {
-            let t = Instant::now();
-            let texts: Vec<&str> = found
-                .passages
-                .iter()
-                .map(|p| p.passage.text.as_str())
-                .collect();
-            let reading = read(&body.question, &texts);
-            let answer = reading.best.as_ref().map(|s| Answer {
-                text: texts[s.passage][s.start..s.end].to_string(),
-                mode: "extractive".into(),
-                passage: Some(s.passage),
-                start_byte: Some(s.start),
-                end_byte: Some(s.end),
-                tokens: None,
-            });
-            if let (Some(tx), Some(a)) = (&events, &answer) {
-                let _ = tx.send(sse_event("token", &serde_json::json!({"text": a.text})));
-            }
-            let read_ms = ms(t);
-            let t = Instant::now();
-            let scored = if want_attribution {
-                let mut game = ReaderGame {
-                    passages: n,
-                    reading: &reading,
+                    Some(r)
+                } else {
+                    None
                 };
-                Some(shapley(&mut game, "extractive_best_sentence_score")?)
-            } else {
-                None
-            };
-            let top = scored.as_ref().and_then(|(v, _, _)| top_passage(v));
-            let tokens_level = match top {
-                Some(p) if want_tokens => {
-                    let runs = word_runs(texts[p], SPAN_PLAYERS);
-                    let mut game = ReaderRunGame {
-                        question: &body.question,
-                        texts: texts.clone(),
-                        passage: p,
-                        runs: runs.clone(),
-                    };
-                    let r = shapley(&mut game, "extractive_best_sentence_score")?;
-                    Some(token_attribution(p, &runs, r))
+                let answer = Answer {
+                    text,
+                    mode: "generated".into(),
+                    passage: None,
+                    start_byte: None,
+                    end_byte: None,
+                    tokens: Some(tokens.len()),
+                };
+                let top = scored.as_ref().and_then(|(v, _, _)| top_passage(v));
+                let tokens_level = match top {
+                    Some(p) if want_tokens => {
+                        let runs = word_runs(&all_passages[p].1, SPAN_PLAYERS);
+                        let (question, prompt_g, kept_runs) =
+                            (body.question.clone(), g.clone(), runs.clone());
+                        let value = body.value;
+                        let mut game = LogProbGame::new(
+                            EngineScorer(g),
+                            runs.len(),
+                            Box::new(move |c| {
+                                let mut ps = all_passages.clone();
+                                ps[p].1 = keep_runs(&all_passages[p].1, &kept_runs, c);
+                                prompt_ids(prompt_g.as_ref(), &question, &ps, all_players(ps.len()))
+                            }),
+                            tokens.clone(),
+                            game_value(body.value),
+                        );
+                        let r = tokio::task::spawn_blocking(move || {
+                            model_shapley(&mut game, PassageEncoding::Joint, value, Estimator::Auto)
+                        })
+                        .await
+                        .map_err(|e| ApiError::internal(&e))??;
+                        Some(token_attribution(p, &runs, r))
+                    }
+                    _ => None,
+                };
+                let (values, info) = split(scored);
+                (Some(answer), values, info, read_ms, ms(t), tokens_level)
+            }
+            None => {
+                let t = Instant::now();
+                let texts: Vec<&str> = found
+                    .passages
+                    .iter()
+                    .map(|p| p.passage.text.as_str())
+                    .collect();
+                let reading = read(&body.question, &texts);
+                let answer = reading.best.as_ref().map(|s| Answer {
+                    text: texts[s.passage][s.start..s.end].to_string(),
+                    mode: "extractive".into(),
+                    passage: Some(s.passage),
+                    start_byte: Some(s.start),
+                    end_byte: Some(s.end),
+                    tokens: None,
+                });
+                if let (Some(tx), Some(a)) = (&events, &answer) {
+                    let _ = tx.send(sse_event("token", &serde_json::json!({"text": a.text})));
                 }
-                _ => None,
-            };
-            let (values, info) = split(scored);
-            (answer, values, info, read_ms, ms(t), tokens_level)
-        }
-    };
+                let read_ms = ms(t);
+                let t = Instant::now();
+                let scored = if want_attribution {
+                    let mut game = ReaderGame {
+                        passages: n,
+                        reading: &reading,
+                    };
+                    Some(shapley(
+                        &mut game,
+                        "extractive_best_sentence_score",
+                        body.estimator,
+                    )?)
+                } else {
+                    None
+                };
+                let top = scored.as_ref().and_then(|(v, _, _)| top_passage(v));
+                let tokens_level = match top {
+                    Some(p) if want_tokens => {
+                        let runs = word_runs(texts[p], SPAN_PLAYERS);
+                        let mut game = ReaderRunGame {
+                            question: &body.question,
+                            texts: texts.clone(),
+                            passage: p,
+                            runs: runs.clone(),
+                        };
+                        let r =
+                            shapley(&mut game, "extractive_best_sentence_score", body.estimator)?;
+                        Some(token_attribution(p, &runs, r))
+                    }
+                    _ => None,
+                };
+                let (values, info) = split(scored);
+                (answer, values, info, read_ms, ms(t), tokens_level)
+            }
+        };
 
     let relations = app.graph.as_ref().map(|g| {
         let ids: Vec<i64> = found.passages.iter().map(|p| p.passage.id).collect();
@@ -587,34 +732,30 @@ fn split(
     }
 }
 
-/// The model's greedy answer (at most [`ANSWER_TOKENS`] tokens) to the prompt with every passage: text and ids.
+/// The model's greedy answer to the prompt with every passage (text and ids), each token's text sent as a `token`
+/// event when streaming.
 async fn generate(
     g: &dyn Generator,
     question: &str,
     passages: &[(String, String)],
     events: Option<&UnboundedSender<Event>>,
 ) -> Result<(String, Vec<u32>), ApiError> {
-    let all = all_players(passages.len());
-    let prompt = prompt_ids(g, question, passages, all).map_err(|e| ApiError::internal(&e))?;
-    let params = SamplingParams {
-        temperature: 0.0,
-        max_tokens: ANSWER_TOKENS,
-        ..SamplingParams::default()
-    };
-    let mut rx = g.submit(GenerationRequest::new(prompt, params))?;
-    let (mut text, mut tokens) = (String::new(), Vec::new());
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            GenerationEvent::Token(t) => {
-                if let Some(tx) = events {
-                    let _ = tx.send(sse_event("token", &serde_json::json!({"text": t.text})));
-                }
-                text.push_str(&t.text);
-                tokens.push(t.token);
-            }
-            GenerationEvent::Done { .. } => return Ok((text.trim().to_string(), tokens)),
-            GenerationEvent::Failed(e) => return Err(ApiError::internal(&e)),
+    generate_answer(g, question, passages, |text| {
+        if let Some(tx) = events {
+            let _ = tx.send(sse_event("token", &serde_json::json!({ "text": text })));
         }
-    }
-    Err(ApiError::internal(&"the engine dropped the request"))
+    })
+    .await
+    .map_err(|e| match e {
+        AnswerError::Engine(EngineError::TooLong { .. }) => ApiError::bad_request(
+            "context_length_exceeded",
+            format!(
+                "the question and {} passages do not fit the model: {e}; lower top_k",
+                passages.len()
+            ),
+        )
+        .param("top_k"),
+        AnswerError::Engine(e) => ApiError::from(e),
+        other => ApiError::internal(&other),
+    })
 }

@@ -391,7 +391,7 @@ __device__ __forceinline__ void decode(const bf16_t* __restrict__ q, const bf16_
 template <int D>
 __device__ __forceinline__ void decode_mma_tile(const bf16_t (*ks)[D + PAD], const bf16_t (*vs)[D + PAD],
                                                 const u32 (*qa)[2], float (*o)[4], float& m, float& l, int key,
-                                                int last, int key0, float scale_log2) {
+                                                int last, int key0, float scale_log2, float* __restrict__ raw) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     if (key > last) return;  // this warp's keys are past the end of the context
     float s[2][4];
@@ -413,6 +413,7 @@ __device__ __forceinline__ void decode_mma_tile(const bf16_t (*ks)[D + PAD], con
             const int j = key + n * 8 + 2 * t + e;
             s[n][e] = j <= last ? s[n][e] * scale_log2 : NEG_INF;
             mx = fmaxf(mx, s[n][e]);
+            if (raw != nullptr && j <= last) raw[j] = s[n][e];  // H2O: this head's score of key j (log2 domain)
         }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -450,7 +451,8 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
                                            const u32* __restrict__ row0, const u32* __restrict__ ctx,
                                            const u32* __restrict__ table0, const u32* __restrict__ tables,
                                            int heads, int kv_heads, int block_size, float scale_log2,
-                                           int split_len, int splits, bf16_t* __restrict__ out) {
+                                           int split_len, int splits, bf16_t* __restrict__ out,
+                                           float* __restrict__ raw, int raw_stride, float* __restrict__ lse) {
     PDL_ENTER();
     __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
     __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
@@ -478,6 +480,8 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m = NEG_INF, l = 0.0f;  // row g's running maximum (log2 domain) and sum over this warp's keys
     const int key0 = warp * 16;   // this warp's keys within a tile
+    // H2O: where row g's scores go (every key of the context, all splits together), if asked for.
+    float* raw_g = raw != nullptr && has_row ? raw + ((size_t)seq * heads + kvh * group + g) * raw_stride : nullptr;
     for (int first = first_key; first < end_key; first += TILE) {
         const int last = min(end_key, first + TILE) - 1;
         __syncthreads();  // every warp is done with the previous tile
@@ -485,7 +489,7 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
-        decode_mma_tile<D>(ks, vs, qa, o, m, l, first + key0, last, key0, scale_log2);
+        decode_mma_tile<D>(ks, vs, qa, o, m, l, first + key0, last, key0, scale_log2, raw_g);
     }
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -518,6 +522,7 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
         }
         if (splits == 1) {
             out[(size_t)row0[seq] * heads * D + (kvh * group + h) * D + d] = f2bf(num / den);
+            if (lse != nullptr && d == 0) lse[(size_t)seq * heads + kvh * group + h] = mx + __log2f(den);
         } else {
             const size_t at = stat + (size_t)h * splits;
             part_o[at * D + d] = num;
@@ -533,7 +538,8 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
 // Grid: (sequences, heads); D threads (at least 32).
 extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_m,
                                         const float* __restrict__ part_l, const u32* __restrict__ row0,
-                                        bf16_t* __restrict__ out, int heads, int head_dim, int splits) {
+                                        bf16_t* __restrict__ out, int heads, int head_dim, int splits,
+                                        float* __restrict__ lse) {
     PDL_ENTER();
     __shared__ float wm[32], wl[32];
     const int seq = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
@@ -556,6 +562,8 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
         if (d < head_dim) num += part_o[(base + s) * head_dim + d] * w;
     }
     if (d < head_dim) out[(size_t)row0[seq] * heads * head_dim + head * head_dim + d] = f2bf(num / den);
+    // H2O: the row's log2-sum-exp, to turn its raw scores into probabilities.
+    if (lse != nullptr && d == 0) lse[(size_t)seq * heads + head] = mx + __log2f(den);
 }
 
 #define ATTENTION_KERNELS(D)                                                                                   \
@@ -566,19 +574,22 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
         prefill<D>(q, kc, vc, out, work, row0, q_len, ctx, table0, tables, heads, kv_heads, block_size,      \
                    scale_log2);                                                                              \
     }                                                                                                        \
+    /* raw, raw_stride, lse: H2O's per-key scores and log2-sum-exp (decode_mma only; null: not wanted). */   \
     extern "C" __global__ void __launch_bounds__(128) attn_decode_d##D(                                      \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
         const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
-        int block_size, float scale_log2, int split_len, int splits, bf16_t* out) {                          \
+        int block_size, float scale_log2, int split_len, int splits, bf16_t* out, float* raw,               \
+        int raw_stride, float* lse) {                                                                        \
         decode<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads, block_size, \
                   scale_log2, split_len, splits, out);                                                       \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(128, 4) attn_decode_mma_d##D(                               \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
         const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
-        int block_size, float scale_log2, int split_len, int splits, bf16_t* out) {                          \
+        int block_size, float scale_log2, int split_len, int splits, bf16_t* out, float* raw,               \
+        int raw_stride, float* lse) {                                                                        \
         decode_mma<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads,         \
-                      block_size, scale_log2, split_len, splits, out);                                       \
+                      block_size, scale_log2, split_len, splits, out, raw, raw_stride, lse);                 \
     }
 
 ATTENTION_KERNELS(16)

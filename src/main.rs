@@ -163,6 +163,33 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// H2O heavy-hitter KV eviction against the full cache: KV memory, decode speed, and the KL divergence of the
+    /// next-token distributions over the same (teacher-forced) tokens.
+    H2o {
+        #[command(flatten)]
+        common: BenchFlags,
+        /// Sequences decoding together.
+        #[arg(long, default_value_t = 32)]
+        sequences: usize,
+        /// Prompt tokens per sequence.
+        #[arg(long, default_value_t = 8192)]
+        prompt_len: usize,
+        /// Decode steps.
+        #[arg(long, default_value_t = 256)]
+        steps: usize,
+        /// Heavy-hitter share of the prompt (one budget per value, paired with --recent).
+        #[arg(long, default_value = "0.1")]
+        heavy: String,
+        /// Recent-window share of the prompt.
+        #[arg(long, default_value = "0.1")]
+        recent: String,
+        /// Tokens over the budget tolerated before evicting.
+        #[arg(long, default_value_t = 16)]
+        slack: usize,
+        /// Prompt tokens per prefill pass.
+        #[arg(long, default_value_t = 8192)]
+        chunk: usize,
+    },
     /// TextGenSHAP passage attribution (permutation Shapley): passages encoded once, against every coalition
     /// prompt scored alone (timed on a sample, scaled), and optionally the joint prepacked mode.
     Attribution {
@@ -481,6 +508,8 @@ mod engram_bench {
     use engram::engine::backend::Backend;
     use engram::engine::bench::{self, BenchError, DeviceProbe};
     use engram::engine::device::{self, DeviceSpec, Resolved};
+    use engram::engine::h2o::{BudgetPart, KvBudget};
+    use engram::engine::h2o_bench::{bench_h2o, H2oBenchConfig};
     use engram::engine::spec_bench::{bench_speculative, SpecBenchConfig};
 
     pub fn run(what: BenchCommand) -> Result<()> {
@@ -495,7 +524,8 @@ mod engram_bench {
             BenchCommand::Prefill { common, .. }
             | BenchCommand::Decode { common, .. }
             | BenchCommand::Speculative { common, .. }
-            | BenchCommand::Attribution { common, .. } => common.clone(),
+            | BenchCommand::Attribution { common, .. }
+            | BenchCommand::H2o { common, .. } => common.clone(),
         };
         let spec: DeviceSpec = common.device.parse()?;
         if let BenchCommand::Speculative { .. } = &what {
@@ -503,6 +533,9 @@ mod engram_bench {
         }
         if let BenchCommand::Attribution { .. } = &what {
             return attribution(spec, &common, &what);
+        }
+        if let BenchCommand::H2o { .. } = &what {
+            return h2o(spec, &common, &what);
         }
         match device::resolve(spec)? {
             Resolved::Cpu => on(CpuBackend, &common, &what),
@@ -564,6 +597,89 @@ mod engram_bench {
                 r.identical_outputs,
                 report.batch,
                 r.agreeing_prefix
+            );
+        }
+        if let Some(out) = &common.out {
+            std::fs::write(out, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Ok(())
+    }
+
+    /// `engram bench h2o`.
+    fn h2o(spec: DeviceSpec, common: &BenchFlags, what: &BenchCommand) -> Result<()> {
+        let BenchCommand::H2o {
+            sequences,
+            prompt_len,
+            steps,
+            heavy,
+            recent,
+            slack,
+            chunk,
+            ..
+        } = what
+        else {
+            unreachable!("called for the H2O benchmark only")
+        };
+        let ratios = |v: &str, flag: &str| -> Result<Vec<f64>> {
+            v.split(',')
+                .map(|x| x.trim().parse::<f64>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{flag} must be comma-separated numbers"))
+        };
+        let (heavy, recent) = (ratios(heavy, "--heavy")?, ratios(recent, "--recent")?);
+        anyhow::ensure!(
+            heavy.len() == recent.len(),
+            "--heavy and --recent need as many values"
+        );
+        let budgets: Vec<KvBudget> = heavy
+            .iter()
+            .zip(&recent)
+            .map(|(&h, &r)| KvBudget {
+                heavy: BudgetPart::Ratio(h),
+                recent: BudgetPart::Ratio(r),
+            })
+            .collect();
+        for b in &budgets {
+            b.validate().map_err(anyhow::Error::msg)?;
+        }
+        let cfg = H2oBenchConfig {
+            model: common.model.clone(),
+            sequences: *sequences,
+            prompt_len: *prompt_len,
+            steps: *steps,
+            budgets,
+            slack: *slack,
+            chunk: *chunk,
+        };
+        let report = match device::resolve(spec)? {
+            Resolved::Cpu => bench_h2o(CpuBackend, &cfg)?,
+            Resolved::Cuda(b) => bench_h2o(*b, &cfg)?,
+        };
+        println!(
+            "device {} | model {} | {} sequences | prompts of {} tokens | {} steps (teacher-forced on the full cache's tokens)",
+            report.device, report.model, report.sequences, report.prompt_len, report.steps
+        );
+        println!("| run | KV after prefill (GB) | KV peak (GB) | tokens/s | step ms | KL mean | KL max | top-1 agreement |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for r in &report.runs {
+            println!(
+                "| {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.4} | {:.4} | {:.3} |",
+                r.label,
+                r.kv_bytes_after_prefill as f64 / 1e9,
+                r.kv_bytes_peak as f64 / 1e9,
+                r.tokens_per_s,
+                r.step_ms_median,
+                r.kl_mean,
+                r.kl_max,
+                r.top1_agreement
+            );
+        }
+        for r in report.runs.iter().filter(|r| r.eviction.rounds > 0) {
+            let e = &r.eviction;
+            println!(
+                "{}: {} eviction rounds ({} sequences): read {:.3} s, select {:.3} s, compact {:.3} s",
+                r.label, e.rounds, e.sequences, e.read_s, e.select_s, e.compact_s
             );
         }
         if let Some(out) = &common.out {
@@ -745,8 +861,10 @@ mod engram_bench {
                 }
                 serde_json::to_string_pretty(&r)?
             }
-            BenchCommand::Speculative { .. } | BenchCommand::Attribution { .. } => {
-                unreachable!("the speculative and attribution benchmarks are run apart")
+            BenchCommand::Speculative { .. }
+            | BenchCommand::Attribution { .. }
+            | BenchCommand::H2o { .. } => {
+                unreachable!("the speculative, attribution and H2O benchmarks are run apart")
             }
         };
         if let Some(out) = &common.out {

@@ -10,6 +10,8 @@ use candle_core::{Device, Tensor};
 use engram::engine::backend::cpu::CpuBackend;
 use engram::engine::backend::cuda::CudaBackend;
 use engram::engine::backend::{select_row, AttentionBatch, Backend, KvLayout, SeqChunk};
+use engram::engine::h2o::{BudgetPart, KvBudget};
+use engram::engine::h2o_decode::{decode as h2o_decode, DecodeOptions};
 use engram::engine::kv_cache::{KvCache, KvCacheConfig};
 use engram::engine::llama::LlamaModel;
 use engram::engine::model::ModelFiles;
@@ -705,5 +707,237 @@ fn segmented_scoring_matches_the_cpu_backend() {
         got.passes
     );
     assert!(worst < 3e-2, "{:?} vs {:?}", got.log_probs, want.log_probs);
+    assert_eq!(gc.usage().used_blocks, 0);
+}
+
+#[test]
+fn h2o_scores_and_compaction_match() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(9);
+    for &(heads, kv_heads, hd) in &[(32, 8, 128), (4, 2, 16), (14, 2, 64)] {
+        let block_size = 16;
+        // (new rows, context) per chunk: a prefill chunk after cached tokens, decode rows, a fresh prompt.
+        let seqs = [(40usize, 200usize), (1, 77), (1, 300), (129, 129)];
+        let blocks: usize = seqs.iter().map(|&(_, c)| c.div_ceil(block_size)).sum();
+        let layout = KvLayout {
+            layers: 2,
+            num_blocks: blocks + 3,
+            block_size,
+            kv_heads,
+            head_dim: hd,
+        };
+        let mut ckv = CpuBackend.alloc_kv(layout).unwrap();
+        let mut gkv = g.alloc_kv(layout).unwrap();
+        let kv_width = kv_heads * hd;
+        let mut chunks = Vec::new();
+        let mut all_slots = Vec::new();
+        let mut next = 0u32;
+        for &(q_len, ctx) in &seqs {
+            let table: Vec<u32> = (next..next + ctx.div_ceil(block_size) as u32)
+                .rev()
+                .collect();
+            next += table.len() as u32;
+            let slots: Vec<u32> = (0..ctx)
+                .map(|j| table[j / block_size] * block_size as u32 + (j % block_size) as u32)
+                .collect();
+            for layer in 0..2 {
+                let (ck, gk) = both(g, &r.vec(ctx * kv_width, 2.0), ctx, kv_width);
+                let (cv, gv) = both(g, &r.vec(ctx * kv_width, 1.0), ctx, kv_width);
+                CpuBackend
+                    .write_kv(&mut ckv, layer, &ck, &cv, &slots)
+                    .unwrap();
+                g.write_kv(&mut gkv, layer, &gk, &gv, &slots).unwrap();
+            }
+            all_slots.push(slots);
+            chunks.push(SeqChunk {
+                q_len,
+                context_len: ctx,
+                block_table: table,
+            });
+        }
+        let tokens: usize = seqs.iter().map(|s| s.0).sum();
+        let (cq, gq) = both(g, &r.vec(tokens * heads * hd, 2.0), tokens, heads * hd);
+        let batch = AttentionBatch {
+            seqs: chunks,
+            block_size,
+        };
+        let every: Vec<u32> = all_slots.concat();
+        poison_pool(g);
+        CpuBackend.reset_scores(&mut ckv, &every).unwrap();
+        g.reset_scores(&mut gkv, &every).unwrap();
+        // Two rounds into layer 1 (scores add up), chunks 0, 1 and 3 tracked.
+        for _ in 0..2 {
+            CpuBackend
+                .accumulate_attention(&cq, &mut ckv, 1, heads, &batch, &[0, 1, 3])
+                .unwrap();
+            g.accumulate_attention(&gq, &mut gkv, 1, heads, &batch, &[0, 1, 3])
+                .unwrap();
+        }
+        let want = CpuBackend.read_scores(&ckv, &every).unwrap();
+        let got = g.read_scores(&gkv, &every).unwrap();
+        let e = rel_err(&got, &want);
+        eprintln!("h2o scores heads {heads}/{kv_heads} d{hd}: relative error {e:.2e}");
+        assert!(e < 1e-2, "h2o scores {heads}/{kv_heads} d{hd}: {e:.3e}");
+        // Attention with the scores of every chunk on layer 0: decode rows take the decode kernel's raw scores.
+        let co = CpuBackend
+            .attention_tracked(&cq, &mut ckv, 0, heads, &batch, &[0, 1, 2, 3])
+            .unwrap();
+        let go = g
+            .attention_tracked(&gq, &mut gkv, 0, heads, &batch, &[0, 1, 2, 3])
+            .unwrap();
+        cmp(
+            g,
+            &co,
+            &go,
+            1.5e-2,
+            &format!("attention_tracked heads {heads}/{kv_heads} d{hd}"),
+        );
+        let want0 = CpuBackend.read_scores(&ckv, &every).unwrap();
+        let got0 = g.read_scores(&gkv, &every).unwrap();
+        let e0 = rel_err(
+            &got0[..every.len() * kv_heads],
+            &want0[..every.len() * kv_heads],
+        );
+        eprintln!("h2o scores from the attention kernels, heads {heads}/{kv_heads} d{hd}: relative error {e0:.2e}");
+        assert!(e0 < 1e-2, "{e0:.3e}");
+        CpuBackend.reset_scores(&mut ckv, &every).unwrap();
+        g.reset_scores(&mut gkv, &every).unwrap();
+        for kv in [
+            CpuBackend.read_scores(&ckv, &every).unwrap(),
+            g.read_scores(&gkv, &every).unwrap(),
+        ] {
+            assert!(kv.iter().all(|&x| x == 0.0));
+        }
+        for _ in 0..2 {
+            CpuBackend
+                .accumulate_attention(&cq, &mut ckv, 1, heads, &batch, &[0, 1, 3])
+                .unwrap();
+            g.accumulate_attention(&gq, &mut gkv, 1, heads, &batch, &[0, 1, 3])
+                .unwrap();
+        }
+        // Layer 0 received nothing, chunk 2 nothing either; a decode row's probabilities sum to its group size.
+        assert!(want[..every.len() * kv_heads].iter().all(|&x| x == 0.0));
+        let group = (heads / kv_heads) as f32;
+        let seq1: f32 = (0..77)
+            .map(|i| got[(kv_heads) * every.len() + 200 + i])
+            .sum();
+        assert!((seq1 - 2.0 * group).abs() < 1e-3 * group, "{seq1}");
+        // Compaction of the first sequence to 50 tokens per head, different kept sets per layer and head.
+        let n = 50;
+        let mut keep = Vec::new();
+        for _ in 0..2 * kv_heads {
+            let mut k: Vec<u32> = (0..200u32).collect();
+            for i in (1..k.len()).rev() {
+                k.swap(i, r.below(i + 1));
+            }
+            let mut k = k[..n].to_vec();
+            k.sort_unstable();
+            keep.extend(k);
+        }
+        CpuBackend
+            .compact_kv(&mut ckv, &all_slots[0], &keep, n)
+            .unwrap();
+        g.compact_kv(&mut gkv, &all_slots[0], &keep, n).unwrap();
+        let want = CpuBackend.read_scores(&ckv, &all_slots[0][..n]).unwrap();
+        let got = g.read_scores(&gkv, &all_slots[0][..n]).unwrap();
+        assert!(rel_err(&got, &want) < 1e-2);
+        // Attention over the compacted 50 tokens agrees too.
+        let small = AttentionBatch {
+            seqs: vec![SeqChunk {
+                q_len: 1,
+                context_len: n,
+                block_table: batch.seqs[0].block_table.clone(),
+            }],
+            block_size,
+        };
+        let (cq1, gq1) = both(g, &r.vec(heads * hd, 2.0), 1, heads * hd);
+        for layer in 0..2 {
+            let co = CpuBackend
+                .attention(&cq1, &ckv, layer, heads, &small)
+                .unwrap();
+            let go = g.attention(&gq1, &gkv, layer, heads, &small).unwrap();
+            cmp(
+                g,
+                &co,
+                &go,
+                1.5e-2,
+                &format!(
+                    "attention after compaction, layer {layer} heads {heads}/{kv_heads} d{hd}"
+                ),
+            );
+        }
+    }
+}
+
+#[test]
+fn h2o_decoding_matches_the_cpu_backend() {
+    let Some(g) = gpu() else { return };
+    let _ = g;
+    let files = fixture("llama");
+    let cpu = LlamaModel::new(CpuBackend, &files).unwrap();
+    let gpu_model = LlamaModel::new(CudaBackend::new(0).unwrap(), &files).unwrap();
+    let vocab = files.config.vocab_size as u32;
+    let prompts: Vec<Vec<u32>> = [90u32, 130, 60]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            (0..n)
+                .map(|j| (j * 7 + i as u32 * 13 + 1) % vocab)
+                .collect()
+        })
+        .collect();
+    let cfg = KvCacheConfig {
+        block_size: 16,
+        num_blocks: 128,
+    };
+    let options = DecodeOptions {
+        steps: 24,
+        budget: Some(KvBudget {
+            heavy: BudgetPart::Tokens(12),
+            recent: BudgetPart::Tokens(20),
+        }),
+        slack: 4,
+        chunk: 64,
+    };
+    let mut cpu_logits = Vec::new();
+    let mut ckv = cpu.backend_kv(&cfg).unwrap();
+    let mut cc = KvCache::new(cfg);
+    let want = h2o_decode(
+        &cpu,
+        &mut ckv,
+        &mut cc,
+        &prompts,
+        &options,
+        None,
+        &mut |_, l| {
+            cpu_logits.push(CpuBackend.to_host(l).unwrap().0);
+            Ok(())
+        },
+    )
+    .unwrap();
+    let mut step = 0;
+    let mut worst = 0f64;
+    let mut gkv = gpu_model.backend_kv(&cfg).unwrap();
+    let mut gc = KvCache::new(cfg);
+    let got = h2o_decode(
+        &gpu_model,
+        &mut gkv,
+        &mut gc,
+        &prompts,
+        &options,
+        Some(&want.tokens),
+        &mut |_, l| {
+            let (data, _, _) = gpu_model.backend().to_host(l).unwrap();
+            worst = worst.max(rel_err(&data, &cpu_logits[step]));
+            step += 1;
+            Ok(())
+        },
+    )
+    .unwrap();
+    eprintln!("h2o decoding, 3 sequences x 24 steps with eviction: worst logits relative error {worst:.2e}");
+    assert!(worst < 3e-2, "{worst:.3e}");
+    for (a, b) in want.states.iter().zip(&got.states) {
+        assert_eq!(a.as_ref().unwrap().evicted, b.as_ref().unwrap().evicted);
+    }
     assert_eq!(gc.usage().used_blocks, 0);
 }

@@ -117,6 +117,7 @@ fn check(name: &str, prompts_key: Option<&str>) {
                 block_table: c3.table(99).unwrap().blocks.clone(),
             }],
             logits_rows: (0..n as u32).collect(),
+            tracked: Vec::new(),
         };
         let got = model.forward(&mut kv3, &batch, 4).unwrap();
         for (pos, (g, w)) in got.iter().zip(&all).enumerate() {

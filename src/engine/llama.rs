@@ -66,6 +66,9 @@ pub struct StepBatch {
     pub seqs: Vec<SeqChunk>,
     /// Rows whose logits are wanted (usually each chunk's last row).
     pub logits_rows: Vec<u32>,
+    /// Chunks (indices into `seqs`) of sequences under H2O eviction: their keys' attention scores are kept
+    /// ([`crate::engine::h2o`]).
+    pub tracked: Vec<usize>,
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -226,6 +229,18 @@ impl<B: Backend> LlamaModel<B> {
             seqs: batch.seqs.clone(),
             block_size,
         };
+        if !batch.tracked.is_empty() {
+            // New tokens of tracked sequences start with no attention received.
+            let mut row = 0;
+            let mut fresh = Vec::new();
+            for (s, chunk) in batch.seqs.iter().enumerate() {
+                if batch.tracked.contains(&s) {
+                    fresh.extend_from_slice(&batch.slots[row..row + chunk.q_len]);
+                }
+                row += chunk.q_len;
+            }
+            b.reset_scores(kv, &fresh)?;
+        }
         let mut residual = b.embed(&self.embed, &batch.tokens)?;
         let mut h = b.rms_norm(&residual, &self.layers[0].input_norm, eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -240,7 +255,11 @@ impl<B: Backend> LlamaModel<B> {
                 &batch.slots,
                 &self.inv_freq,
             )?;
-            let attn = b.attention(&q, kv, i, c.num_heads, &attention)?;
+            let attn = if batch.tracked.is_empty() {
+                b.attention(&q, kv, i, c.num_heads, &attention)?
+            } else {
+                b.attention_tracked(&q, kv, i, c.num_heads, &attention, &batch.tracked)?
+            };
             let o = b.linear(&attn, &layer.o, None)?;
             h = b.add_rms_norm(&mut residual, &o, &layer.post_norm, eps)?;
             let mlp = b.linear(&b.linear_swiglu(&h, &layer.gate_up)?, &layer.down, None)?;

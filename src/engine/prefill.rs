@@ -31,6 +31,20 @@ pub(crate) fn push_chunk(
     start: usize,
     want_logits: bool,
 ) -> Result<(), PrefillError> {
+    push_chunk_at(batch, cache, seq, tokens, start, start, want_logits)
+}
+
+/// [`push_chunk`] with the tokens' rotary positions starting at `position` instead of their cache index `start`
+/// (they differ once H2O has evicted tokens).
+pub(crate) fn push_chunk_at(
+    batch: &mut StepBatch,
+    cache: &KvCache,
+    seq: u64,
+    tokens: &[u32],
+    start: usize,
+    position: usize,
+    want_logits: bool,
+) -> Result<(), PrefillError> {
     let slots = cache.slots_for(seq, start, tokens.len())?;
     let table = cache
         .table(seq)
@@ -40,7 +54,7 @@ pub(crate) fn push_chunk(
     batch.tokens.extend_from_slice(tokens);
     batch
         .positions
-        .extend((start..start + tokens.len()).map(|p| p as u32));
+        .extend((position..position + tokens.len()).map(|p| p as u32));
     batch.slots.extend(slots);
     batch.seqs.push(SeqChunk {
         q_len: tokens.len(),

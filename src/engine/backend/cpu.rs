@@ -8,12 +8,14 @@ use candle_core::{DType, Device, Tensor};
 #[derive(Debug, Clone, Default)]
 pub struct CpuBackend;
 
-/// K and V of every layer: `[num_blocks * block_size, kv_heads * head_dim]` each, row per slot.
+/// K and V of every layer: `[num_blocks * block_size, kv_heads * head_dim]` each, row per slot; and the H2O
+/// attention score of every slot and KV head (`[num_blocks * block_size, kv_heads]` per layer).
 #[derive(Debug)]
 pub struct CpuKv {
     layout: KvLayout,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    scores: Vec<Vec<f32>>,
 }
 
 fn op_err(op: &'static str) -> impl Fn(candle_core::Error) -> BackendError {
@@ -89,10 +91,12 @@ impl Backend for CpuBackend {
 
     fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKv, BackendError> {
         let n = layout.num_blocks * layout.block_size * layout.kv_heads * layout.head_dim;
+        let slots = layout.num_blocks * layout.block_size * layout.kv_heads;
         Ok(CpuKv {
             layout,
             k: (0..layout.layers).map(|_| vec![0.0; n]).collect(),
             v: (0..layout.layers).map(|_| vec![0.0; n]).collect(),
+            scores: (0..layout.layers).map(|_| vec![0.0; slots]).collect(),
         })
     }
 
@@ -234,59 +238,25 @@ impl Backend for CpuBackend {
                 reason: format!("query width {width} for {heads} heads of {hd}"),
             });
         }
-        // Per token: its sequence and its position in that sequence's context.
-        let mut owner = Vec::with_capacity(tokens);
-        for (s, seq) in batch.seqs.iter().enumerate() {
-            let first = seq.context_len - seq.q_len;
-            owner.extend((0..seq.q_len).map(|i| (s, first + i)));
-        }
-        if owner.len() != tokens {
-            return Err(BackendError::Shape {
-                op: "attention",
-                reason: format!(
-                    "{tokens} query rows but the batch describes {}",
-                    owner.len()
-                ),
-            });
-        }
+        let owner = row_owners(batch, tokens, "attention")?;
         let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
         let group = heads / l.kv_heads;
         let kv_width = l.kv_heads * hd;
-        let scale = 1.0 / (hd as f32).sqrt();
         let bs = batch.block_size;
         let mut out = vec![0.0f32; tokens * width];
         par_rows(&mut out, width, |first, rows| {
-            let mut scores = Vec::new();
+            let mut probs = Vec::new();
             for (i, orow) in rows.chunks_exact_mut(width).enumerate() {
                 let t = first + i;
                 let (s, pos) = owner[t];
                 let table = &batch.seqs[s].block_table;
-                let slot = |j: usize| table[j / bs] as usize * bs + j % bs;
                 for h in 0..heads {
                     let qh = &qd[t * width + h * hd..t * width + (h + 1) * hd];
                     let off = (h / group) * hd;
-                    scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for j in 0..=pos {
-                        let base = slot(j) * kv_width + off;
-                        let dot: f32 = qh
-                            .iter()
-                            .zip(&kc[base..base + hd])
-                            .map(|(a, b)| a * b)
-                            .sum();
-                        let sc = dot * scale;
-                        max = max.max(sc);
-                        scores.push(sc);
-                    }
-                    let mut sum = 0.0;
-                    for sc in scores.iter_mut() {
-                        *sc = (*sc - max).exp();
-                        sum += *sc;
-                    }
+                    row_probabilities(qh, kc, table, bs, kv_width, off, pos, &mut probs);
                     let oh = &mut orow[h * hd..(h + 1) * hd];
-                    for (j, p) in scores.iter().enumerate() {
-                        let base = slot(j) * kv_width + off;
-                        let w = p / sum;
+                    for (j, w) in probs.iter().enumerate() {
+                        let base = slot_of(table, bs, j) * kv_width + off;
                         for (o, v) in oh.iter_mut().zip(&vc[base..base + hd]) {
                             *o += w * v;
                         }
@@ -295,6 +265,125 @@ impl Backend for CpuBackend {
             }
         });
         tensor(out, tokens, width, "attention")
+    }
+
+    fn supports_h2o(&self) -> bool {
+        true
+    }
+
+    fn reset_scores(&self, kv: &mut CpuKv, slots: &[u32]) -> Result<(), BackendError> {
+        let l = kv.layout;
+        let capacity = (l.num_blocks * l.block_size) as u32;
+        if slots.iter().any(|&s| s >= capacity) {
+            return Err(BackendError::Shape {
+                op: "reset_scores",
+                reason: format!("a slot beyond {capacity}"),
+            });
+        }
+        for layer in &mut kv.scores {
+            for &slot in slots {
+                let at = slot as usize * l.kv_heads;
+                layer[at..at + l.kv_heads].fill(0.0);
+            }
+        }
+        Ok(())
+    }
+
+    fn accumulate_attention(
+        &self,
+        q: &Tensor,
+        kv: &mut CpuKv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+        tracked: &[usize],
+    ) -> Result<(), BackendError> {
+        let (qd, tokens, width) = host(q, "accumulate_attention")?;
+        let l = kv.layout;
+        let hd = l.head_dim;
+        if width != heads * hd
+            || heads % l.kv_heads != 0
+            || tracked.iter().any(|&s| s >= batch.seqs.len())
+        {
+            return Err(BackendError::Shape {
+                op: "accumulate_attention",
+                reason: format!(
+                    "query width {width} for {heads} heads of {hd}, chunks {tracked:?}"
+                ),
+            });
+        }
+        let owner = row_owners(batch, tokens, "accumulate_attention")?;
+        let (kc, scores) = (&kv.k[layer], &mut kv.scores[layer]);
+        let group = heads / l.kv_heads;
+        let kv_width = l.kv_heads * hd;
+        let bs = batch.block_size;
+        let mut probs = Vec::new();
+        for (t, &(s, pos)) in owner.iter().enumerate() {
+            if !tracked.contains(&s) {
+                continue;
+            }
+            let table = &batch.seqs[s].block_table;
+            for h in 0..heads {
+                let qh = &qd[t * width + h * hd..t * width + (h + 1) * hd];
+                let kvh = h / group;
+                row_probabilities(qh, kc, table, bs, kv_width, kvh * hd, pos, &mut probs);
+                for (j, p) in probs.iter().enumerate() {
+                    scores[slot_of(table, bs, j) * l.kv_heads + kvh] += p;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_scores(&self, kv: &CpuKv, slots: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let l = kv.layout;
+        let capacity = (l.num_blocks * l.block_size) as u32;
+        if slots.iter().any(|&s| s >= capacity) {
+            return Err(BackendError::Shape {
+                op: "read_scores",
+                reason: format!("a slot beyond {capacity}"),
+            });
+        }
+        let mut out = Vec::with_capacity(l.layers * l.kv_heads * slots.len());
+        for layer in &kv.scores {
+            for h in 0..l.kv_heads {
+                out.extend(slots.iter().map(|&s| layer[s as usize * l.kv_heads + h]));
+            }
+        }
+        Ok(out)
+    }
+
+    fn compact_kv(
+        &self,
+        kv: &mut CpuKv,
+        slots: &[u32],
+        keep: &[u32],
+        n: usize,
+    ) -> Result<(), BackendError> {
+        let l = kv.layout;
+        super::check_compaction(&l, slots, keep, n)?;
+        let (hd, kvh) = (l.head_dim, l.kv_heads);
+        let kv_width = kvh * hd;
+        for layer in 0..l.layers {
+            for h in 0..kvh {
+                let list = &keep[(layer * kvh + h) * n..][..n];
+                // Ascending sources never lie before their destination, so a forward pass moves each once.
+                for (j, &i) in list.iter().enumerate() {
+                    let (from, to) = (slots[i as usize] as usize, slots[j] as usize);
+                    if from == to {
+                        continue;
+                    }
+                    for buf in [&mut kv.k[layer], &mut kv.v[layer]] {
+                        buf.copy_within(
+                            from * kv_width + h * hd..from * kv_width + (h + 1) * hd,
+                            to * kv_width + h * hd,
+                        );
+                    }
+                    kv.scores[layer][to * kvh + h] = kv.scores[layer][from * kvh + h];
+                }
+            }
+        }
+        Ok(())
     }
 
     fn gather_rows(&self, x: &Tensor, rows: &[u32]) -> Result<Tensor, BackendError> {
@@ -359,6 +448,72 @@ impl Backend for CpuBackend {
     ) -> Result<Tensor, BackendError> {
         crate::engine::model::synthetic::random_host_tensor(shape, seed, offset, std)
             .map_err(op_err("random_weight"))
+    }
+}
+
+/// Cache slot of the `j`-th token of a sequence with `table` (blocks of `bs` tokens).
+fn slot_of(table: &[u32], bs: usize, j: usize) -> usize {
+    table[j / bs] as usize * bs + j % bs
+}
+
+/// Per query row of a packed batch: its chunk and its position in that chunk's context.
+fn row_owners(
+    batch: &AttentionBatch,
+    tokens: usize,
+    op: &'static str,
+) -> Result<Vec<(usize, usize)>, BackendError> {
+    let mut owner = Vec::with_capacity(tokens);
+    for (s, seq) in batch.seqs.iter().enumerate() {
+        let first = seq.context_len - seq.q_len;
+        owner.extend((0..seq.q_len).map(|i| (s, first + i)));
+    }
+    if owner.len() != tokens {
+        return Err(BackendError::Shape {
+            op,
+            reason: format!(
+                "{tokens} query rows but the batch describes {}",
+                owner.len()
+            ),
+        });
+    }
+    Ok(owner)
+}
+
+/// The attention probabilities of one query head `qh` over keys `0..=pos` of a sequence (`kc`'s rows through
+/// `table`, the head's columns from `off`), scaled by `1/sqrt(head_dim)`, into `probs`.
+#[allow(clippy::too_many_arguments)]
+fn row_probabilities(
+    qh: &[f32],
+    kc: &[f32],
+    table: &[u32],
+    bs: usize,
+    kv_width: usize,
+    off: usize,
+    pos: usize,
+    probs: &mut Vec<f32>,
+) {
+    let hd = qh.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    probs.clear();
+    let mut max = f32::NEG_INFINITY;
+    for j in 0..=pos {
+        let base = slot_of(table, bs, j) * kv_width + off;
+        let dot: f32 = qh
+            .iter()
+            .zip(&kc[base..base + hd])
+            .map(|(a, b)| a * b)
+            .sum();
+        let sc = dot * scale;
+        max = max.max(sc);
+        probs.push(sc);
+    }
+    let mut sum = 0.0;
+    for p in probs.iter_mut() {
+        *p = (*p - max).exp();
+        sum += *p;
+    }
+    for p in probs.iter_mut() {
+        *p /= sum;
     }
 }
 

@@ -239,6 +239,99 @@ pub trait Backend: Send + Sync + 'static {
     fn tunes_per_shape(&self) -> bool {
         false
     }
+    /// Whether the backend keeps the attention scores of H2O eviction ([`crate::engine::h2o`]): the four
+    /// methods below.
+    fn supports_h2o(&self) -> bool {
+        false
+    }
+    /// H2O: zeroes the score of `slots` in every layer (tokens about to be written there).
+    fn reset_scores(&self, _kv: &mut Self::Kv, _slots: &[u32]) -> Result<(), BackendError> {
+        Err(unsupported(self.name(), "reset_scores"))
+    }
+    /// H2O: for the chunks `tracked` (indices into `batch.seqs`), adds to the score of every key of `layer` the
+    /// attention probability each of the chunk's query rows (`q`, as for [`Self::attention`]) gives it, summed
+    /// over the query heads of the key's KV head. A key's score is kept per slot and KV head.
+    fn accumulate_attention(
+        &self,
+        _q: &Self::Tensor,
+        _kv: &mut Self::Kv,
+        _layer: usize,
+        _heads: usize,
+        _batch: &AttentionBatch,
+        _tracked: &[usize],
+    ) -> Result<(), BackendError> {
+        Err(unsupported(self.name(), "accumulate_attention"))
+    }
+    /// [`Self::attention`], and H2O's [`Self::accumulate_attention`] for the chunks `tracked`; backends whose
+    /// attention kernels emit the probabilities override it.
+    fn attention_tracked(
+        &self,
+        q: &Self::Tensor,
+        kv: &mut Self::Kv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+        tracked: &[usize],
+    ) -> Result<Self::Tensor, BackendError> {
+        let out = self.attention(q, kv, layer, heads, batch)?;
+        if !tracked.is_empty() {
+            self.accumulate_attention(q, kv, layer, heads, batch, tracked)?;
+        }
+        Ok(out)
+    }
+    /// H2O: the scores of `slots` (one sequence's, in cache order), `[layer][kv_head][slot]` flattened.
+    fn read_scores(&self, _kv: &Self::Kv, _slots: &[u32]) -> Result<Vec<f32>, BackendError> {
+        Err(unsupported(self.name(), "read_scores"))
+    }
+    /// H2O eviction: for every layer and KV head `h`, whose kept cache indices (ascending) are
+    /// `keep[(layer * kv_heads + h) * n..][..n]`, moves the key, value and score at `slots[keep[j]]` to
+    /// `slots[j]`. Afterwards the first `n` slots hold each head's kept tokens.
+    fn compact_kv(
+        &self,
+        _kv: &mut Self::Kv,
+        _slots: &[u32],
+        _keep: &[u32],
+        _n: usize,
+    ) -> Result<(), BackendError> {
+        Err(unsupported(self.name(), "compact_kv"))
+    }
+}
+
+fn unsupported(backend: &'static str, op: &'static str) -> BackendError {
+    BackendError::Op {
+        backend,
+        op,
+        reason: "not supported by this backend".into(),
+    }
+}
+
+/// Checks the arguments of [`Backend::compact_kv`] against a layout: every kept list ascending, of `n` indices
+/// below `slots.len()`, every slot inside the storage.
+pub fn check_compaction(
+    layout: &KvLayout,
+    slots: &[u32],
+    keep: &[u32],
+    n: usize,
+) -> Result<(), BackendError> {
+    let lists = layout.layers * layout.kv_heads;
+    let capacity = (layout.num_blocks * layout.block_size) as u32;
+    let bad = keep.len() != lists * n
+        || n > slots.len()
+        || slots.iter().any(|&s| s >= capacity)
+        || keep.chunks(n.max(1)).any(|k| {
+            k.windows(2).any(|w| w[0] >= w[1]) || k.iter().any(|&i| i as usize >= slots.len())
+        });
+    if bad {
+        return Err(BackendError::Shape {
+            op: "compact_kv",
+            reason: format!(
+                "{} kept indices for {lists} lists of {n} over {} slots",
+                keep.len(),
+                slots.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks the arguments of [`Backend::token_log_probs`]: one token per row, each inside the vocabulary.

@@ -137,6 +137,19 @@ pub fn split_len(max_ctx: usize, blocks_without_split: usize, sm_count: usize) -
     )
 }
 
+/// H2O's view of a decode launch: every decode row's score of every key (log2 domain), per row and head
+/// `stride` apart, and each row and head's log2-sum-exp; rows are in decode order (`decode_chunks`: their chunks).
+pub struct RawScores {
+    /// `[decode row][head][stride]`.
+    pub raw: CudaSlice<f32>,
+    /// Floats between two heads' scores.
+    pub stride: usize,
+    /// `[decode row][head]`.
+    pub lse: CudaSlice<f32>,
+    /// The batch chunk of each decode row.
+    pub decode_chunks: Vec<usize>,
+}
+
 /// Runs attention for `batch` on `layer`.
 pub fn run(
     be: &CudaBackend,
@@ -146,6 +159,19 @@ pub fn run(
     heads: usize,
     batch: &AttentionBatch,
 ) -> Result<CudaTensor, CudaError> {
+    Ok(run_scored(be, q, kv, layer, heads, batch, false)?.0)
+}
+
+/// [`run`], and with `emit_scores` the decode rows' raw scores for H2O (on the tensor-core decode kernel).
+pub fn run_scored(
+    be: &CudaBackend,
+    q: &CudaTensor,
+    kv: &CudaKv,
+    layer: usize,
+    heads: usize,
+    batch: &AttentionBatch,
+    emit_scores: bool,
+) -> Result<(CudaTensor, Option<RawScores>), CudaError> {
     let l = kv.layout;
     let d = l.head_dim;
     let dim_index = HEAD_DIMS
@@ -237,11 +263,24 @@ pub fn run(
         let mut part_m: CudaSlice<f32> = be.alloc_f32(parts)?;
         let mut part_l: CudaSlice<f32> = be.alloc_f32(parts)?;
         let (sl, sp) = (split as i32, splits as i32);
-        let (f, name) = if be.decode_mma.load(std::sync::atomic::Ordering::Relaxed) {
+        let (f, name) = if emit_scores || be.decode_mma.load(std::sync::atomic::Ordering::Relaxed) {
             (&be.kernels.attn_decode_mma[dim_index], "attn_decode_mma_d")
         } else {
             (&be.kernels.attn_decode[dim_index], "attn_decode_d")
         };
+        let mut scored = if emit_scores {
+            let stride = p.decode_max_ctx.max(1);
+            Some(RawScores {
+                raw: be.alloc_f32(nd * heads * stride)?,
+                stride,
+                lse: be.alloc_f32(nd * heads)?,
+                decode_chunks: decode_chunks(batch),
+            })
+        } else {
+            None
+        };
+        let null = 0u64;
+        let raw_stride = scored.as_ref().map_or(0, |r| r.stride as i32);
         let mut b = be.builder(f);
         b.arg(qs)
             .arg(kc)
@@ -260,6 +299,10 @@ pub fn run(
             .arg(&sl)
             .arg(&sp)
             .arg(&mut out);
+        match scored.as_mut() {
+            Some(r) => b.arg(&mut r.raw).arg(&raw_stride).arg(&mut r.lse),
+            None => b.arg(&null).arg(&raw_stride).arg(&null),
+        };
         let cfg = LaunchConfig {
             grid_dim: (nd as u32, l.kv_heads as u32, splits as u32),
             block_dim: (128, 1, 1),
@@ -268,11 +311,14 @@ pub fn run(
         launch(b, cfg, "attention", &format!("{name}{d}"))?;
         if splits == 1 {
             // The decode kernel wrote the normalised rows itself.
-            return Ok(CudaTensor {
-                buf: CudaBuf::Bf16(out),
-                rows: tokens,
-                cols: width,
-            });
+            return Ok((
+                CudaTensor {
+                    buf: CudaBuf::Bf16(out),
+                    rows: tokens,
+                    cols: width,
+                },
+                scored,
+            ));
         }
         let hd = d as i32;
         let mut b = be.builder(&be.kernels.attn_combine);
@@ -284,15 +330,41 @@ pub fn run(
             .arg(&hh)
             .arg(&hd)
             .arg(&sp);
+        match scored.as_mut() {
+            Some(r) => b.arg(&mut r.lse),
+            None => b.arg(&null),
+        };
         let mut cfg = rows_cfg(nd, d.max(32) as u32);
         cfg.grid_dim.1 = heads as u32;
         launch(b, cfg, "attention", "attn_combine")?;
+        return Ok((
+            CudaTensor {
+                buf: CudaBuf::Bf16(out),
+                rows: tokens,
+                cols: width,
+            },
+            scored,
+        ));
     }
-    Ok(CudaTensor {
-        buf: CudaBuf::Bf16(out),
-        rows: tokens,
-        cols: width,
-    })
+    Ok((
+        CudaTensor {
+            buf: CudaBuf::Bf16(out),
+            rows: tokens,
+            cols: width,
+        },
+        None,
+    ))
+}
+
+/// The chunks of `batch` that the decode kernel takes (one query row), in the plan's decode order.
+pub fn decode_chunks(batch: &AttentionBatch) -> Vec<usize> {
+    batch
+        .seqs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.q_len == 1)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod gemm;
+mod h2o;
 mod launch;
 pub mod registry;
 pub mod roofline;
@@ -147,6 +148,8 @@ pub struct CudaKv {
     layout: KvLayout,
     k: Vec<CudaSlice<u16>>,
     v: Vec<CudaSlice<u16>>,
+    /// H2O attention scores, f32 per slot and KV head, every layer in one buffer ([`h2o::layer_stride`] apart).
+    scores: CudaSlice<f32>,
 }
 
 /// The skinny-product kernels (`kernels/gemv.cu`) exist for products of up to this many rows.
@@ -188,6 +191,13 @@ struct Kernels {
     attn_decode: Vec<CudaFunction>,
     /// The tensor-core decode kernels (`attn_decode_mma_d*`), used unless `ENGRAM_DECODE_ATTN=simt`.
     attn_decode_mma: Vec<CudaFunction>,
+    /// H2O: scores reset, accumulation (per head dimension), read-out and compaction.
+    h2o_reset: CudaFunction,
+    h2o_accumulate: Vec<CudaFunction>,
+    h2o_read: CudaFunction,
+    h2o_gather: CudaFunction,
+    h2o_scatter: CudaFunction,
+    h2o_from_raw: CudaFunction,
 }
 
 impl Kernels {
@@ -230,6 +240,15 @@ impl Kernels {
             attn_prefill: per_dim("attn_prefill_d")?,
             attn_decode: per_dim("attn_decode_d")?,
             attn_decode_mma: per_dim("attn_decode_mma_d")?,
+            h2o_reset: r.function("h2o", "h2o_reset")?,
+            h2o_accumulate: HEAD_DIMS
+                .iter()
+                .map(|d| r.function("h2o", &format!("h2o_accumulate_d{d}")))
+                .collect::<Result<_, _>>()?,
+            h2o_read: r.function("h2o", "h2o_read")?,
+            h2o_gather: r.function("h2o", "h2o_gather")?,
+            h2o_scatter: r.function("h2o", "h2o_scatter")?,
+            h2o_from_raw: r.function("h2o", "h2o_from_raw")?,
         })
     }
 }
@@ -850,7 +869,18 @@ impl Backend for CudaBackend {
             k.push(z().map_err(|e| CudaError::driver("alloc kv", e))?);
             v.push(z().map_err(|e| CudaError::driver("alloc kv", e))?);
         }
-        Ok(CudaKv { layout, k, v })
+        let scores = self
+            .stream
+            .alloc_zeros::<f32>(
+                (layout.layers * layout.num_blocks * layout.block_size * layout.kv_heads).max(1),
+            )
+            .map_err(|e| CudaError::driver("alloc kv scores", e))?;
+        Ok(CudaKv {
+            layout,
+            k,
+            v,
+            scores,
+        })
     }
 
     fn embed(&self, table: &CudaTensor, ids: &[u32]) -> Result<CudaTensor, BackendError> {
@@ -1211,6 +1241,57 @@ impl Backend for CudaBackend {
             "write_kv",
         )?;
         Ok(())
+    }
+
+    fn supports_h2o(&self) -> bool {
+        true
+    }
+
+    fn reset_scores(&self, kv: &mut CudaKv, slots: &[u32]) -> Result<(), BackendError> {
+        let _span = self.span(|| "h2o reset".into());
+        h2o::reset(self, kv, slots)
+    }
+
+    fn accumulate_attention(
+        &self,
+        q: &CudaTensor,
+        kv: &mut CudaKv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+        tracked: &[usize],
+    ) -> Result<(), BackendError> {
+        let _span = self.span(|| "h2o accumulate".into());
+        h2o::accumulate(self, q, kv, layer, heads, batch, tracked)
+    }
+
+    fn attention_tracked(
+        &self,
+        q: &CudaTensor,
+        kv: &mut CudaKv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+        tracked: &[usize],
+    ) -> Result<CudaTensor, BackendError> {
+        let _span = self.span(|| "attention + h2o".into());
+        h2o::attention_tracked(self, q, kv, layer, heads, batch, tracked)
+    }
+
+    fn read_scores(&self, kv: &CudaKv, slots: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let _span = self.span(|| "h2o read".into());
+        h2o::read(self, kv, slots)
+    }
+
+    fn compact_kv(
+        &self,
+        kv: &mut CudaKv,
+        slots: &[u32],
+        keep: &[u32],
+        n: usize,
+    ) -> Result<(), BackendError> {
+        let _span = self.span(|| "h2o compact".into());
+        h2o::compact(self, kv, slots, keep, n)
     }
 
     fn attention(

@@ -28,6 +28,7 @@ pub const MODULES: &[(&str, &str)] = &[
     ),
     ("gemv", include_str!("../../../../kernels/gemv.cu")),
     ("sampling", include_str!("../../../../kernels/sampling.cu")),
+    ("h2o", include_str!("../../../../kernels/h2o.cu")),
 ];
 
 /// Compiled modules of one context, by name.

@@ -114,6 +114,14 @@ pub static TOKENS_GENERATED: LazyLock<IntCounter> =
 
 /// Generation: forward passes of the target model that produced tokens, counted per sequence (tokens per target
 /// step = `generation_tokens_total` / this; above 1 with speculative decoding).
+/// H2O: cached tokens evicted (per KV head, every head evicts as many).
+pub static KV_EVICTED_TOKENS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "kv_evicted_tokens_total",
+        "Cached tokens evicted by H2O budgets (kv_budget)",
+    )
+});
+/// Target-model passes that produced tokens, per sequence.
 pub static TARGET_STEPS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "generation_target_steps_total",

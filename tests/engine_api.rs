@@ -297,6 +297,7 @@ async fn constrained_requests_always_give_json_of_the_shape() {
                 prompt: prompt.clone(),
                 params,
                 constraint: Some(c.clone()),
+                kv_budget: None,
             };
             streams.push((max_tokens, g.submit(request).unwrap()));
         }
@@ -344,6 +345,7 @@ async fn constrained_requests_always_give_json_of_the_shape() {
         prompt,
         params,
         constraint: Some(c.clone()),
+        kv_budget: None,
     };
     assert!(matches!(
         g.submit(request),
@@ -425,4 +427,80 @@ async fn response_format_json_schema_constrains_the_answer() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
     assert_eq!(e["error"]["code"], "max_tokens_too_small");
     t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_budget_evicts_and_a_covering_one_changes_nothing() {
+    let t = start().await;
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(8);
+    let ask = |budget: Option<Value>| {
+        let mut extra = json!({"max_tokens": 80});
+        if let Some(b) = budget {
+            extra["kv_budget"] = b;
+        }
+        chat(&long, extra)
+    };
+    let (s, full) = t.post_json("/v1/chat/completions", &ask(None)).await;
+    assert_eq!(s, StatusCode::OK, "{full}");
+    // A budget larger than the whole sequence: the same greedy answer, nothing evicted.
+    let before = evicted(&t).await;
+    let (s, covered) = t
+        .post_json(
+            "/v1/chat/completions",
+            &ask(Some(json!({"heavy_tokens": 1000, "recent_tokens": 1000}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{covered}");
+    assert_eq!(
+        covered["choices"][0]["message"],
+        full["choices"][0]["message"]
+    );
+    assert_eq!(evicted(&t).await, before);
+    // A small one: the prompt (hundreds of tokens) is cut to its budget at once, and decoding goes on under it
+    // (it may stop early: the random model's answer changes).
+    let (s, small) = t
+        .post_json(
+            "/v1/chat/completions",
+            &ask(Some(json!({"heavy_ratio": 0.05, "recent_tokens": 16}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{small}");
+    assert!(
+        small["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+        "{small}"
+    );
+    assert!(evicted(&t).await > before + 100);
+    // Bad budgets are a 400 naming kv_budget.
+    for bad in [
+        json!({"heavy_ratio": 0.1}),
+        json!({"heavy_ratio": 0.1, "heavy_tokens": 5, "recent_ratio": 0.1}),
+        json!({"heavy_ratio": 1.5, "recent_ratio": 0.1}),
+        json!({"heavy_tokens": 0, "recent_ratio": 0.1}),
+    ] {
+        let (s, e) = t
+            .post_json("/v1/chat/completions", &ask(Some(bad.clone())))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} -> {e}");
+        assert_eq!(e["error"]["param"], "kv_budget", "{bad} -> {e}");
+    }
+    let unknown = ask(Some(json!({"heavy": 0.1, "recent_ratio": 0.1})));
+    let (s, e) = t.post_json("/v1/chat/completions", &unknown).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("heavy_ratio"),
+        "{e}"
+    );
+    t.finish().await;
+}
+
+/// The `engram_kv_evicted_tokens_total` counter.
+async fn evicted(t: &TestApp) -> u64 {
+    let (_, body) = t.get("/metrics").await;
+    let text = body.as_str().unwrap_or_default().to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("engram_kv_evicted_tokens_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }

@@ -1,6 +1,7 @@
 //! The [`Generator`] trait the server talks to, and its requests, events and errors.
 
 use super::constrain::JsonConstraint;
+use super::h2o::KvBudget;
 use super::model::ModelTokenizer;
 use super::sampling::{SamplingError, SamplingParams};
 use super::score::Scores;
@@ -19,15 +20,19 @@ pub struct GenerationRequest {
     /// Output constrained to a JSON shape: only tokens that keep it valid are sampled, and the request stops
     /// (reason `stop`) when the value is complete.
     pub constraint: Option<Arc<JsonConstraint>>,
+    /// An H2O KV budget ([`crate::engine::h2o`]): past it, the sequence keeps only its heavy hitters and recent
+    /// tokens (not shared with other sequences, never speculated).
+    pub kv_budget: Option<KvBudget>,
 }
 
 impl GenerationRequest {
-    /// An unconstrained request.
+    /// An unconstrained request with the full KV cache.
     pub fn new(prompt: Vec<u32>, params: SamplingParams) -> Self {
         Self {
             prompt,
             params,
             constraint: None,
+            kv_budget: None,
         }
     }
 }

@@ -132,13 +132,12 @@ fn run<B: Backend>(
                 .select_tokens(&logits, 0.0, 0)
                 .map_err(LlamaError::from)?[0],
         );
-        if states[i].is_some() {
+        if let Some(state) = states[i].as_mut() {
             evict_due(
                 model,
                 kv,
                 cache,
-                &mut states[i..=i],
-                i,
+                &mut [(seq, state)],
                 &mut EvictionTimes::default(),
             )?;
         }
@@ -176,7 +175,12 @@ fn run<B: Backend>(
             .backend()
             .select_tokens(&logits, 0.0, 0)
             .map_err(LlamaError::from)?;
-        evict_due(model, kv, cache, &mut states, 0, &mut eviction)?;
+        let mut tracked: Vec<(u64, &mut H2oState)> = states
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_mut().map(|s| (i as u64, s)))
+            .collect();
+        evict_due(model, kv, cache, &mut tracked, &mut eviction)?;
         model.backend().synchronize().map_err(LlamaError::from)?;
         step_seconds.push((forward + resumed.elapsed()).as_secs_f64());
     }
@@ -190,38 +194,31 @@ fn run<B: Backend>(
     })
 }
 
-/// Evicts every sequence that is due down to its budget: one read of all their scores, their kept sets chosen on
-/// all cores, then each compacted (its kept tokens moved to its first slots) and its blocks past them freed.
-/// `states[k]` is sequence `first + k`'s.
-fn evict_due<B: Backend>(
+/// Evicts every sequence of `seqs` (cache sequence id and H2O state) that is due down to its budget: one read of
+/// all their scores, their kept sets chosen on all cores, then each compacted (its kept tokens moved to its first
+/// slots) and its blocks past them freed. Returns the tokens evicted.
+pub fn evict_due<B: Backend>(
     model: &LlamaModel<B>,
     kv: &mut B::Kv,
     cache: &mut KvCache,
-    states: &mut [Option<H2oState>],
-    first: usize,
+    seqs: &mut [(u64, &mut H2oState)],
     times: &mut EvictionTimes,
-) -> Result<(), PrefillError> {
+) -> Result<usize, PrefillError> {
     let mut due = Vec::new();
-    for (k, state) in states.iter().enumerate() {
-        let i = first + k;
-        if let Some(s) = state {
-            let len = cache
-                .table(i as u64)
-                .ok_or(KvError::UnknownSequence(i as u64))?
-                .len;
-            if s.due(len) {
-                due.push((i, len, s.budget));
-            }
+    for (k, (seq, s)) in seqs.iter().enumerate() {
+        let len = cache.table(*seq).ok_or(KvError::UnknownSequence(*seq))?.len;
+        if s.due(len) {
+            due.push((k, len, s.budget));
         }
     }
     if due.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let began = Instant::now();
     let mut slots = Vec::with_capacity(due.len());
     let mut all = Vec::new();
-    for &(i, len, _) in &due {
-        let s = cache.slots_for(i as u64, 0, len)?;
+    for &(k, len, _) in &due {
+        let s = cache.slots_for(seqs[k].0, 0, len)?;
         all.extend_from_slice(&s);
         slots.push(s);
     }
@@ -267,14 +264,14 @@ fn evict_due<B: Backend>(
             .collect()
     });
     let selected = began.elapsed().as_secs_f64();
-    for ((&(i, len, budget), keep), slots) in due.iter().zip(&keeps).zip(&slots) {
+    let mut evicted = 0;
+    for ((&(k, len, budget), keep), slots) in due.iter().zip(&keeps).zip(&slots) {
         let kept = budget.total().min(len);
         b.compact_kv(kv, slots, keep, kept)
             .map_err(LlamaError::from)?;
-        cache.truncate(i as u64, kept)?;
-        if let Some(state) = states[i - first].as_mut() {
-            state.record(keep, heads_total, len);
-        }
+        cache.truncate(seqs[k].0, kept)?;
+        seqs[k].1.record(keep, heads_total, len);
+        evicted += len - kept;
     }
     b.synchronize().map_err(LlamaError::from)?;
     times.rounds += 1;
@@ -282,5 +279,5 @@ fn evict_due<B: Backend>(
     times.read_s += read;
     times.select_s += selected - read;
     times.compact_s += began.elapsed().as_secs_f64() - selected;
-    Ok(())
+    Ok(evicted)
 }

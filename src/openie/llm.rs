@@ -160,6 +160,7 @@ impl LlmExtractor {
                 prompt,
                 params,
                 constraint: Some(constraint.clone()),
+                kv_budget: None,
             };
             match self.generator.submit(request) {
                 Ok(rx) => streams.push(Some(rx)),

@@ -8,6 +8,7 @@ use crate::engine::constrain::JsonConstraint;
 use crate::engine::generator::{
     EngineError, FinishReason, GenerationEvent, GenerationRequest, Generator, Usage,
 };
+use crate::engine::h2o::{BudgetPart, KvBudget};
 use crate::engine::json_schema::shape_of;
 use crate::engine::model::ChatMessage;
 use crate::engine::sampling::{SamplingError, SamplingParams};
@@ -65,6 +66,53 @@ pub struct SamplingFields {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub response_format: Option<Value>,
+    /// H2O KV eviction (extension): `{"heavy_ratio" | "heavy_tokens": ..., "recent_ratio" | "recent_tokens":
+    /// ...}`, each part a share (0, 1] of the prompt or a number of tokens. Past `heavy + recent` (plus a slack of
+    /// a few blocks), the sequence keeps per layer and KV head the tokens that received the most attention and the
+    /// most recent ones. Omitted: the full cache.
+    #[serde(default)]
+    pub kv_budget: Option<KvBudgetRequest>,
+}
+
+/// The `kv_budget` of a request: each part a ratio or a token count.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KvBudgetRequest {
+    /// Heavy hitters, as a share of the prompt.
+    #[serde(default)]
+    pub heavy_ratio: Option<f64>,
+    /// Heavy hitters, in tokens.
+    #[serde(default)]
+    pub heavy_tokens: Option<usize>,
+    /// Recent window, as a share of the prompt.
+    #[serde(default)]
+    pub recent_ratio: Option<f64>,
+    /// Recent window, in tokens.
+    #[serde(default)]
+    pub recent_tokens: Option<usize>,
+}
+
+impl KvBudgetRequest {
+    /// The budget, or a 400 naming what to fix.
+    fn budget(&self) -> Result<KvBudget, ApiError> {
+        let part = |ratio: Option<f64>, tokens: Option<usize>, what: &str| match (ratio, tokens) {
+            (Some(r), None) => Ok(BudgetPart::Ratio(r)),
+            (None, Some(n)) => Ok(BudgetPart::Tokens(n)),
+            _ => Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("kv_budget needs exactly one of {what}_ratio and {what}_tokens"),
+            )
+            .param("kv_budget")),
+        };
+        let budget = KvBudget {
+            heavy: part(self.heavy_ratio, self.heavy_tokens, "heavy")?,
+            recent: part(self.recent_ratio, self.recent_tokens, "recent")?,
+        };
+        budget.validate().map_err(|e| {
+            ApiError::bad_request("invalid_parameter", format!("kv_budget: {e}")).param("kv_budget")
+        })?;
+        Ok(budget)
+    }
 }
 
 /// Submits `prompt` with the constraint the request's `response_format` asks for.
@@ -75,10 +123,16 @@ fn submit(
     fields: &SamplingFields,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>, ApiError> {
     let constraint = response_constraint(g, fields.response_format.as_ref())?;
+    let kv_budget = fields
+        .kv_budget
+        .as_ref()
+        .map(KvBudgetRequest::budget)
+        .transpose()?;
     Ok(g.submit(GenerationRequest {
         prompt,
         params,
         constraint,
+        kv_budget,
     })?)
 }
 

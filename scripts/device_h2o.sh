@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # H2O on the GPU, in one device call (carry = ["dist"] after `make dist-cuda`): the H2O parity tests against the
 # CPU backend, then `engram bench h2o` on the Llama-3-8B shape: 32 sequences with 8,192-token prompts, 256 decode
-# steps, a 20% budget (10% heavy hitters + 10% recent) against the full cache. H2O_ARGS adds flags (another
-# budget: `--heavy 0.1,0.05 --recent 0.1,0.05`). Output in $OUT/h2o_{parity.log,bench.txt,bench.json}.
+# steps, a 20% budget (10% heavy hitters + 10% recent, evicting every 64 tokens) against the full cache. H2O_ARGS
+# adds flags (more budgets: `--heavy 0.1,0.05 --recent 0.1,0.05`; `--slack 16`).
+# Output in $OUT/h2o_{parity.log,bench.txt,bench.json}.
 set -uo pipefail
 OUT=${OUT:-/tmp/engram-out}
 mkdir -p "$OUT"

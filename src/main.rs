@@ -183,8 +183,8 @@ enum BenchCommand {
         /// Recent-window share of the prompt.
         #[arg(long, default_value = "0.1")]
         recent: String,
-        /// Tokens over the budget tolerated before evicting.
-        #[arg(long, default_value_t = 16)]
+        /// Tokens over the budget tolerated before evicting (default: what serving uses).
+        #[arg(long, default_value_t = engram::engine::runner::H2O_SLACK)]
         slack: usize,
         /// Prompt tokens per prefill pass.
         #[arg(long, default_value_t = 8192)]

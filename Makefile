@@ -4,7 +4,7 @@ BIND ?= 127.0.0.1:8080
 CARGO ?= cargo
 ENGRAM := target/release/engram
 
-.PHONY: run test setup ui-setup build lint bench-ingest dist-cuda clean
+.PHONY: run test setup ui-setup build lint dist-cuda clean
 
 ## make run: set up, build, ingest the demo corpus (idempotent) and serve on $(BIND).
 run: setup build
@@ -31,10 +31,6 @@ build:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
-
-## make bench-ingest: ingestion throughput and BM25 latency on the MuSiQue corpus (SQLite and PostgreSQL).
-bench-ingest: build
-	bash scripts/bench-ingest.sh
 
 ## make dist-cuda: stripped release binaries for the GPU machine (engram, gzipped to fit the device tool's
 ## 64 MiB limit, and the CUDA parity tests) in dist/;

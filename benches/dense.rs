@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo bench --bench dense` (model from `make setup`; MuSiQue from `ENGRAM_MUSIQUE_DIR`, default
 //! `../shared/data/musique`). The numpy baseline runs when python3 has numpy, safetensors and tokenizers.
+#![allow(clippy::disallowed_methods)] // test and benchmark harnesses read their fixtures' locations from the environment
 
 use engram::embed::{BertEmbedder, Embedder};
 use engram::eval::{load_corpus, load_questions};

@@ -4,11 +4,11 @@
 //!
 //! Run: `cargo bench --bench engine [-- MODEL...]` (default `tiny qwen2.5-0.5b`).
 
-use engram::engine::backend::cpu::CpuBackend;
-use engram::engine::kv_cache::{KvCache, KvCacheConfig};
-use engram::engine::llama::LlamaModel;
-use engram::engine::model::ModelFiles;
-use engram::engine::prefill::{decode_step, prefill_padded, prefill_prepacked};
+use engram_engine::internals::backend::cpu::CpuBackend;
+use engram_engine::internals::kv_cache::{KvCache, KvCacheConfig};
+use engram_engine::internals::llama::LlamaModel;
+use engram_engine::internals::model::ModelFiles;
+use engram_engine::internals::prefill::{decode_step, prefill_padded, prefill_prepacked};
 use std::time::Instant;
 
 /// Peak resident memory since the last reset, MiB (Linux `VmHWM`).
@@ -30,11 +30,11 @@ fn reset_peak() {
 
 /// Long-tailed lengths in [lo, hi] (fixed seed): the generator `engram bench` and the transformers baseline use.
 fn lengths(n: usize, lo: usize, hi: usize, seed: u64) -> Vec<usize> {
-    engram::engine::bench::prompt_lengths(n, lo, hi, seed)
+    engram_engine::internals::workload::prompt_lengths(n, lo, hi, seed)
 }
 
 fn prompts(lens: &[usize], vocab: usize) -> Vec<Vec<u32>> {
-    engram::engine::bench::prompt_tokens(lens, vocab)
+    engram_engine::internals::workload::prompt_tokens(lens, vocab)
 }
 
 fn main() {

@@ -4,13 +4,14 @@
 //!
 //! Run: `cargo bench --bench foundation` (PostgreSQL at `ENGRAM_TEST_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`, in a scratch schema that is dropped afterwards).
+#![allow(clippy::disallowed_methods)] // test and benchmark harnesses read their fixtures' locations from the environment
 
 use engram::app::App;
 use engram::config::Config;
 use engram::eval::{load_corpus, load_questions};
 use engram::index::TextIndex;
 use engram::ingest::chunker::chunk_text;
-use engram::ingest::document::NewDocument;
+use engram::store::NewDocument;
 use engram::store::PassageRecord;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

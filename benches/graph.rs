@@ -5,6 +5,7 @@
 //!
 //! Run: `cargo bench --bench graph` (model from `make setup`; MuSiQue from `ENGRAM_MUSIQUE_DIR`, default
 //! `../shared/data/musique`). With `-- --no-embed` the graph has no synonym edges (and no hipporag2).
+#![allow(clippy::disallowed_methods)] // test and benchmark harnesses read their fixtures' locations from the environment
 
 use engram::app::App;
 use engram::config::Config;

@@ -5,6 +5,7 @@
 //! `ENGRAM_EMBED_MODEL_DIR` (default `models/all-MiniLM-L6-v2`, fetched by `make setup`); the corpus defaults to
 //! `$ENGRAM_MUSIQUE_DIR/corpus.json` (default `../shared/data/musique`). Compare with the NumPy reference:
 //! `python3 scripts/reference_embeddings.py --bench CORPUS.json --count N`.
+#![allow(clippy::disallowed_methods)] // test and benchmark harnesses read their fixtures' locations from the environment
 
 use std::path::PathBuf;
 use std::time::Instant;

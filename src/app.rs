@@ -4,13 +4,6 @@
 use crate::config::{Config, VectorBackend};
 use crate::embed::bert::BertEmbedder;
 use crate::embed::{EmbedError, Embedder};
-use crate::engine::backend::cpu::CpuBackend;
-use crate::engine::bench::load_model;
-use crate::engine::device::{self, DeviceSpec, Resolved};
-use crate::engine::generator::{EngineError, Generator};
-use crate::engine::model::ModelError;
-use crate::engine::runner::{Engine, EngineConfig};
-use crate::engine::speculative::SpeculationMethod;
 use crate::graph::ExtractorChoice;
 use crate::graph::{GraphError, GraphIndex, GraphVectors};
 use crate::index::vectors::{
@@ -29,6 +22,7 @@ use crate::retrieve::hipporag2::HippoRag2Retriever;
 use crate::retrieve::hybrid::HybridRetriever;
 use crate::retrieve::{Retriever, Retrievers};
 use crate::store::{Store, StoreError};
+use engram_engine::{EngineConfig, Generator};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -64,12 +58,9 @@ pub enum StartError {
     /// The knowledge graph could not be loaded.
     #[error(transparent)]
     Graph(#[from] GraphError),
-    /// The generation model could not be loaded.
+    /// The generation engine could not start (device, model, draft).
     #[error(transparent)]
-    Model(#[from] ModelError),
-    /// The generation engine could not start.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
+    Engine(#[from] engram_engine::StartError),
     /// A start-up task panicked.
     #[error("start-up task failed: {0}")]
     Task(String),
@@ -193,61 +184,14 @@ impl App {
     }
 }
 
-/// Loads the generation model (a Hugging Face directory or `synthetic:NAME`) on the configured device
-/// (`engine.device`) and starts the engine thread.
+/// Starts the generation engine for `spec` as `config` says (device, draft model), off the async threads.
 async fn open_engine(spec: &str, config: &EngineConfig) -> Result<Arc<dyn Generator>, StartError> {
     let spec = spec.to_string();
     let config = config.clone();
     let started = std::time::Instant::now();
-    let engine = tokio::task::spawn_blocking(move || -> Result<Engine, StartError> {
-        let start = |e: &dyn std::fmt::Display| EngineError::Start(e.to_string());
-        let device: DeviceSpec = config.device.parse().map_err(|e| start(&e))?;
-        // The draft model of speculative decoding, when configured, goes on the same device (its own backend
-        // instance: the same device context, a stream of its own).
-        let draft_spec = match config.speculative.method {
-            SpeculationMethod::Draft => config.speculative.draft_model.clone(),
-            _ => None,
-        };
-        match device::resolve(device).map_err(|e| start(&e))? {
-            Resolved::Cpu => {
-                let (model, tokenizer, name) =
-                    load_model(CpuBackend, &spec).map_err(|e| start(&e))?;
-                let tokenizer = Arc::new(tokenizer);
-                match &draft_spec {
-                    Some(d) => {
-                        let (draft, _, _) = load_model(CpuBackend, d).map_err(|e| start(&e))?;
-                        Ok(Engine::start_with_draft(
-                            model, draft, tokenizer, name, &config,
-                        )?)
-                    }
-                    None => Ok(Engine::start(model, tokenizer, name, &config)?),
-                }
-            }
-            Resolved::Cuda(backend) => {
-                let (model, tokenizer, name) =
-                    load_model(*backend, &spec).map_err(|e| start(&e))?;
-                let tokenizer = Arc::new(tokenizer);
-                match &draft_spec {
-                    Some(d) => {
-                        let Resolved::Cuda(draft_backend) =
-                            device::resolve(device).map_err(|e| start(&e))?
-                        else {
-                            return Err(
-                                start(&"the draft model's device is not the target's").into()
-                            );
-                        };
-                        let (draft, _, _) = load_model(*draft_backend, d).map_err(|e| start(&e))?;
-                        Ok(Engine::start_with_draft(
-                            model, draft, tokenizer, name, &config,
-                        )?)
-                    }
-                    None => Ok(Engine::start(model, tokenizer, name, &config)?),
-                }
-            }
-        }
-    })
-    .await
-    .map_err(|e| StartError::Task(e.to_string()))??;
+    let engine = tokio::task::spawn_blocking(move || engram_engine::open_engine(&spec, &config))
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))??;
     tracing::info!(
         model = engine.model_name(),
         load_ms = started.elapsed().as_millis() as u64,

@@ -2,11 +2,11 @@
 //! (and `DATABASE_URL`) → command-line flags. [`Config::load`] merges the layers and [`Config::validate`] checks the
 //! result, naming the offending key.
 
-use crate::engine::runner::EngineConfig;
 use crate::graph::GraphConfig;
 use crate::index::vectors::RemoteQdrantConfig;
 use crate::ingest::chunker::ChunkConfig;
 use crate::retrieve::hybrid::HybridConfig;
+use engram_engine::EngineConfig;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,8 @@ pub struct Config {
     pub graph: GraphConfig,
     /// The generation engine.
     pub engine: EngineConfig,
+    /// Question answering and attribution.
+    pub qa: QaConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -169,6 +171,98 @@ pub struct VectorsConfig {
     pub qdrant: RemoteQdrantConfig,
 }
 
+/// Question answering and attribution (`[qa]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QaConfig {
+    /// Coalition prompts scored per engine call in the joint attribution mode (each call's sequences are released
+    /// before the next); 1 scores every coalition prompt alone and in full, the separate-scoring baseline.
+    pub coalitions_per_call: usize,
+}
+
+impl Default for QaConfig {
+    fn default() -> Self {
+        Self {
+            coalitions_per_call: 16,
+        }
+    }
+}
+
+/// How an alias's environment value becomes its key's value.
+type AliasValue = fn(&str) -> figment::value::Value;
+
+/// The older performance variables the device scripts set: documented aliases of typed keys, below the
+/// `ENGRAM__...` variables (which win). Each maps the value to its key's value.
+const ALIASES: &[(&str, &str, AliasValue)] = &[
+    ("ENGRAM_GEMV", "engine.cuda.gemv_rows", |v| {
+        if v == "0" {
+            0.into()
+        } else {
+            DEFAULT_GEMV_ROWS.into()
+        }
+    }),
+    ("ENGRAM_GEMV_ROWS", "engine.cuda.gemv_rows", alias_value),
+    ("ENGRAM_GEMM_TUNE", "engine.cuda.gemm_tune", |v| {
+        (v != "0").into()
+    }),
+    ("ENGRAM_PDL", "engine.cuda.pdl", |v| (v != "0").into()),
+    (
+        "ENGRAM_DECODE_ATTN",
+        "engine.cuda.decode_attention",
+        alias_value,
+    ),
+    (
+        "ENGRAM_DECODE_MIN_TILES",
+        "engine.cuda.decode_min_tiles",
+        alias_value,
+    ),
+    (
+        "ENGRAM_DECODE_BLOCKS_PER_SM",
+        "engine.cuda.decode_blocks_per_sm",
+        alias_value,
+    ),
+    (
+        "ENGRAM_KERNEL_CACHE",
+        "engine.cuda.kernel_cache",
+        alias_value,
+    ),
+    (
+        "ENGRAM_QA_COALITIONS_PER_CALL",
+        "qa.coalitions_per_call",
+        alias_value,
+    ),
+];
+
+/// `engine.cuda.gemv_rows`'s default, what `ENGRAM_GEMV` set to anything but 0 means.
+const DEFAULT_GEMV_ROWS: usize = 3;
+
+/// An environment value as a typed value: a number or boolean where it parses as one, else the string.
+fn alias_value(value: &str) -> figment::value::Value {
+    value
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| figment::value::Value::from(value.to_string()))
+}
+
+/// Where compiled CUDA kernels are cached unless `engine.cuda.kernel_cache` says otherwise:
+/// `$XDG_CACHE_HOME/engram/kernels`, else `~/.cache/engram/kernels`.
+fn default_kernel_cache(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("engram").join("kernels"))
+}
+
+/// The environment variable naming a directory whose `index.html` the server reads at every `GET /` instead of
+/// the embedded page (for work on the page itself).
+pub const WEB_DIR_ENV: &str = "ENGRAM_WEB_DIR";
+
+/// The directory [`WEB_DIR_ENV`] names now, if any: read at each request, so an edit needs no restart.
+#[allow(clippy::disallowed_methods)]
+pub fn web_dir_override() -> Option<PathBuf> {
+    std::env::var_os(WEB_DIR_ENV).map(PathBuf::from)
+}
+
 /// Logging settings (`[log]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -213,6 +307,16 @@ impl Config {
             }
             None => {}
         }
+        let var = |name: &str| {
+            env.iter()
+                .find(|(k, v)| k == name && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        };
+        for (name, key, value) in ALIASES {
+            if let Some(v) = var(name) {
+                fig = fig.merge(Serialized::global(key, value(&v)));
+            }
+        }
         for (key, value) in env.iter().filter(|(k, _)| k.starts_with("ENGRAM__")) {
             let path = key["ENGRAM__".len()..]
                 .to_ascii_lowercase()
@@ -222,11 +326,6 @@ impl Config {
                 .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
             fig = fig.merge(Serialized::global(&path, parsed));
         }
-        let var = |name: &str| {
-            env.iter()
-                .find(|(k, v)| k == name && !v.is_empty())
-                .map(|(_, v)| v.clone())
-        };
         if let Some(url) = var("DATABASE_URL") {
             fig = fig.merge(Serialized::global("storage.database_url", url));
         }
@@ -238,7 +337,10 @@ impl Config {
         if let Some(key) = var("QDRANT_API_KEY") {
             fig = fig.merge(Serialized::global("vectors.qdrant.api_key", key));
         }
-        let config: Config = fig.merge(overrides).extract()?;
+        let mut config: Config = fig.merge(overrides).extract()?;
+        if config.engine.cuda.kernel_cache.is_none() {
+            config.engine.cuda.kernel_cache = default_kernel_cache(var);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -301,7 +403,7 @@ impl Config {
             });
         }
         let e = &self.engine;
-        if let Err(err) = e.device.parse::<crate::engine::device::DeviceSpec>() {
+        if let Err(err) = e.device.parse::<engram_engine::DeviceSpec>() {
             return Err(ConfigError::Invalid {
                 key: "engine.device",
                 message: err.to_string(),
@@ -324,6 +426,16 @@ impl Config {
         e.speculative
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        e.cuda.validate().map_err(|message| ConfigError::Invalid {
+            key: "engine.cuda",
+            message,
+        })?;
+        if self.qa.coalitions_per_call == 0 {
+            return Err(ConfigError::Invalid {
+                key: "qa.coalitions_per_call",
+                message: "must be at least 1".into(),
+            });
+        }
         self.graph
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid { key, message })?;

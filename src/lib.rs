@@ -5,7 +5,7 @@
 //! - [`store`]: the database (SQLite or PostgreSQL through sqlx), the source of truth;
 //! - [`ingest`]: loaders, chunker and the resumable job pipeline;
 //! - [`index`]: the BM25 index (tantivy), rebuildable from the store;
-//! - [`engine`]: the LLM inference engine (models, backends, KV cache, scheduler, sampling);
+//! - the LLM inference engine is its own crate, `engram_engine` (`crates/engine`);
 //! - [`openie`]: open information extraction (extractor trait, precomputed import, non-LLM fallback);
 //! - [`graph`]: the knowledge graph (phrase and passage nodes) and Personalized PageRank;
 //! - [`retrieve`]: retrievers behind one trait;
@@ -24,7 +24,6 @@ pub mod app;
 pub mod attribution;
 pub mod config;
 pub mod embed;
-pub mod engine;
 pub mod eval;
 pub mod graph;
 pub mod index;

@@ -1,12 +1,19 @@
-//! Prometheus metrics, exposed at `/metrics`.
+//! Prometheus metrics, exposed at `/metrics`: the server's own (HTTP, retrieval, ingestion) and the engine's
+//! (`engram_engine::metrics`).
 
 use prometheus::{
-    register_histogram_vec_with_registry, register_histogram_with_registry,
-    register_int_counter_vec_with_registry, register_int_counter_with_registry,
-    register_int_gauge_with_registry, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Registry, TextEncoder,
+    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
+    register_int_counter_with_registry, Encoder, HistogramVec, IntCounter, IntCounterVec, Registry,
+    TextEncoder,
 };
 use std::sync::LazyLock;
+
+/// The engine's generation metrics, gathered into `/metrics` with the server's own.
+pub use engram_engine::metrics::{
+    INTER_TOKEN_LATENCY, KV_BLOCKS_TOTAL, KV_BLOCKS_USED, KV_EVICTED_TOKENS, QUEUE_DEPTH,
+    SPECULATIVE_ACCEPTED, SPECULATIVE_PROPOSED, TARGET_STEPS, TIME_TO_FIRST_TOKEN,
+    TOKENS_GENERATED,
+};
 
 /// The registry every Engram metric lives in.
 pub static REGISTRY: LazyLock<Registry> =
@@ -71,78 +78,6 @@ pub static PASSAGES_INGESTED: LazyLock<IntCounter> =
 pub static DOCUMENTS_DELETED: LazyLock<IntCounter> =
     LazyLock::new(|| counter("documents_deleted_total", "Documents deleted"));
 
-fn gauge(name: &str, help: &str) -> IntGauge {
-    register_int_gauge_with_registry!(name, help, REGISTRY).expect("metric registers once")
-}
-
-fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    register_histogram_with_registry!(name, help, buckets, REGISTRY).expect("metric registers once")
-}
-
-/// Generation: seconds from a request's arrival to its first token.
-pub static TIME_TO_FIRST_TOKEN: LazyLock<Histogram> = LazyLock::new(|| {
-    histogram(
-        "generation_time_to_first_token_seconds",
-        "Seconds from a generation request's arrival to its first token",
-        vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-    )
-});
-/// Generation: seconds between consecutive tokens of a request.
-pub static INTER_TOKEN_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
-    histogram(
-        "generation_inter_token_latency_seconds",
-        "Seconds between consecutive tokens of a generation request",
-        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
-    )
-});
-/// Generation: requests waiting for admission.
-pub static QUEUE_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "generation_queue_depth",
-        "Generation requests waiting for KV cache admission",
-    )
-});
-/// Generation: KV cache blocks in use.
-pub static KV_BLOCKS_USED: LazyLock<IntGauge> =
-    LazyLock::new(|| gauge("generation_kv_blocks_used", "KV cache blocks in use"));
-/// Generation: KV cache blocks in all.
-pub static KV_BLOCKS_TOTAL: LazyLock<IntGauge> =
-    LazyLock::new(|| gauge("generation_kv_blocks_total", "KV cache blocks in all"));
-/// Generation: tokens generated.
-pub static TOKENS_GENERATED: LazyLock<IntCounter> =
-    LazyLock::new(|| counter("generation_tokens_total", "Tokens generated"));
-
-/// Generation: forward passes of the target model that produced tokens, counted per sequence (tokens per target
-/// step = `generation_tokens_total` / this; above 1 with speculative decoding).
-/// H2O: cached tokens evicted (per KV head, every head evicts as many).
-pub static KV_EVICTED_TOKENS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "kv_evicted_tokens_total",
-        "Cached tokens evicted by H2O budgets (kv_budget)",
-    )
-});
-/// Target-model passes that produced tokens, per sequence.
-pub static TARGET_STEPS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "generation_target_steps_total",
-        "Target-model passes that produced tokens, per sequence",
-    )
-});
-/// Speculative decoding: tokens proposed.
-pub static SPECULATIVE_PROPOSED: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "generation_speculative_proposed_tokens_total",
-        "Tokens proposed by speculative decoding",
-    )
-});
-/// Speculative decoding: proposed tokens the target accepted (acceptance rate = this / proposed).
-pub static SPECULATIVE_ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "generation_speculative_accepted_tokens_total",
-        "Proposed tokens the target model accepted",
-    )
-});
-
 /// The registry in Prometheus' text exposition format.
 pub fn render() -> String {
     // Touch every metric so that it is listed even before its first event.
@@ -154,16 +89,9 @@ pub fn render() -> String {
     LazyLock::force(&DOCUMENTS_DUPLICATE);
     LazyLock::force(&PASSAGES_INGESTED);
     LazyLock::force(&DOCUMENTS_DELETED);
-    LazyLock::force(&TIME_TO_FIRST_TOKEN);
-    LazyLock::force(&INTER_TOKEN_LATENCY);
-    LazyLock::force(&QUEUE_DEPTH);
-    LazyLock::force(&KV_BLOCKS_USED);
-    LazyLock::force(&KV_BLOCKS_TOTAL);
-    LazyLock::force(&TOKENS_GENERATED);
-    LazyLock::force(&TARGET_STEPS);
-    LazyLock::force(&SPECULATIVE_PROPOSED);
-    LazyLock::force(&SPECULATIVE_ACCEPTED);
     let mut buf = Vec::new();
-    let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
+    let mut families = REGISTRY.gather();
+    families.extend(engram_engine::metrics::gather());
+    let _ = TextEncoder::new().encode(&families, &mut buf);
     String::from_utf8(buf).unwrap_or_default()
 }

@@ -7,20 +7,31 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use engram::engine::backend::cpu::CpuBackend;
-use engram::engine::backend::cuda::CudaBackend;
-use engram::engine::backend::{select_row, AttentionBatch, Backend, KvLayout, SeqChunk};
-use engram::engine::h2o::{BudgetPart, KvBudget};
-use engram::engine::h2o_decode::{decode as h2o_decode, DecodeOptions};
-use engram::engine::kv_cache::{KvCache, KvCacheConfig};
-use engram::engine::llama::LlamaModel;
-use engram::engine::model::ModelFiles;
-use engram::engine::prefill::{decode_step, prefill_prepacked};
-use engram::engine::score_segments::{score_segmented, SegmentedScoring};
+use engram_engine::internals::backend::cpu::CpuBackend;
+use engram_engine::internals::backend::cuda::CudaBackend;
+use engram_engine::internals::backend::{select_row, AttentionBatch, Backend, KvLayout, SeqChunk};
+use engram_engine::internals::h2o_decode::{decode as h2o_decode, DecodeOptions};
+use engram_engine::internals::kv_cache::{KvCache, KvCacheConfig};
+use engram_engine::internals::llama::LlamaModel;
+use engram_engine::internals::model::ModelFiles;
+use engram_engine::internals::prefill::{decode_step, prefill_prepacked};
+use engram_engine::internals::score_segments::{score_segmented, SegmentedScoring};
+use engram_engine::{BudgetPart, KvBudget};
+
+/// Opens CUDA device 0 with the default knobs, caching compiled kernels where the device scripts say
+/// (`ENGRAM_KERNEL_CACHE`), as the server's configuration would.
+#[allow(clippy::disallowed_methods)] // the test harness reads the device scripts' cache folder
+fn open_gpu() -> Result<CudaBackend, engram_engine::internals::backend::cuda::CudaError> {
+    let config = engram_engine::CudaConfig {
+        kernel_cache: std::env::var_os("ENGRAM_KERNEL_CACHE").map(PathBuf::from),
+        ..Default::default()
+    };
+    CudaBackend::with_config(0, &config)
+}
 
 fn gpu() -> Option<&'static CudaBackend> {
     static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    GPU.get_or_init(|| match CudaBackend::new(0) {
+    GPU.get_or_init(|| match open_gpu() {
         Ok(b) => Some(b),
         Err(e) => {
             eprintln!("no CUDA device, CUDA parity tests skipped: {e}");
@@ -208,7 +219,7 @@ fn skinny_products_match_with_gemv_and_with_cublaslt() {
             );
         }
     }
-    g.set_gemv_rows(engram::engine::backend::cuda::GEMV_DEFAULT_ROWS);
+    g.set_gemv_rows(engram_engine::internals::backend::cuda::GEMV_DEFAULT_ROWS);
 }
 
 #[test]
@@ -629,7 +640,7 @@ fn whole_models_match_the_cpu_backend() {
         let files = fixture(name);
         let cpu = LlamaModel::new(CpuBackend, &files).unwrap();
         // A second backend on the same device (the model owns its backend).
-        let gpu_model = LlamaModel::new(CudaBackend::new(0).unwrap(), &files).unwrap();
+        let gpu_model = LlamaModel::new(open_gpu().unwrap(), &files).unwrap();
         let _ = g;
         let vocab = files.config.vocab_size as u64;
         let prompts: Vec<Vec<u32>> = [1usize, 7, 40, 130]
@@ -680,7 +691,7 @@ fn segmented_scoring_matches_the_cpu_backend() {
     };
     let files = fixture("llama");
     let cpu = LlamaModel::new(CpuBackend, &files).unwrap();
-    let gpu_model = LlamaModel::new(CudaBackend::new(0).unwrap(), &files).unwrap();
+    let gpu_model = LlamaModel::new(open_gpu().unwrap(), &files).unwrap();
     let vocab = files.config.vocab_size as u32;
     let toks = |n: u32, seed: u32| -> Vec<u32> {
         (0..n).map(|i| (i * 13 + seed * 29 + 1) % vocab).collect()
@@ -875,7 +886,7 @@ fn h2o_decoding_matches_the_cpu_backend() {
     let _ = g;
     let files = fixture("llama");
     let cpu = LlamaModel::new(CpuBackend, &files).unwrap();
-    let gpu_model = LlamaModel::new(CudaBackend::new(0).unwrap(), &files).unwrap();
+    let gpu_model = LlamaModel::new(open_gpu().unwrap(), &files).unwrap();
     let vocab = files.config.vocab_size as u32;
     let prompts: Vec<Vec<u32>> = [90u32, 130, 60]
         .iter()

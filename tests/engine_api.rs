@@ -228,8 +228,8 @@ async fn without_a_model_generation_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_stream_cancels_the_request_and_frees_its_cache() {
-    use engram::engine::generator::{GenerationEvent, GenerationRequest};
-    use engram::engine::sampling::SamplingParams;
+    use engram_engine::SamplingParams;
+    use engram_engine::{GenerationEvent, GenerationRequest};
     let t = start().await;
     let g = t.app.generator.as_ref().unwrap().clone();
     let params = SamplingParams {
@@ -258,11 +258,9 @@ async fn dropping_the_stream_cancels_the_request_and_frees_its_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constrained_requests_always_give_json_of_the_shape() {
-    use engram::engine::constrain::{JsonConstraint, JsonShape};
-    use engram::engine::generator::{
-        EngineError, FinishReason, GenerationEvent, GenerationRequest,
-    };
-    use engram::engine::sampling::SamplingParams;
+    use engram_engine::SamplingParams;
+    use engram_engine::{EngineError, FinishReason, GenerationEvent, GenerationRequest};
+    use engram_engine::{JsonConstraint, JsonShape};
     use std::sync::Arc;
     let t = start().await;
     let g = t.app.generator.as_ref().unwrap().clone();

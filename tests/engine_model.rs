@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType as CandleDType, Device, Tensor};
-use engram::engine::model::synthetic::{synthetic_config, synthetic_weights};
-use engram::engine::model::{
+use engram_engine::internals::model::synthetic::{synthetic_config, synthetic_weights};
+use engram_engine::internals::model::{
     Architecture, ChatMessage, DType, ModelConfig, ModelError, ModelFiles, RopeScaling, Weights,
 };
 use serde_json::Value;

@@ -2,12 +2,12 @@
 //! `tests/fixtures/engine/`, made by `scripts/make_engine_fixtures.py`) with transformers' logits for single
 //! prompts, every position of a prompt, a batch, and greedy decode steps. f32 models must match within 1e-4.
 
-use engram::engine::backend::cpu::CpuBackend;
-use engram::engine::backend::SeqChunk;
-use engram::engine::kv_cache::{KvCache, KvCacheConfig};
-use engram::engine::llama::{LlamaModel, StepBatch};
-use engram::engine::model::ModelFiles;
-use engram::engine::prefill::{
+use engram_engine::internals::backend::cpu::CpuBackend;
+use engram_engine::internals::backend::SeqChunk;
+use engram_engine::internals::kv_cache::{KvCache, KvCacheConfig};
+use engram_engine::internals::llama::{LlamaModel, StepBatch};
+use engram_engine::internals::model::ModelFiles;
+use engram_engine::internals::prefill::{
     decode_step, prefill_chunked, prefill_one_by_one, prefill_prepacked,
 };
 use serde_json::Value;

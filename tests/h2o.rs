@@ -3,14 +3,14 @@
 //! tokens and logits match a straightforward reference (a plain-loop transformer over the same weights that keeps
 //! each head's keys in a list, accumulates their attention probabilities and drops the lowest-scoring older ones).
 
-use engram::engine::backend::cpu::CpuBackend;
-use engram::engine::backend::Backend;
-use engram::engine::h2o::{BudgetPart, KvBudget};
-use engram::engine::h2o_decode::{decode, DecodeOptions, DecodeRun};
-use engram::engine::kv_cache::{KvCache, KvCacheConfig};
-use engram::engine::llama::LlamaModel;
-use engram::engine::model::synthetic::synthetic_config;
-use engram::engine::model::ModelFiles;
+use engram_engine::internals::backend::cpu::CpuBackend;
+use engram_engine::internals::backend::Backend;
+use engram_engine::internals::h2o_decode::{decode, DecodeOptions, DecodeRun};
+use engram_engine::internals::kv_cache::{KvCache, KvCacheConfig};
+use engram_engine::internals::llama::LlamaModel;
+use engram_engine::internals::model::synthetic::synthetic_config;
+use engram_engine::internals::model::ModelFiles;
+use engram_engine::{BudgetPart, KvBudget};
 
 fn model() -> LlamaModel<CpuBackend> {
     let config = synthetic_config("tiny").unwrap();

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{Db, TestApp};
-use engram::ingest::document::NewDocument;
 use engram::ingest::pipeline::content_hash;
+use engram::store::NewDocument;
 use engram::store::{ItemStatus, JobStatus, Store};
 
 fn doc(title: &str, text: &str) -> NewDocument {

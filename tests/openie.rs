@@ -3,6 +3,7 @@
 //!
 //! The data lives outside the repository: `$ENGRAM_MUSIQUE_DIR`, else `../shared/data/musique` from the crate
 //! root. Each test prints a message and passes when it is absent.
+#![allow(clippy::disallowed_methods)] // test and benchmark harnesses read their fixtures' locations from the environment
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -8,12 +8,12 @@ mod common;
 use std::sync::Arc;
 
 use common::{Db, TestApp};
-use engram::engine::backend::cpu::CpuBackend;
-use engram::engine::bench::load_model;
-use engram::engine::generator::{GenerationEvent, GenerationRequest, Generator, Usage};
-use engram::engine::runner::{Engine, EngineConfig};
-use engram::engine::sampling::SamplingParams;
-use engram::engine::speculative::{SpeculationMethod, SpeculativeConfig};
+use engram_engine::internals::backend::cpu::CpuBackend;
+use engram_engine::internals::runner::{Engine, EngineConfig};
+use engram_engine::internals::speculative::{SpeculationMethod, SpeculativeConfig};
+use engram_engine::internals::start::load_model;
+use engram_engine::SamplingParams;
+use engram_engine::{GenerationEvent, GenerationRequest, Generator, Usage};
 use serde_json::json;
 
 const TARGET: &str = "synthetic:tiny";

@@ -3,6 +3,7 @@
 //! demo corpus. The browser run needs node, `/usr/bin/chromium` (or `CHROMIUM`) and `tests/ui/node_modules`, which
 //! `make test` installs (`scripts/ui-test-setup.sh`); when one is missing this test fails and says what to run.
 //! Screenshots go to `target/ui-screenshots/`.
+#![allow(clippy::disallowed_methods)] // test and benchmark harnesses read their fixtures' locations from the environment
 
 mod common;
 

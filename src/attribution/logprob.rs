@@ -2,18 +2,14 @@
 //! log-probability the model gives a fixed answer when the prompt holds only those passages (teacher-forced, one
 //! prefill per coalition, no decoding), or, with [`Value::AnswerKept`], whether that log-probability stays within
 //! a margin of the full prompt's (a smooth stand-in for the paper's answer-change indicator).
-//! Coalition prompts are scored by a [`Scorer`]: a model held directly ([`ModelScorer`]) or the running engine
+//! Coalition prompts are scored by a [`Scorer`]: a model held directly (the benchmark's) or the running engine
 //! (`crate::qa::generated::EngineScorer`), both in prepacked batches with shared prefixes computed once
-//! ([`crate::engine::score`]). A coalition's prompt is either written out in full ([`Prompts::Joint`]: exact) or
+//! (`engram_engine`'s scoring). A coalition's prompt is either written out in full ([`Prompts::Joint`]: exact) or
 //! assembled from passages encoded once each ([`Prompts::Separate`], TextGenSHAP's Fusion-in-Decoder speed-up in
-//! decoder form, [`crate::engine::score_segments`]: a coalition then costs only the tokens after its passages).
+//! decoder form, `engram_engine`'s segmented scoring: a coalition then costs only the tokens after its passages).
 
 use super::shapley::{all_players, Coalition, Game};
-use crate::engine::backend::Backend;
-use crate::engine::kv_cache::KvCache;
-use crate::engine::llama::LlamaModel;
-use crate::engine::score::{score_continuations, Scores};
-use crate::engine::score_segments::{score_segmented, SegmentedScoring};
+use engram_engine::{Scores, SegmentedScoring};
 
 /// What a coalition is worth.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,30 +51,6 @@ pub trait Scorer {
     fn score(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Scores, String>;
     /// Scores a continuation under subsets of segments encoded once each.
     fn score_segmented(&mut self, request: SegmentedScoring) -> Result<Scores, String>;
-}
-
-/// A [`Scorer`] over a model held directly, with a KV cache of its own (used for the call's sequences only).
-pub struct ModelScorer<'m, B: Backend> {
-    /// The model.
-    pub model: &'m LlamaModel<B>,
-    /// Its KV cache storage.
-    pub kv: &'m mut B::Kv,
-    /// The cache's block tables.
-    pub cache: &'m mut KvCache,
-    /// Tokens per forward pass (at least the longest pair).
-    pub capacity: usize,
-}
-
-impl<B: Backend> Scorer for ModelScorer<'_, B> {
-    fn score(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Scores, String> {
-        score_continuations(self.model, self.kv, self.cache, pairs, self.capacity, 0)
-            .map_err(|e| e.to_string())
-    }
-
-    fn score_segmented(&mut self, request: SegmentedScoring) -> Result<Scores, String> {
-        score_segmented(self.model, self.kv, self.cache, &request, self.capacity, 0)
-            .map_err(|e| e.to_string())
-    }
 }
 
 /// A passage-attribution game over one scorer, question and answer.
@@ -194,9 +166,34 @@ impl<S: Scorer> Game for LogProbGame<'_, S> {
 mod tests {
     use super::*;
     use crate::attribution::{exact_shapley, permutation_shapley};
-    use crate::engine::backend::cpu::CpuBackend;
-    use crate::engine::kv_cache::KvCacheConfig;
-    use crate::engine::model::synthetic::synthetic_config;
+    use engram_engine::internals::backend::cpu::CpuBackend;
+    use engram_engine::internals::backend::Backend;
+    use engram_engine::internals::kv_cache::KvCache;
+    use engram_engine::internals::kv_cache::KvCacheConfig;
+    use engram_engine::internals::llama::LlamaModel;
+    use engram_engine::internals::model::synthetic::synthetic_config;
+    use engram_engine::internals::score::score_continuations;
+    use engram_engine::internals::score_segments::score_segmented;
+
+    /// A [`Scorer`] over a model held directly (the tests' own; `engram bench attribution` has the same).
+    struct ModelScorer<'m, B: Backend> {
+        model: &'m LlamaModel<B>,
+        kv: &'m mut B::Kv,
+        cache: &'m mut KvCache,
+        capacity: usize,
+    }
+
+    impl<B: Backend> Scorer for ModelScorer<'_, B> {
+        fn score(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Scores, String> {
+            score_continuations(self.model, self.kv, self.cache, pairs, self.capacity, 0)
+                .map_err(|e| e.to_string())
+        }
+
+        fn score_segmented(&mut self, request: SegmentedScoring) -> Result<Scores, String> {
+            score_segmented(self.model, self.kv, self.cache, &request, self.capacity, 0)
+                .map_err(|e| e.to_string())
+        }
+    }
 
     /// An instruction, then the passages of the coalition in order, then the question.
     fn prompt_for(passages: &[Vec<u32>]) -> impl Fn(Coalition) -> Vec<u32> + Send + '_ {

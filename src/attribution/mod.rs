@@ -5,13 +5,10 @@
 //! log-probability of the answer given only those passages) comes from the caller, in batches, so a model can
 //! score many coalition prompts in one prepacked pass.
 
-pub mod bench;
 pub mod logprob;
 pub mod shapley;
 
-pub use logprob::{
-    LogProbGame, ModelScorer, PromptBuilder, Prompts, Scorer, SeparatePrompt, Value,
-};
+pub use logprob::{LogProbGame, PromptBuilder, Prompts, Scorer, SeparatePrompt, Value};
 pub use shapley::{
     all_players, banzhaf, exact_shapley, permutation_shapley, Attribution, Coalition, Game,
     ShapleyError, MAX_EXACT_PLAYERS, MAX_PLAYERS,

@@ -14,8 +14,6 @@
 
 use std::collections::HashMap;
 
-use crate::engine::backend::mix64;
-
 /// Most players a game may have (coalitions are 64-bit sets).
 pub const MAX_PLAYERS: usize = 64;
 
@@ -181,6 +179,14 @@ pub fn exact_shapley<G: Game + ?Sized>(game: &mut G) -> Result<Attribution, Shap
 
 /// A small deterministic generator (splitmix64) for the samplers.
 struct Rng(u64);
+
+/// splitmix64's finaliser: a bijective 64-bit mix of `z` plus the golden-ratio increment.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 impl Rng {
     fn next(&mut self) -> u64 {

@@ -2,7 +2,7 @@
 //! and HotpotQA distractor style (questions with `supporting_facts`, corpus `{title: [sentences]}`).
 
 use super::EvalError;
-use crate::ingest::document::NewDocument;
+use crate::store::NewDocument;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;

@@ -13,10 +13,10 @@ pub use answers::{best_scores, exact_match, f1, normalize_answer};
 
 pub use dataset::{load_corpus, load_questions, EvalQuestion, GoldStyle};
 
-use crate::engine::generator::Generator;
 use crate::qa::generated;
 use crate::retrieve::{RetrieveError, Retriever, ScoredPassage};
 use crate::store::{Store, StoreError};
+use engram_engine::Generator;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;

@@ -8,7 +8,7 @@ use std::path::Path;
 use scraper::{ElementRef, Html, Node, Selector};
 use serde_json::Value;
 
-use crate::ingest::document::NewDocument;
+use crate::store::NewDocument;
 
 /// Why a file could not be turned into documents.
 #[derive(Debug, thiserror::Error)]

@@ -6,11 +6,11 @@
 //! the next start ([`Pipeline::index_pending`]). Content hashes make re-ingestion a no-op.
 
 use super::chunker::{chunk_text, ChunkConfig};
-use super::document::NewDocument;
 use super::loaders::LoadError;
 use crate::graph::{GraphError, GraphIndex};
 use crate::index::{DenseError, DenseIndex, IndexError, TextIndex};
 use crate::metrics;
+use crate::store::NewDocument;
 use crate::store::{
     InsertOutcome, ItemStatus, JobCounts, JobItem, JobStatus, PassageRecord, Store, StoreError,
 };

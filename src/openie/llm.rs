@@ -1,14 +1,14 @@
 //! Open-IE by the local LLM, in HippoRAG's two steps: the named entities of each passage, then triples given
 //! those entities. Prompts are ours, each with one worked example; decoding is constrained to the answer's JSON
-//! shape ([`crate::engine::constrain`]), so every answer parses, even from a random-weight model. All passages
+//! shape ([`engram_engine::internals::constrain`]), so every answer parses, even from a random-weight model. All passages
 //! of a call are submitted at once, so the engine batches them (prepacked prefill, continuous batching).
 
 use super::fallback::FallbackExtractor;
 use super::{Extraction, Extractor, OpenIeError, PassageInput, Triple};
-use crate::engine::constrain::{JsonConstraint, JsonShape};
-use crate::engine::generator::{EngineError, GenerationEvent, GenerationRequest, Generator};
-use crate::engine::model::ChatMessage;
-use crate::engine::sampling::SamplingParams;
+use engram_engine::ChatMessage;
+use engram_engine::SamplingParams;
+use engram_engine::{EngineError, GenerationEvent, GenerationRequest, Generator};
+use engram_engine::{JsonConstraint, JsonShape};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 

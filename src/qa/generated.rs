@@ -8,24 +8,11 @@
 use std::sync::Arc;
 
 use crate::attribution::{Coalition, Scorer, SeparatePrompt};
-use crate::engine::generator::{EngineError, GenerationEvent, GenerationRequest, Generator};
-use crate::engine::model::ChatMessage;
-use crate::engine::sampling::SamplingParams;
-use crate::engine::score::Scores;
-use crate::engine::score_segments::SegmentedScoring;
-
-/// Coalitions scored per engine call (each call's sequences are released before the next), unless
-/// `ENGRAM_QA_COALITIONS_PER_CALL` says otherwise: 1 scores every coalition prompt alone and in full (no packing,
-/// no shared prefix), the separate-scoring baseline of the benchmarks.
-const COALITIONS_PER_CALL: usize = 16;
-
-fn coalitions_per_call() -> usize {
-    std::env::var("ENGRAM_QA_COALITIONS_PER_CALL")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n >= 1)
-        .unwrap_or(COALITIONS_PER_CALL)
-}
+use engram_engine::ChatMessage;
+use engram_engine::SamplingParams;
+use engram_engine::Scores;
+use engram_engine::SegmentedScoring;
+use engram_engine::{EngineError, GenerationEvent, GenerationRequest, Generator};
 
 /// The instruction every answer prompt starts with.
 const INSTRUCTION: &str =
@@ -171,8 +158,13 @@ pub async fn generate_answer(
 }
 
 /// The running engine as a [`Scorer`]: each call's sequences live in the engine's shared KV cache and are
-/// released before the next, [`COALITIONS_PER_CALL`] coalition prompts at a time.
-pub struct EngineScorer(pub Arc<dyn Generator>);
+/// released before the next, `coalitions_per_call` coalition prompts at a time.
+pub struct EngineScorer {
+    /// The running engine.
+    pub generator: Arc<dyn Generator>,
+    /// Coalition prompts per engine call in the joint mode (`qa.coalitions_per_call`).
+    pub coalitions_per_call: usize,
+}
 
 impl Scorer for EngineScorer {
     fn score(&mut self, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Scores, String> {
@@ -182,8 +174,11 @@ impl Scorer for EngineScorer {
             computed_tokens: 0,
             total_tokens: 0,
         };
-        for chunk in pairs.chunks(coalitions_per_call()) {
-            let s = self.0.score(chunk.to_vec()).map_err(|e| e.to_string())?;
+        for chunk in pairs.chunks(self.coalitions_per_call.max(1)) {
+            let s = self
+                .generator
+                .score(chunk.to_vec())
+                .map_err(|e| e.to_string())?;
             all.log_probs.extend(s.log_probs);
             all.passes += s.passes;
             all.computed_tokens += s.computed_tokens;
@@ -194,6 +189,8 @@ impl Scorer for EngineScorer {
 
     /// All of a batch's subsets in one engine call, so each passage is encoded once per batch.
     fn score_segmented(&mut self, request: SegmentedScoring) -> Result<Scores, String> {
-        self.0.score_segmented(request).map_err(|e| e.to_string())
+        self.generator
+            .score_segmented(request)
+            .map_err(|e| e.to_string())
     }
 }

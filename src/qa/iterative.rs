@@ -5,11 +5,11 @@
 //! yet (it names the bridge entity a second hop needs). A step that gives the answer ("the answer is") or adds
 //! nothing ends the rounds early.
 
-use crate::engine::generator::{GenerationEvent, GenerationRequest, Generator};
-use crate::engine::model::ChatMessage;
-use crate::engine::sampling::SamplingParams;
 use crate::qa::extractive::read;
 use crate::retrieve::{Retrieval, RetrieveError, Retriever};
+use engram_engine::ChatMessage;
+use engram_engine::SamplingParams;
+use engram_engine::{GenerationEvent, GenerationRequest, Generator};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;

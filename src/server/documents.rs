@@ -3,8 +3,8 @@
 use super::body::{from_value, is_json, is_length_limit, parse_value, read_limited, too_large};
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
-use crate::ingest::document::NewDocument;
 use crate::ingest::loaders;
+use crate::store::NewDocument;
 use crate::store::{DocumentPage, DocumentRecord};
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};

@@ -4,19 +4,19 @@
 use super::body::{parse_json, read_limited, require_json};
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
-use crate::engine::constrain::JsonConstraint;
-use crate::engine::generator::{
-    EngineError, FinishReason, GenerationEvent, GenerationRequest, Generator, Usage,
-};
-use crate::engine::h2o::{BudgetPart, KvBudget};
-use crate::engine::json_schema::shape_of;
-use crate::engine::model::ChatMessage;
-use crate::engine::sampling::{SamplingError, SamplingParams};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use engram_engine::shape_of;
+use engram_engine::ChatMessage;
+use engram_engine::JsonConstraint;
+use engram_engine::{BudgetPart, KvBudget};
+use engram_engine::{
+    EngineError, FinishReason, GenerationEvent, GenerationRequest, Generator, Usage,
+};
+use engram_engine::{SamplingError, SamplingParams};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

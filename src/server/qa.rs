@@ -12,7 +12,6 @@ use crate::attribution::{
     all_players, banzhaf, exact_shapley, permutation_shapley, Game, LogProbGame, Scorer, Value,
     MAX_EXACT_PLAYERS,
 };
-use crate::engine::generator::{EngineError, Generator};
 use crate::graph::KnowledgeGraph;
 use crate::qa::extractive::{read, ReaderGame};
 use crate::qa::generated::{
@@ -26,6 +25,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use engram_engine::{EngineError, Generator};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -531,7 +531,10 @@ async fn answer(
                     let encoding = body.passage_encoding.resolve(n);
                     let mut game = match encoding {
                         PassageEncoding::Separate => LogProbGame::separate(
-                            EngineScorer(g.clone()),
+                            EngineScorer {
+                                generator: g.clone(),
+                                coalitions_per_call: app.config.qa.coalitions_per_call,
+                            },
                             separate_prompt(g.as_ref(), &body.question, &passages)
                                 .map_err(|e| ApiError::internal(&e))?,
                             tokens.clone(),
@@ -540,7 +543,10 @@ async fn answer(
                         _ => {
                             let (question, prompt_g) = (body.question.clone(), g.clone());
                             LogProbGame::new(
-                                EngineScorer(g.clone()),
+                                EngineScorer {
+                                    generator: g.clone(),
+                                    coalitions_per_call: app.config.qa.coalitions_per_call,
+                                },
                                 n,
                                 Box::new(move |c| {
                                     prompt_ids(prompt_g.as_ref(), &question, &passages, c)
@@ -576,7 +582,10 @@ async fn answer(
                             (body.question.clone(), g.clone(), runs.clone());
                         let value = body.value;
                         let mut game = LogProbGame::new(
-                            EngineScorer(g),
+                            EngineScorer {
+                                generator: g,
+                                coalitions_per_call: app.config.qa.coalitions_per_call,
+                            },
                             runs.len(),
                             Box::new(move |c| {
                                 let mut ps = all_passages.clone();

@@ -8,15 +8,14 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::path::Path;
 
-/// The environment variable naming a directory whose `index.html` replaces the embedded page.
-pub const WEB_DIR_ENV: &str = "ENGRAM_WEB_DIR";
+use crate::config::{web_dir_override, WEB_DIR_ENV};
 
 /// The page compiled into the binary.
 const EMBEDDED: &str = include_str!("../../web/index.html");
 
 /// `GET /`: the single-page UI (from `ENGRAM_WEB_DIR` when set, else embedded).
 pub async fn index() -> Response {
-    let Some(dir) = std::env::var_os(WEB_DIR_ENV) else {
+    let Some(dir) = web_dir_override() else {
         return page(EMBEDDED.to_string());
     };
     let path = Path::new(&dir).join("index.html");

@@ -1,7 +1,7 @@
 //! Documents and their passages.
 
 use super::{now_ms, opt_text, placeholders, Store, StoreError};
-use crate::ingest::document::NewDocument;
+use crate::store::NewDocument;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};

@@ -1,7 +1,7 @@
 //! Ingestion jobs and their items, persisted so that a job resumes after a crash or restart.
 
 use super::{now_ms, opt_text, Store, StoreError};
-use crate::ingest::document::NewDocument;
+use crate::store::NewDocument;
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 

@@ -1,6 +1,7 @@
 //! Test harness: a real Engram app on SQLite (temp dir) or PostgreSQL (127.0.0.1:5432 database `test`, one schema
 //! per test), driven through the router.
 #![allow(dead_code)]
+#![allow(clippy::disallowed_methods)] // test and benchmark harnesses read their fixtures' locations from the environment
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};

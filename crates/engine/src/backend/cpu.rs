@@ -1,0 +1,591 @@
+//! The CPU backend: candle-core tensors (f32) for the matrix products, plain loops split over the cores for the
+//! element-wise steps and for attention over the paged cache.
+
+use super::{AttentionBatch, Backend, BackendError, KvLayout};
+use candle_core::{DType, Device, Tensor};
+
+/// Runs the model on the CPU with candle-core.
+#[derive(Debug, Clone, Default)]
+pub struct CpuBackend;
+
+/// K and V of every layer: `[num_blocks * block_size, kv_heads * head_dim]` each, row per slot; and the H2O
+/// attention score of every slot and KV head (`[num_blocks * block_size, kv_heads]` per layer).
+#[derive(Debug)]
+pub struct CpuKv {
+    layout: KvLayout,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    scores: Vec<Vec<f32>>,
+}
+
+fn op_err(op: &'static str) -> impl Fn(candle_core::Error) -> BackendError {
+    move |e| BackendError::Op {
+        backend: "cpu",
+        op,
+        reason: e.to_string(),
+    }
+}
+
+/// The rows, columns and data of a 2-D tensor.
+fn host(x: &Tensor, op: &'static str) -> Result<(Vec<f32>, usize, usize), BackendError> {
+    let (r, c) = x.dims2().map_err(op_err(op))?;
+    let data = x
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(op_err(op))?;
+    Ok((data, r, c))
+}
+
+fn tensor(
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    op: &'static str,
+) -> Result<Tensor, BackendError> {
+    Tensor::from_vec(data, (rows, cols), &Device::Cpu).map_err(op_err(op))
+}
+
+/// Runs `f(first_row, rows)` over contiguous chunks of `out`'s rows on every core.
+fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = out.len() / width.max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(rows.max(1));
+    if threads <= 1 || rows * width < 16_384 {
+        f(0, out);
+        return;
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (i, chunk) in out.chunks_mut(per * width).enumerate() {
+            let f = &f;
+            s.spawn(move || f(i * per, chunk));
+        }
+    });
+}
+
+fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32) {
+    let width = weight.len();
+    for row in x.chunks_exact_mut(width) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for (v, w) in row.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Tensor;
+    type Kv = CpuKv;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn weight(&self, host: &Tensor) -> Result<Tensor, BackendError> {
+        host.to_dtype(DType::F32)
+            .and_then(|t| t.contiguous())
+            .map_err(op_err("weight"))
+    }
+
+    fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKv, BackendError> {
+        let n = layout.num_blocks * layout.block_size * layout.kv_heads * layout.head_dim;
+        let slots = layout.num_blocks * layout.block_size * layout.kv_heads;
+        Ok(CpuKv {
+            layout,
+            k: (0..layout.layers).map(|_| vec![0.0; n]).collect(),
+            v: (0..layout.layers).map(|_| vec![0.0; n]).collect(),
+            scores: (0..layout.layers).map(|_| vec![0.0; slots]).collect(),
+        })
+    }
+
+    fn embed(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor, BackendError> {
+        let index = Tensor::from_slice(ids, ids.len(), &Device::Cpu).map_err(op_err("embed"))?;
+        table.index_select(&index, 0).map_err(op_err("embed"))
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor, BackendError> {
+        let (mut data, r, c) = host(x, "rms_norm")?;
+        let w = weight.to_vec1::<f32>().map_err(op_err("rms_norm"))?;
+        par_rows(&mut data, c, |_, rows| rms_norm_rows(rows, &w, eps));
+        tensor(data, r, c, "rms_norm")
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut Tensor,
+        delta: &Tensor,
+        weight: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor, BackendError> {
+        self.add(residual, delta)?;
+        self.rms_norm(residual, weight, eps)
+    }
+
+    fn add(&self, residual: &mut Tensor, delta: &Tensor) -> Result<(), BackendError> {
+        *residual = (&*residual + delta).map_err(op_err("add"))?;
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor, BackendError> {
+        let y = x
+            .matmul(&w.t().map_err(op_err("linear"))?)
+            .map_err(op_err("linear"))?;
+        match bias {
+            Some(b) => y.broadcast_add(b).map_err(op_err("linear")),
+            None => Ok(y),
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &mut Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<(), BackendError> {
+        let (mut data, r, c) = host(x, "rope")?;
+        if r != positions.len() || c % head_dim != 0 || inv_freq.len() * 2 != head_dim {
+            return Err(BackendError::Shape {
+                op: "rope",
+                reason: format!(
+                    "{r}x{c} activations, {} positions, head_dim {head_dim}, {} frequencies",
+                    positions.len(),
+                    inv_freq.len()
+                ),
+            });
+        }
+        let half = head_dim / 2;
+        par_rows(&mut data, c, |first, rows| {
+            for (i, row) in rows.chunks_exact_mut(c).enumerate() {
+                let pos = positions[first + i] as f32;
+                let (sin, cos): (Vec<f32>, Vec<f32>) =
+                    inv_freq.iter().map(|f| (pos * f).sin_cos()).unzip();
+                for head in row.chunks_exact_mut(head_dim) {
+                    for j in 0..half {
+                        let (a, b) = (head[j], head[j + half]);
+                        head[j] = a * cos[j] - b * sin[j];
+                        head[j + half] = b * cos[j] + a * sin[j];
+                    }
+                }
+            }
+        });
+        *x = tensor(data, r, c, "rope")?;
+        Ok(())
+    }
+
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor, BackendError> {
+        let (mut g, r, c) = host(gate, "swiglu")?;
+        let (u, _, _) = host(up, "swiglu")?;
+        par_rows(&mut g, c, |first, rows| {
+            let u = &u[first * c..first * c + rows.len()];
+            for (gv, uv) in rows.iter_mut().zip(u) {
+                *gv = *gv / (1.0 + (-*gv).exp()) * uv;
+            }
+        });
+        tensor(g, r, c, "swiglu")
+    }
+
+    fn write_kv(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+        slots: &[u32],
+    ) -> Result<(), BackendError> {
+        let (kd, r, width) = host(k, "write_kv")?;
+        let (vd, _, _) = host(v, "write_kv")?;
+        let l = kv.layout;
+        let capacity = (l.num_blocks * l.block_size) as u32;
+        if r != slots.len()
+            || width != l.kv_heads * l.head_dim
+            || slots.iter().any(|&s| s >= capacity)
+        {
+            return Err(BackendError::Shape {
+                op: "write_kv",
+                reason: format!("{r} rows of width {width} for {} slots", slots.len()),
+            });
+        }
+        for (i, &slot) in slots.iter().enumerate() {
+            let dst = slot as usize * width;
+            kv.k[layer][dst..dst + width].copy_from_slice(&kd[i * width..(i + 1) * width]);
+            kv.v[layer][dst..dst + width].copy_from_slice(&vd[i * width..(i + 1) * width]);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        kv: &CpuKv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+    ) -> Result<Tensor, BackendError> {
+        let (qd, tokens, width) = host(q, "attention")?;
+        let l = kv.layout;
+        let hd = l.head_dim;
+        if width != heads * hd || heads % l.kv_heads != 0 {
+            return Err(BackendError::Shape {
+                op: "attention",
+                reason: format!("query width {width} for {heads} heads of {hd}"),
+            });
+        }
+        let owner = row_owners(batch, tokens, "attention")?;
+        let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
+        let group = heads / l.kv_heads;
+        let kv_width = l.kv_heads * hd;
+        let bs = batch.block_size;
+        let mut out = vec![0.0f32; tokens * width];
+        par_rows(&mut out, width, |first, rows| {
+            let mut probs = Vec::new();
+            for (i, orow) in rows.chunks_exact_mut(width).enumerate() {
+                let t = first + i;
+                let (s, pos) = owner[t];
+                let table = &batch.seqs[s].block_table;
+                for h in 0..heads {
+                    let qh = &qd[t * width + h * hd..t * width + (h + 1) * hd];
+                    let off = (h / group) * hd;
+                    row_probabilities(qh, kc, table, bs, kv_width, off, pos, &mut probs);
+                    let oh = &mut orow[h * hd..(h + 1) * hd];
+                    for (j, w) in probs.iter().enumerate() {
+                        let base = slot_of(table, bs, j) * kv_width + off;
+                        for (o, v) in oh.iter_mut().zip(&vc[base..base + hd]) {
+                            *o += w * v;
+                        }
+                    }
+                }
+            }
+        });
+        tensor(out, tokens, width, "attention")
+    }
+
+    fn supports_h2o(&self) -> bool {
+        true
+    }
+
+    fn reset_scores(&self, kv: &mut CpuKv, slots: &[u32]) -> Result<(), BackendError> {
+        let l = kv.layout;
+        let capacity = (l.num_blocks * l.block_size) as u32;
+        if slots.iter().any(|&s| s >= capacity) {
+            return Err(BackendError::Shape {
+                op: "reset_scores",
+                reason: format!("a slot beyond {capacity}"),
+            });
+        }
+        for layer in &mut kv.scores {
+            for &slot in slots {
+                let at = slot as usize * l.kv_heads;
+                layer[at..at + l.kv_heads].fill(0.0);
+            }
+        }
+        Ok(())
+    }
+
+    fn accumulate_attention(
+        &self,
+        q: &Tensor,
+        kv: &mut CpuKv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+        tracked: &[usize],
+    ) -> Result<(), BackendError> {
+        let (qd, tokens, width) = host(q, "accumulate_attention")?;
+        let l = kv.layout;
+        let hd = l.head_dim;
+        if width != heads * hd
+            || heads % l.kv_heads != 0
+            || tracked.iter().any(|&s| s >= batch.seqs.len())
+        {
+            return Err(BackendError::Shape {
+                op: "accumulate_attention",
+                reason: format!(
+                    "query width {width} for {heads} heads of {hd}, chunks {tracked:?}"
+                ),
+            });
+        }
+        let owner = row_owners(batch, tokens, "accumulate_attention")?;
+        let (kc, scores) = (&kv.k[layer], &mut kv.scores[layer]);
+        let group = heads / l.kv_heads;
+        let kv_width = l.kv_heads * hd;
+        let bs = batch.block_size;
+        let mut probs = Vec::new();
+        for (t, &(s, pos)) in owner.iter().enumerate() {
+            if !tracked.contains(&s) {
+                continue;
+            }
+            let table = &batch.seqs[s].block_table;
+            for h in 0..heads {
+                let qh = &qd[t * width + h * hd..t * width + (h + 1) * hd];
+                let kvh = h / group;
+                row_probabilities(qh, kc, table, bs, kv_width, kvh * hd, pos, &mut probs);
+                for (j, p) in probs.iter().enumerate() {
+                    scores[slot_of(table, bs, j) * l.kv_heads + kvh] += p;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_scores(&self, kv: &CpuKv, slots: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let l = kv.layout;
+        let capacity = (l.num_blocks * l.block_size) as u32;
+        if slots.iter().any(|&s| s >= capacity) {
+            return Err(BackendError::Shape {
+                op: "read_scores",
+                reason: format!("a slot beyond {capacity}"),
+            });
+        }
+        let mut out = Vec::with_capacity(l.layers * l.kv_heads * slots.len());
+        for layer in &kv.scores {
+            for h in 0..l.kv_heads {
+                out.extend(slots.iter().map(|&s| layer[s as usize * l.kv_heads + h]));
+            }
+        }
+        Ok(out)
+    }
+
+    fn compact_kv(
+        &self,
+        kv: &mut CpuKv,
+        slots: &[u32],
+        keep: &[u32],
+        n: usize,
+    ) -> Result<(), BackendError> {
+        let l = kv.layout;
+        super::check_compaction(&l, slots, keep, n)?;
+        let (hd, kvh) = (l.head_dim, l.kv_heads);
+        let kv_width = kvh * hd;
+        for layer in 0..l.layers {
+            for h in 0..kvh {
+                let list = &keep[(layer * kvh + h) * n..][..n];
+                // Ascending sources never lie before their destination, so a forward pass moves each once.
+                for (j, &i) in list.iter().enumerate() {
+                    let (from, to) = (slots[i as usize] as usize, slots[j] as usize);
+                    if from == to {
+                        continue;
+                    }
+                    for buf in [&mut kv.k[layer], &mut kv.v[layer]] {
+                        buf.copy_within(
+                            from * kv_width + h * hd..from * kv_width + (h + 1) * hd,
+                            to * kv_width + h * hd,
+                        );
+                    }
+                    kv.scores[layer][to * kvh + h] = kv.scores[layer][from * kvh + h];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &Tensor, rows: &[u32]) -> Result<Tensor, BackendError> {
+        let index =
+            Tensor::from_slice(rows, rows.len(), &Device::Cpu).map_err(op_err("gather_rows"))?;
+        x.index_select(&index, 0).map_err(op_err("gather_rows"))
+    }
+
+    fn to_host(&self, x: &Tensor) -> Result<(Vec<f32>, usize, usize), BackendError> {
+        host(x, "to_host")
+    }
+
+    fn concat_rows(&self, parts: &[&Tensor]) -> Result<Tensor, BackendError> {
+        Tensor::cat(parts, 0).map_err(op_err("concat_rows"))
+    }
+
+    fn rope_qkv_write(
+        &self,
+        qkv: &Tensor,
+        kv: &mut CpuKv,
+        layer: usize,
+        heads: usize,
+        positions: &[u32],
+        slots: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<Tensor, BackendError> {
+        let hd = kv.layout.head_dim;
+        let (q_width, kv_width) = (heads * hd, kv.layout.kv_heads * hd);
+        let part = |start: usize, len: usize| {
+            qkv.narrow(1, start, len)
+                .and_then(|t| t.contiguous())
+                .map_err(op_err("rope_qkv_write"))
+        };
+        let (mut q, mut k, v) = (
+            part(0, q_width)?,
+            part(q_width, kv_width)?,
+            part(q_width + kv_width, kv_width)?,
+        );
+        self.rope(&mut q, hd, positions, inv_freq)?;
+        self.rope(&mut k, hd, positions, inv_freq)?;
+        self.write_kv(kv, layer, &k, &v, slots)?;
+        Ok(q)
+    }
+
+    fn swiglu_packed(&self, gate_up: &Tensor) -> Result<Tensor, BackendError> {
+        let (_, c) = gate_up.dims2().map_err(op_err("swiglu_packed"))?;
+        let half = |start: usize| {
+            gate_up
+                .narrow(1, start, c / 2)
+                .and_then(|t| t.contiguous())
+                .map_err(op_err("swiglu_packed"))
+        };
+        self.swiglu(&half(0)?, &half(c / 2)?)
+    }
+
+    fn random_weight(
+        &self,
+        shape: &[usize],
+        seed: u64,
+        offset: f32,
+        std: f32,
+    ) -> Result<Tensor, BackendError> {
+        crate::model::synthetic::random_host_tensor(shape, seed, offset, std)
+            .map_err(op_err("random_weight"))
+    }
+}
+
+/// Cache slot of the `j`-th token of a sequence with `table` (blocks of `bs` tokens).
+fn slot_of(table: &[u32], bs: usize, j: usize) -> usize {
+    table[j / bs] as usize * bs + j % bs
+}
+
+/// Per query row of a packed batch: its chunk and its position in that chunk's context.
+fn row_owners(
+    batch: &AttentionBatch,
+    tokens: usize,
+    op: &'static str,
+) -> Result<Vec<(usize, usize)>, BackendError> {
+    let mut owner = Vec::with_capacity(tokens);
+    for (s, seq) in batch.seqs.iter().enumerate() {
+        let first = seq.context_len - seq.q_len;
+        owner.extend((0..seq.q_len).map(|i| (s, first + i)));
+    }
+    if owner.len() != tokens {
+        return Err(BackendError::Shape {
+            op,
+            reason: format!(
+                "{tokens} query rows but the batch describes {}",
+                owner.len()
+            ),
+        });
+    }
+    Ok(owner)
+}
+
+/// The attention probabilities of one query head `qh` over keys `0..=pos` of a sequence (`kc`'s rows through
+/// `table`, the head's columns from `off`), scaled by `1/sqrt(head_dim)`, into `probs`.
+#[allow(clippy::too_many_arguments)]
+fn row_probabilities(
+    qh: &[f32],
+    kc: &[f32],
+    table: &[u32],
+    bs: usize,
+    kv_width: usize,
+    off: usize,
+    pos: usize,
+    probs: &mut Vec<f32>,
+) {
+    let hd = qh.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    probs.clear();
+    let mut max = f32::NEG_INFINITY;
+    for j in 0..=pos {
+        let base = slot_of(table, bs, j) * kv_width + off;
+        let dot: f32 = qh
+            .iter()
+            .zip(&kc[base..base + hd])
+            .map(|(a, b)| a * b)
+            .sum();
+        let sc = dot * scale;
+        max = max.max(sc);
+        probs.push(sc);
+    }
+    let mut sum = 0.0;
+    for p in probs.iter_mut() {
+        *p = (*p - max).exp();
+        sum += *p;
+    }
+    for p in probs.iter_mut() {
+        *p /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SeqChunk;
+
+    fn t(data: &[f32], r: usize, c: usize) -> Tensor {
+        Tensor::from_slice(data, (r, c), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn linear_is_x_times_w_transposed_plus_bias() {
+        let b = CpuBackend;
+        let x = t(&[1.0, 2.0], 1, 2);
+        let w = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3, 2);
+        let bias = Tensor::from_slice(&[0.5f32, 0.0, -1.0], 3, &Device::Cpu).unwrap();
+        let y = b.linear(&x, &w, Some(&bias)).unwrap();
+        assert_eq!(b.to_host(&y).unwrap().0, vec![1.5, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn attention_over_pages_matches_a_dense_reference() {
+        // One sequence of 3 tokens in blocks [2, 0] of size 2; one head of dim 2, one KV head.
+        let b = CpuBackend;
+        let layout = KvLayout {
+            layers: 1,
+            num_blocks: 3,
+            block_size: 2,
+            kv_heads: 1,
+            head_dim: 2,
+        };
+        let mut kv = b.alloc_kv(layout).unwrap();
+        let keys = [[1.0f32, 0.0], [0.0, 1.0], [1.0, 1.0]];
+        let vals = [[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        let k = t(&keys.concat(), 3, 2);
+        let v = t(&vals.concat(), 3, 2);
+        b.write_kv(&mut kv, 0, &k, &v, &[4, 5, 0]).unwrap();
+        let q = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3, 2);
+        let batch = AttentionBatch {
+            seqs: vec![SeqChunk {
+                q_len: 3,
+                context_len: 3,
+                block_table: vec![2, 0],
+            }],
+            block_size: 2,
+        };
+        let (out, _, _) = b
+            .to_host(&b.attention(&q, &kv, 0, 1, &batch).unwrap())
+            .unwrap();
+        for (i, qrow) in [[1.0f32, 0.0], [0.0, 1.0], [1.0, 1.0]].iter().enumerate() {
+            let s: Vec<f32> = (0..=i)
+                .map(|j| (qrow[0] * keys[j][0] + qrow[1] * keys[j][1]) / 2f32.sqrt())
+                .collect();
+            let m = s.iter().cloned().fold(f32::MIN, f32::max);
+            let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            for d in 0..2 {
+                let want: f32 = (0..=i).map(|j| e[j] / z * vals[j][d]).sum();
+                assert!((out[i * 2 + d] - want).abs() < 1e-6, "token {i} dim {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn rope_rotates_halves_and_keeps_position_zero() {
+        let b = CpuBackend;
+        let mut x = t(&[1.0, 2.0, 3.0, 4.0, 1.0, 0.0, 0.0, 0.0], 2, 4);
+        b.rope(&mut x, 4, &[0, 1], &[1.0, 0.5]).unwrap();
+        let (d, _, _) = b.to_host(&x).unwrap();
+        assert_eq!(&d[..4], &[1.0, 2.0, 3.0, 4.0]);
+        assert!((d[4] - 1f32.cos()).abs() < 1e-6 && (d[6] - 1f32.sin()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,45 @@
+//! The engine's internals, for tests and benchmarks only: model, backends, KV cache, prefill, scheduler, scoring
+//! and H2O decoding held directly. Serving code uses the crate root's API; nothing here is promised to stay.
+
+#[path = "backend/mod.rs"]
+pub mod backend;
+#[path = "constrain.rs"]
+pub mod constrain;
+#[path = "device.rs"]
+pub mod device;
+#[path = "generator.rs"]
+pub mod generator;
+#[path = "h2o.rs"]
+pub mod h2o;
+#[path = "h2o_decode.rs"]
+pub mod h2o_decode;
+#[path = "json_schema.rs"]
+pub mod json_schema;
+#[path = "kv_cache.rs"]
+pub mod kv_cache;
+#[path = "llama.rs"]
+pub mod llama;
+#[path = "model/mod.rs"]
+pub mod model;
+#[path = "prefill.rs"]
+pub mod prefill;
+#[path = "prepack.rs"]
+pub mod prepack;
+#[path = "runner/mod.rs"]
+pub mod runner;
+#[path = "sampling.rs"]
+pub mod sampling;
+#[path = "scheduler.rs"]
+pub mod scheduler;
+#[path = "score.rs"]
+pub mod score;
+#[path = "score_segments.rs"]
+pub mod score_segments;
+#[path = "speculative/mod.rs"]
+pub mod speculative;
+#[path = "start.rs"]
+pub mod start;
+#[path = "warmup.rs"]
+pub mod warmup;
+#[path = "workload.rs"]
+pub mod workload;

@@ -1,0 +1,375 @@
+//! `engram bench speculative`: speculative decoding through the real engine (scheduler, verification, switch),
+//! greedy, against plain decoding in the same process.
+//!
+//! Runs, each on a fresh engine after a warm-up pass with the same requests (so kernel compilation and GEMM
+//! tuning are not timed), timed `reps` times (median reported):
+//! - `plain`: no speculation (the baseline; its outputs are the reference).
+//! - `forced k=K`: guesses (the baseline's continuation) kept without checking, guessing free: what a step costs
+//!   with a proposer that always agrees and costs nothing, the upper bound of the mechanism (K + 1 tokens per
+//!   target step, against the cost of K more rows in the pass).
+//! - `replay k=K`: the same guesses, verified: a proposer that agrees as long as the speculative passes compute
+//!   the same argmax as plain decoding (on random bf16 weights, whose top logits are nearly tied, the different
+//!   kernels of a k + 1-row pass soon pick another token, and from there the replayed guesses miss).
+//! - `copy-draft k=K`: the draft is a second copy of the target, so it always agrees but costs a full model.
+//! - `reject-draft`: a draft that disagrees (other random weights), with the adaptive switch (and once with `k`
+//!   fixed, without it): what speculation costs when nothing is accepted.
+//! - `prompt-lookup`: n-gram guesses from the prompt and output.
+//! - `plain (again)`: the baseline once more, last, as a measure of run-to-run noise.
+//!
+//! Random weights say nothing about the acceptance rates of real models; the same command on a real target and
+//! draft (`--model DIR --reject-draft DIR`) measures them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::engine::BenchError;
+use engram_engine::internals::backend::probe::DeviceProbe;
+use engram_engine::internals::backend::Backend;
+use engram_engine::internals::generator::{GenerationEvent, GenerationRequest, Generator, Usage};
+use engram_engine::internals::llama::LlamaModel;
+use engram_engine::internals::runner::{Engine, EngineConfig};
+use engram_engine::internals::sampling::SamplingParams;
+use engram_engine::internals::speculative::draft::DraftModel;
+use engram_engine::internals::speculative::speculator::{Proposer, Speculator};
+use engram_engine::internals::speculative::{SpeculationMethod, SpeculativeConfig};
+use engram_engine::internals::start::load_model;
+use engram_engine::internals::workload::{prompt_lengths, prompt_tokens};
+use engram_engine::StartError;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SpecBenchConfig {
+    /// Target model spec.
+    pub model: String,
+    /// A draft that disagrees with the target (same vocabulary).
+    pub reject_draft: String,
+    /// Sequences decoding together.
+    pub batch: usize,
+    /// Prompt tokens per sequence.
+    pub prompt_len: usize,
+    /// New tokens per sequence.
+    pub tokens: usize,
+    /// Proposal lengths for the replay and copy-draft runs.
+    pub ks: Vec<usize>,
+    /// Whether to run the copy-draft runs (two copies of the target in memory).
+    pub copy_draft: bool,
+    /// Timed repetitions per run (the median is reported).
+    pub reps: usize,
+}
+
+/// One run's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecRun {
+    /// What ran.
+    pub label: String,
+    /// Seconds from submitting the batch to the last token (prefill included), median of the repetitions.
+    pub seconds: f64,
+    /// Completion tokens of all sequences.
+    pub tokens: usize,
+    /// tokens / seconds.
+    pub tokens_per_s: f64,
+    /// Against `plain` (above 1: faster).
+    pub speedup: f64,
+    /// Completion tokens per target pass, per sequence.
+    pub tokens_per_target_step: f64,
+    /// Accepted / proposed guesses (0 when none were proposed).
+    pub acceptance_rate: f64,
+    /// Guesses proposed.
+    pub proposed: usize,
+    /// Sequences whose output equals the plain run's, token for token.
+    pub identical_outputs: usize,
+    /// Mean number of leading tokens each sequence shares with the plain run's output.
+    pub agreeing_prefix: f64,
+}
+
+/// `engram bench speculative`'s report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecReport {
+    /// Device.
+    pub device: String,
+    /// Target model.
+    pub model: String,
+    /// The disagreeing draft.
+    pub reject_draft: String,
+    /// Sequences.
+    pub batch: usize,
+    /// Prompt tokens per sequence.
+    pub prompt_len: usize,
+    /// New tokens per sequence asked for.
+    pub tokens: usize,
+    /// The runs, `plain` first.
+    pub runs: Vec<SpecRun>,
+}
+
+/// How a run proposes.
+enum Mode<'a> {
+    Plain,
+    Replay(usize, &'a [Vec<u32>]),
+    Forced(usize, &'a [Vec<u32>]),
+    Draft {
+        spec: &'a str,
+        k: usize,
+        adaptive: bool,
+    },
+    Lookup,
+}
+
+/// Runs the benchmark; `backend()` makes a backend instance per model (on one device).
+pub fn bench_speculative<B: Backend + DeviceProbe>(
+    backend: &dyn Fn() -> Result<B, StartError>,
+    cfg: &SpecBenchConfig,
+) -> Result<SpecReport, BenchError> {
+    let device = backend()?.device();
+    let (plain, reference) = run(backend, cfg, Mode::Plain, None)?;
+    eprintln!("plain: {:.1} tokens/s", plain.tokens_per_s);
+    let base_rate = plain.tokens_per_s;
+    let mut runs = vec![plain];
+    let mut modes: Vec<(String, Mode<'_>)> = Vec::new();
+    for &k in &cfg.ks {
+        modes.push((format!("forced k={k}"), Mode::Forced(k, &reference)));
+    }
+    for &k in &cfg.ks {
+        modes.push((format!("replay k={k}"), Mode::Replay(k, &reference)));
+    }
+    if cfg.copy_draft {
+        for &k in &cfg.ks {
+            modes.push((
+                format!("copy-draft k={k}"),
+                Mode::Draft {
+                    spec: &cfg.model,
+                    k,
+                    adaptive: false,
+                },
+            ));
+        }
+    }
+    modes.push((
+        "reject-draft adaptive".into(),
+        Mode::Draft {
+            spec: &cfg.reject_draft,
+            k: 4,
+            adaptive: true,
+        },
+    ));
+    modes.push((
+        "reject-draft k=4 fixed".into(),
+        Mode::Draft {
+            spec: &cfg.reject_draft,
+            k: 4,
+            adaptive: false,
+        },
+    ));
+    modes.push(("prompt-lookup adaptive".into(), Mode::Lookup));
+    // Plain decoding once more, last: how much the same run varies within the process.
+    modes.push(("plain (again)".into(), Mode::Plain));
+    for (label, mode) in modes {
+        let (mut r, _) = run(backend, cfg, mode, Some(&reference))?;
+        r.label = label;
+        r.speedup = r.tokens_per_s / base_rate;
+        eprintln!(
+            "{}: {:.1} tokens/s ({:.3}x), {:.2} tokens per target step, acceptance {:.3}, identical {}, \
+             agreeing prefix {:.1}",
+            r.label,
+            r.tokens_per_s,
+            r.speedup,
+            r.tokens_per_target_step,
+            r.acceptance_rate,
+            r.identical_outputs,
+            r.agreeing_prefix
+        );
+        runs.push(r);
+    }
+    Ok(SpecReport {
+        device,
+        model: cfg.model.clone(),
+        reject_draft: cfg.reject_draft.clone(),
+        batch: cfg.batch,
+        prompt_len: cfg.prompt_len,
+        tokens: cfg.tokens,
+        runs,
+    })
+}
+
+/// The decode benchmark's prompts, cut or padded to `prompt_len`, for a vocabulary of `vocab`.
+fn bench_prompts(cfg: &SpecBenchConfig, vocab: usize) -> Vec<Vec<u32>> {
+    let base = prompt_tokens(&prompt_lengths(64, 16, 2048, 42), vocab);
+    (0..cfg.batch)
+        .map(|i| {
+            let mut p: Vec<u32> = base[i % base.len()]
+                .iter()
+                .copied()
+                .take(cfg.prompt_len)
+                .collect();
+            p.resize(cfg.prompt_len, 5);
+            p
+        })
+        .collect()
+}
+
+/// MiB of KV cache `model` needs for the benchmark's sequences (with room for guesses), with a margin.
+fn kv_mib<B: Backend>(model: &LlamaModel<B>, cfg: &SpecBenchConfig, block_size: usize) -> usize {
+    let per_seq = (cfg.prompt_len + cfg.tokens + 40).div_ceil(block_size) + 1;
+    let bytes = model.kv_layout(cfg.batch * per_seq, block_size).bytes_f32();
+    (bytes * 5 / 4).div_ceil(1 << 20).max(1)
+}
+
+/// One engine run (warm-up, then timed): its result and each sequence's output.
+fn run<B: Backend + DeviceProbe>(
+    backend: &dyn Fn() -> Result<B, StartError>,
+    cfg: &SpecBenchConfig,
+    mode: Mode<'_>,
+    reference: Option<&[Vec<u32>]>,
+) -> Result<(SpecRun, Vec<Vec<u32>>), BenchError> {
+    let (model, tokenizer, name) = load_model(backend()?, &cfg.model)?;
+    let prompts = &bench_prompts(cfg, model.config().vocab_size);
+    let mut engine_config = EngineConfig {
+        max_sequences: cfg.batch.max(1),
+        token_budget: (cfg.batch * 16).max(cfg.prompt_len + 64).max(512),
+        ..EngineConfig::default()
+    };
+    engine_config.kv_cache_mib = kv_mib(&model, cfg, engine_config.block_size);
+    let spec_config = |k: usize, adaptive: bool, method| SpeculativeConfig {
+        method,
+        k,
+        max_k: k.max(8),
+        adaptive,
+        ..SpeculativeConfig::default()
+    };
+    let forced = matches!(mode, Mode::Forced(..));
+    let spec: Option<Speculator<B>> = match mode {
+        Mode::Plain => None,
+        Mode::Replay(k, outputs) | Mode::Forced(k, outputs) => {
+            let known: HashMap<Vec<u32>, Vec<u32>> = prompts
+                .iter()
+                .cloned()
+                .zip(outputs.iter().cloned())
+                .collect();
+            // The method field is not consulted with an explicit proposer.
+            let s = Speculator::new(
+                SpeculativeConfig {
+                    max_k: k,
+                    ..spec_config(k, false, SpeculationMethod::Draft)
+                },
+                Proposer::Replay(known),
+            );
+            Some(if forced { s.forcing_acceptance() } else { s })
+        }
+        Mode::Draft { spec, k, adaptive } => {
+            let (draft, _, _) = load_model(backend()?, spec)?;
+            let config = SpeculativeConfig {
+                max_k: if adaptive { 8 } else { k },
+                draft_model: Some(spec.to_string()),
+                ..spec_config(k, adaptive, SpeculationMethod::Draft)
+            };
+            let mib = kv_mib(&draft, cfg, engine_config.block_size);
+            let mut draft = DraftModel::new(draft, mib, engine_config.block_size)?;
+            draft.warm_up(engine_config.token_budget.max(2048))?;
+            Speculator::from_config(&config, Some(draft)).map_err(BenchError::Setup)?
+        }
+        Mode::Lookup => Some(Speculator::new(
+            spec_config(4, true, SpeculationMethod::PromptLookup),
+            Proposer::Lookup,
+        )),
+    };
+    let engine = Engine::start_with(model, spec, Arc::new(tokenizer), name, &engine_config)?;
+    // Warm-up: the same requests, so that the timed run meets no new product shape (cuBLASLt tunes each row
+    // count up to 128 at its first call, on each backend instance).
+    generate(&engine, prompts, cfg.tokens)?;
+    // Timed repetitions on the same engine; the median time, the last repetition's outputs and counts.
+    let mut times = Vec::with_capacity(cfg.reps.max(1));
+    let mut results = Vec::new();
+    for _ in 0..cfg.reps.max(1) {
+        let t = Instant::now();
+        results = generate(&engine, prompts, cfg.tokens)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
+    let tokens: usize = results.iter().map(|r| r.1.completion_tokens).sum();
+    let steps: usize = results.iter().map(|r| r.1.target_steps).sum();
+    let proposed: usize = results.iter().map(|r| r.1.proposed_tokens).sum();
+    let accepted: usize = results.iter().map(|r| r.1.accepted_tokens).sum();
+    let outputs: Vec<Vec<u32>> = results.into_iter().map(|r| r.0).collect();
+    let identical = reference.map_or(outputs.len(), |reference| {
+        outputs
+            .iter()
+            .zip(reference)
+            .filter(|(a, b)| a == b)
+            .count()
+    });
+    let agreeing = reference.map_or(tokens, |reference| {
+        outputs
+            .iter()
+            .zip(reference)
+            .map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count())
+            .sum()
+    });
+    Ok((
+        SpecRun {
+            label: "plain".into(),
+            seconds,
+            tokens,
+            tokens_per_s: tokens as f64 / seconds,
+            speedup: 1.0,
+            tokens_per_target_step: tokens as f64 / steps.max(1) as f64,
+            acceptance_rate: if proposed > 0 {
+                accepted as f64 / proposed as f64
+            } else {
+                0.0
+            },
+            proposed,
+            identical_outputs: identical,
+            agreeing_prefix: agreeing as f64 / outputs.len().max(1) as f64,
+        },
+        outputs,
+    ))
+}
+
+/// Submits every prompt greedily for `max_tokens` and waits for all: each output and usage, in order.
+fn generate(
+    engine: &Engine,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+) -> Result<Vec<(Vec<u32>, Usage)>, BenchError> {
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens,
+        ..SamplingParams::default()
+    };
+    let receivers = prompts
+        .iter()
+        .map(|p| engine.submit(GenerationRequest::new(p.clone(), params.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Wait on a thread of our own: the caller may be inside an async runtime, where blocking is not allowed.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || collect(receivers))
+            .join()
+            .map_err(|_| BenchError::Setup("the collecting thread panicked".into()))?
+    })
+}
+
+/// Each request's tokens and usage, in order.
+fn collect(
+    receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>>,
+) -> Result<Vec<(Vec<u32>, Usage)>, BenchError> {
+    let mut out = Vec::with_capacity(receivers.len());
+    for mut rx in receivers {
+        let mut tokens = Vec::new();
+        loop {
+            match rx.blocking_recv() {
+                Some(GenerationEvent::Token(t)) => tokens.push(t.token),
+                Some(GenerationEvent::Done { usage, .. }) => {
+                    out.push((tokens, usage));
+                    break;
+                }
+                Some(GenerationEvent::Failed(e)) => return Err(BenchError::Setup(e)),
+                None => return Err(BenchError::Setup("the engine stopped".into())),
+            }
+        }
+    }
+    Ok(out)
+}

@@ -246,10 +246,7 @@ async fn main() -> Result<()> {
             let mut reports = Vec::new();
             for name in &names {
                 let r = app.retrievers.get(name)?;
-                let reader = qa.then(|| match &app.generator {
-                    Some(g) => eval::Reader::Model(g.as_ref()),
-                    None => eval::Reader::Extractive,
-                });
+                let reader = qa.then(|| engram::qa::Answerer::new(app.generator.clone()));
                 reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style, reader).await?);
             }
             if json {

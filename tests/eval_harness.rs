@@ -3,7 +3,8 @@
 mod common;
 
 use common::{fixture, musique_dir, Db, TestApp};
-use engram::eval::{evaluate, load_corpus, load_questions, GoldStyle, Reader};
+use engram::eval::{evaluate, load_corpus, load_questions, GoldStyle};
+use engram::qa::Answerer;
 use std::path::Path;
 
 async fn run(t: &TestApp, questions: &Path, corpus: &Path) -> engram::eval::EvalReport {
@@ -26,7 +27,7 @@ async fn run_with(
         r.as_ref(),
         &qs,
         style,
-        Some(Reader::Extractive),
+        Some(Answerer::Extractive),
     )
     .await
     .unwrap();
@@ -77,7 +78,7 @@ async fn a_configured_model_answers_the_questions() {
         r.as_ref(),
         qs,
         style,
-        Some(Reader::Model(g.as_ref())),
+        Some(Answerer::Model(g.clone())),
     )
     .await
     .unwrap();

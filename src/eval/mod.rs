@@ -1,10 +1,11 @@
 //! The retrieval evaluation harness behind `engram eval`: reads MuSiQue-style or HotpotQA-distractor-style
 //! questions and corpora, retrieves for every question, and reports recall@2 and recall@5 as the HippoRAG papers
 //! define them (per question |top-k ∩ gold| / |gold|, averaged, in percent) with the mean retrieval latency, and
-//! with `--qa` the answers' exact match and F1 (SQuAD normalisation, best over the answer's aliases). With a
-//! generation model the model answers from the top 5 passages (as many as fit its context window; greedy, the
-//! `/v1/qa` prompt, [`crate::qa::generated::generate_answer`]); without one the extractive reader
-//! ([`crate::qa::extractive`]) does.
+//! with `--qa` the answers' exact match and F1 (SQuAD normalisation, best over the answer's aliases). The answers
+//! come from `/v1/qa`'s [`Answerer`] over the top 5 passages: the generation model (greedy, the `/v1/qa` prompt)
+//! or, without one, the extractive reader. A model prompt that does not fit with all 5 passages is not answered,
+//! as `/v1/qa` refuses it ([`crate::qa::AnswerError::OverContext`]): the question scores 0 and is counted in
+//! [`EvalReport::over_context`].
 
 mod answers;
 mod dataset;
@@ -13,10 +14,9 @@ pub use answers::{best_scores, exact_match, f1, normalize_answer};
 
 pub use dataset::{load_corpus, load_questions, EvalQuestion, GoldStyle};
 
-use crate::qa::generated;
-use crate::retrieve::{RetrieveError, Retriever, ScoredPassage};
+use crate::qa::{AnswerError, Answerer};
+use crate::retrieve::{RetrieveError, Retriever};
 use crate::store::{Store, StoreError};
-use engram_engine::Generator;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -50,7 +50,7 @@ pub enum EvalError {
     Store(#[from] StoreError),
     /// The generation model failed to answer.
     #[error("the model failed to answer: {0}")]
-    Generation(String),
+    Generation(#[source] AnswerError),
 }
 
 /// The summary `engram eval --json` prints.
@@ -77,6 +77,10 @@ pub struct EvalReport {
     /// With `--qa`: mean F1, percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub f1: Option<f64>,
+    /// With `--qa`: questions left unanswered because the model's prompt with their passages does not fit its
+    /// context (they score 0 in `exact_match` and `f1`); 0 for the extractive reader.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over_context: Option<usize>,
 }
 
 /// |top-k ∩ gold| / |gold| for one ranked list of keys (duplicates in the ranking count once).
@@ -88,58 +92,16 @@ pub fn recall_at(ranked: &[String], gold: &HashSet<String>, k: usize) -> f64 {
     gold.iter().filter(|g| top.contains(g)).count() as f64 / gold.len() as f64
 }
 
-/// Who answers the questions of `engram eval --qa`.
-#[derive(Clone, Copy)]
-pub enum Reader<'a> {
-    /// The extractive reader: the best-matching sentence.
-    Extractive,
-    /// The generation model.
-    Model(&'a dyn Generator),
-}
-
-impl Reader<'_> {
-    fn name(&self) -> String {
-        match self {
-            Self::Extractive => "extractive".into(),
-            Self::Model(g) => format!("generated:{}", g.model_name()),
-        }
-    }
-
-    async fn answer(&self, question: &str, hits: &[ScoredPassage]) -> Result<String, EvalError> {
-        match self {
-            Self::Extractive => {
-                let texts: Vec<&str> = hits.iter().map(|h| h.passage.text.as_str()).collect();
-                let reading = crate::qa::extractive::read(question, &texts);
-                Ok(reading.best.map_or(String::new(), |s| {
-                    texts[s.passage][s.start..s.end].to_string()
-                }))
-            }
-            Self::Model(g) => {
-                let mut passages: Vec<(String, String)> = hits
-                    .iter()
-                    .map(|h| (h.passage.title.clone(), h.passage.text.clone()))
-                    .collect();
-                let fit = generated::passages_that_fit(*g, question, &passages)
-                    .map_err(|e| EvalError::Generation(e.to_string()))?;
-                passages.truncate(fit);
-                generated::generate_answer(*g, question, &passages, |_| {})
-                    .await
-                    .map(|(text, _)| text)
-                    .map_err(|e| EvalError::Generation(e.to_string()))
-            }
-        }
-    }
-}
-
 /// Retrieves the top 5 passages for every question and scores them against the gold passages. Passages are mapped
 /// to their documents, and documents to gold keys in `style` (title and text for MuSiQue, title for HotpotQA).
-/// With a `reader`, also answers each question from those passages and scores the answer.
+/// With a `reader`, also answers each question from those passages and scores the answer; a question whose model
+/// prompt does not fit scores 0 and counts in `over_context`.
 pub async fn evaluate(
     store: &Store,
     retriever: &dyn Retriever,
     questions: &[EvalQuestion],
     style: GoldStyle,
-    reader: Option<Reader<'_>>,
+    reader: Option<Answerer>,
 ) -> Result<EvalReport, EvalError> {
     let keys: HashMap<String, String> = store
         .document_keys()
@@ -148,6 +110,7 @@ pub async fn evaluate(
         .map(|(id, title, text)| (id, style.key(&title, &text)))
         .collect();
     let (mut r2, mut r5, mut latency, mut em, mut f) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut over_context = 0;
     for q in questions {
         let started = Instant::now();
         let hits = retriever.retrieve(&q.question, 5).await?;
@@ -159,10 +122,15 @@ pub async fn evaluate(
         r2 += recall_at(&ranked, &q.gold, 2);
         r5 += recall_at(&ranked, &q.gold, 5);
         if let Some(reader) = &reader {
-            let answer = reader.answer(&q.question, &hits).await?;
-            let (e, f1) = best_scores(&answer, &q.answers);
-            em += e;
-            f += f1;
+            match reader.answer(&q.question, &hits, |_| {}).await {
+                Ok(answered) => {
+                    let (e, f1) = best_scores(answered.text(), &q.answers);
+                    em += e;
+                    f += f1;
+                }
+                Err(AnswerError::OverContext { .. }) => over_context += 1,
+                Err(e) => return Err(EvalError::Generation(e)),
+            }
         }
     }
     let n = questions.len().max(1) as f64;
@@ -173,9 +141,10 @@ pub async fn evaluate(
         recall_at_2: round(100.0 * r2 / n),
         recall_at_5: round(100.0 * r5 / n),
         mean_latency_ms: round(latency / n),
-        reader: reader.as_ref().map(Reader::name),
+        reader: reader.as_ref().map(Answerer::name),
         exact_match: reader.is_some().then(|| round(100.0 * em / n)),
         f1: reader.is_some().then(|| round(100.0 * f / n)),
+        over_context: reader.is_some().then_some(over_context),
     })
 }
 

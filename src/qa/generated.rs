@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::attribution::{Coalition, Scorer, SeparatePrompt};
+use crate::retrieve::ScoredPassage;
 use engram_engine::ChatMessage;
 use engram_engine::SamplingParams;
 use engram_engine::Scores;
@@ -101,7 +102,18 @@ pub enum AnswerError {
     /// The prompt could not be made (the tokenizer failed).
     #[error("cannot make the prompt: {0}")]
     Prompt(String),
-    /// The engine refused the request (for example: the prompt does not fit the context window).
+    /// The prompt with every retrieved passage, plus an answer of [`ANSWER_TOKENS`] tokens, does not fit the
+    /// engine (its context window or its KV cache): the question is not answered. This is the one rule for a
+    /// prompt over the context (see [`crate::qa`]): no passage is dropped to make room.
+    #[error("the question and {passages} passages do not fit the model: {source}")]
+    OverContext {
+        /// The passages the prompt held.
+        passages: usize,
+        /// The engine's refusal ([`EngineError::TooLong`]).
+        #[source]
+        source: EngineError,
+    },
+    /// The engine refused the request for another reason (for example: its queue is full).
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// Generation failed midway.
@@ -109,25 +121,17 @@ pub enum AnswerError {
     Failed(String),
 }
 
-/// How many of `passages`, best first, fit the model's context window together with the question and an answer
-/// of [`ANSWER_TOKENS`] tokens.
-pub fn passages_that_fit(
-    g: &dyn Generator,
-    question: &str,
-    passages: &[(String, String)],
-) -> Result<usize, AnswerError> {
-    for k in (0..=passages.len()).rev() {
-        let all = crate::attribution::all_players(k);
-        let prompt = prompt_ids(g, question, &passages[..k], all).map_err(AnswerError::Prompt)?;
-        if prompt.len() + ANSWER_TOKENS <= g.max_context() {
-            return Ok(k);
-        }
-    }
-    Ok(0)
+/// The (title, text) pairs of retrieved passages, in rank order, as the prompts take them.
+pub fn titles_and_texts(passages: &[ScoredPassage]) -> Vec<(String, String)> {
+    passages
+        .iter()
+        .map(|p| (p.passage.title.clone(), p.passage.text.clone()))
+        .collect()
 }
 
 /// The model's greedy answer (at most [`ANSWER_TOKENS`] tokens) to the prompt holding every passage: the trimmed
-/// text and the token ids. `on_token` sees each token's text as it is made.
+/// text and the token ids. `on_token` sees each token's text as it is made. A prompt that does not fit is
+/// [`AnswerError::OverContext`].
 pub async fn generate_answer(
     g: &dyn Generator,
     question: &str,
@@ -141,7 +145,15 @@ pub async fn generate_answer(
         max_tokens: ANSWER_TOKENS,
         ..SamplingParams::default()
     };
-    let mut rx = g.submit(GenerationRequest::new(prompt, params))?;
+    let mut rx = g
+        .submit(GenerationRequest::new(prompt, params))
+        .map_err(|e| match e {
+            EngineError::TooLong { .. } => AnswerError::OverContext {
+                passages: passages.len(),
+                source: e,
+            },
+            other => AnswerError::Engine(other),
+        })?;
     let (mut text, mut tokens) = (String::new(), Vec::new());
     while let Some(ev) = rx.recv().await {
         match ev {

@@ -3,16 +3,18 @@
 //! with that step as the query; passages not seen yet join the evidence. With a model the step is the model's
 //! next sentence of reasoning (greedy, one line); without one it is the reader's best sentence that is not a step
 //! yet (it names the bridge entity a second hop needs). A step that gives the answer ("the answer is") or adds
-//! nothing ends the rounds early.
+//! nothing ends the rounds early, and so does a model whose step prompt no longer fits its context window. Who
+//! writes the steps is the question's [`Answerer`].
 
+use crate::qa::answerer::Answerer;
 use crate::qa::extractive::read;
+use crate::qa::generated::AnswerError;
 use crate::retrieve::{Retrieval, RetrieveError, Retriever};
 use engram_engine::ChatMessage;
 use engram_engine::SamplingParams;
 use engram_engine::{GenerationEvent, GenerationRequest, Generator};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::sync::Arc;
 
 /// Most rounds a request may ask for.
 pub const MAX_ITERATIONS: usize = 4;
@@ -28,14 +30,6 @@ pub struct Round {
     pub added: usize,
 }
 
-/// Who writes the reasoning steps.
-pub enum Thinker {
-    /// The generation model.
-    Model(Arc<dyn Generator>),
-    /// The extractive reader.
-    Reader,
-}
-
 /// Errors of iterative retrieval.
 #[derive(Debug, thiserror::Error)]
 pub enum IterativeError {
@@ -44,14 +38,14 @@ pub enum IterativeError {
     Retrieve(#[from] RetrieveError),
     /// The model failed while writing a step.
     #[error("writing a reasoning step failed: {0}")]
-    Step(String),
+    Step(#[source] AnswerError),
 }
 
 /// Retrieves for `question` in up to `iterations` rounds of `top_k` passages each (at most `max_passages` in
 /// all); returns the evidence in the order found, with every round's seeds, and the rounds.
 pub async fn gather(
     retriever: &dyn Retriever,
-    thinker: &Thinker,
+    answerer: &Answerer,
     question: &str,
     top_k: usize,
     iterations: usize,
@@ -87,7 +81,11 @@ pub async fn gather(
             break;
         }
         let steps: Vec<&str> = rounds[1..].iter().map(|r| r.query.as_str()).collect();
-        match thinker.next_step(question, &evidence, &steps).await? {
+        let step = answerer
+            .next_step(question, &evidence, &steps)
+            .await
+            .map_err(IterativeError::Step)?;
+        match step {
             Some(step) if !step.to_lowercase().contains("answer is") => query = step,
             _ => break,
         }
@@ -95,43 +93,31 @@ pub async fn gather(
     Ok((evidence, rounds))
 }
 
-impl Thinker {
-    /// The next reasoning step, or `None` when there is nothing more to say.
-    async fn next_step(
-        &self,
-        question: &str,
-        evidence: &Retrieval,
-        steps: &[&str],
-    ) -> Result<Option<String>, IterativeError> {
-        match self {
-            Thinker::Reader => {
-                let texts: Vec<&str> = evidence
-                    .passages
-                    .iter()
-                    .map(|p| p.passage.text.as_str())
-                    .collect();
-                let mut sentences = read(question, &texts).sentences;
-                sentences.sort_by(|a, b| b.score.total_cmp(&a.score));
-                Ok(sentences
-                    .into_iter()
-                    .filter(|s| s.score > 0.0)
-                    .map(|s| texts[s.passage][s.start..s.end].to_string())
-                    .find(|s| !steps.contains(&s.as_str())))
-            }
-            Thinker::Model(g) => model_step(g.as_ref(), question, evidence, steps)
-                .await
-                .map_err(IterativeError::Step),
-        }
-    }
+/// The extractive reader's next reasoning step: its best-scoring sentence of the evidence that is not a step yet,
+/// or `None` when no sentence is left that shares a term with the question.
+pub fn reader_step(question: &str, evidence: &Retrieval, steps: &[&str]) -> Option<String> {
+    let texts: Vec<&str> = evidence
+        .passages
+        .iter()
+        .map(|p| p.passage.text.as_str())
+        .collect();
+    let mut sentences = read(question, &texts).sentences;
+    sentences.sort_by(|a, b| b.score.total_cmp(&a.score));
+    sentences
+        .into_iter()
+        .filter(|s| s.score > 0.0)
+        .map(|s| texts[s.passage][s.start..s.end].to_string())
+        .find(|s| !steps.contains(&s.as_str()))
 }
 
-/// The model's next reasoning step: greedy, one line, at most [`STEP_TOKENS`] tokens.
-async fn model_step(
+/// The model's next reasoning step: greedy, one line, at most [`STEP_TOKENS`] tokens; `None` when it writes
+/// nothing or its prompt leaves no room in the context window.
+pub async fn model_step(
     g: &dyn Generator,
     question: &str,
     evidence: &Retrieval,
     steps: &[&str],
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, AnswerError> {
     let mut user = String::from(
         "Reason towards the answer of the question one step at a time, using the passages.\n\n",
     );
@@ -154,7 +140,7 @@ async fn model_step(
         Ok(text) => tokenizer.encode(&text, false),
         Err(_) => tokenizer.encode(&user, true),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| AnswerError::Prompt(e.to_string()))?;
     let room = g.max_context().saturating_sub(prompt.len());
     if room == 0 {
         return Ok(None);
@@ -165,9 +151,7 @@ async fn model_step(
         stop_strings: vec!["\n".into()],
         ..SamplingParams::default()
     };
-    let mut rx = g
-        .submit(GenerationRequest::new(prompt, params))
-        .map_err(|e| e.to_string())?;
+    let mut rx = g.submit(GenerationRequest::new(prompt, params))?;
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
         match event {
@@ -176,8 +160,8 @@ async fn model_step(
                 let step = text.trim();
                 return Ok((!step.is_empty()).then(|| step.to_string()));
             }
-            GenerationEvent::Failed(e) => return Err(e),
+            GenerationEvent::Failed(e) => return Err(AnswerError::Failed(e)),
         }
     }
-    Err("the engine dropped the request".into())
+    Err(AnswerError::Failed("the engine dropped the request".into()))
 }

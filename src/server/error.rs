@@ -2,6 +2,8 @@
 
 use crate::ingest::loaders::LoadError;
 use crate::ingest::pipeline::IngestError;
+use crate::qa::iterative::IterativeError;
+use crate::qa::{AnswerError, QaError};
 use crate::retrieve::RetrieveError;
 use crate::store::StoreError;
 use axum::http::StatusCode;
@@ -149,6 +151,38 @@ impl From<RetrieveError> for ApiError {
             RetrieveError::UnknownMethod(..) => {
                 ApiError::bad_request("unknown_method", e.to_string()).param("method")
             }
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<QaError> for ApiError {
+    fn from(e: QaError) -> Self {
+        match e {
+            QaError::EmptyQuestion => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "empty_question",
+                e.to_string(),
+            )
+            .param("question"),
+            QaError::InvalidTopK { .. } => {
+                ApiError::bad_request("invalid_field", e.to_string()).param("top_k")
+            }
+            QaError::InvalidIterations(_) => {
+                ApiError::bad_request("invalid_iterations", e.to_string()).param("iterations")
+            }
+            QaError::UnknownRetriever(e) => ApiError::from(e).param("retriever"),
+            QaError::Rounds(IterativeError::Retrieve(e)) => e.into(),
+            QaError::Answer(AnswerError::OverContext { .. }) => {
+                ApiError::bad_request("context_length_exceeded", format!("{e}; lower top_k"))
+                    .param("top_k")
+            }
+            QaError::Answer(AnswerError::Engine(e)) => e.into(),
+            QaError::Attribution(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "attribution_failed",
+                e.to_string(),
+            ),
             other => ApiError::internal(&other),
         }
     }

@@ -1,0 +1,226 @@
+//! The domain types of question answering: what a question asks for ([`QaRequest`] and its options) and what an
+//! answer carries ([`Answer`], [`PassageAttribution`], [`AttributionInfo`], [`TokenAttribution`], [`QaRelation`],
+//! [`QaTimings`]). They are also the `/v1/qa` wire format (serde, with utoipa schemas for the OpenAPI spec).
+
+use serde::{Deserialize, Serialize};
+
+/// How the values are estimated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Estimator {
+    /// Exact Shapley values up to 10 players, permutation sampling beyond.
+    #[default]
+    Auto,
+    /// Permutation sampling (128 permutations in antithetic pairs), whatever the number of players.
+    Permutation,
+    /// Banzhaf values from 1,024 random coalitions (each player in with probability 1/2).
+    Banzhaf,
+}
+
+/// What a passage subset is worth for a generated answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFunction {
+    /// The answer's teacher-forced log-probability.
+    #[default]
+    LogProb,
+    /// 1 when the answer's log-probability stays within ln 2 of the full prompt's, else 0 (TextGenSHAP's
+    /// answer-change indicator, as "is the answer still the likely one").
+    AnswerKept,
+}
+
+/// What to attribute the answer to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttributionLevel {
+    /// No attributions.
+    None,
+    /// One value per retrieved passage (the default).
+    #[default]
+    Passages,
+    /// Passage values, then values for runs of words of the passage with the largest value (`token_attribution`).
+    Tokens,
+}
+
+/// A question.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QaRequest {
+    /// The question.
+    pub question: String,
+    /// How many passages to retrieve (default `retrieval.default_top_k`, at most `retrieval.max_top_k`).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Retrieval method (default `bm25`).
+    #[serde(default)]
+    pub retriever: Option<String>,
+    /// `none`, `passages` (default) or `tokens`.
+    #[serde(default)]
+    pub attribution: AttributionLevel,
+    /// Stream the answer as server-sent events: `token` events carry the answer's text as it is made (one per
+    /// generated token; an extractive answer in one), then `attribution` (`{attribution, passages: [value and
+    /// standard error per passage]}`), then `done` with the whole response; a failure after the stream started is
+    /// an `error` event (`{error: {code, message}}`). Bad requests are still plain 4xx JSON errors.
+    #[serde(default)]
+    pub stream: bool,
+    /// Rounds of retrieval (IRCoT-style, 1 to 4, default 1): after the first, each round retrieves `top_k` more
+    /// passages with a reasoning step as the query (the model's, or the reader's best new sentence without one).
+    #[serde(default)]
+    pub iterations: Option<usize>,
+    /// How coalition prompts are computed for generated answers' attributions: `joint` (each coalition's prompt
+    /// written out and computed in full: exact, about one prefill per coalition), `separate` (each passage encoded
+    /// once after the instruction and question, a coalition's answer attending to its passages only: the
+    /// Fusion-in-Decoder approximation, a coalition costs its answer's tokens) or `auto` (the default: `joint` up
+    /// to 5 passages, `separate` beyond).
+    #[serde(default)]
+    pub passage_encoding: PassageEncoding,
+    /// The estimator: `auto` (default: exact Shapley up to 10 passages, permutation sampling beyond),
+    /// `permutation` or `banzhaf`.
+    #[serde(default)]
+    pub estimator: Estimator,
+    /// For generated answers, what a passage subset is worth: `log_prob` (default, the answer's teacher-forced
+    /// log-probability) or `answer_kept` (TextGenSHAP's answer-change indicator: 1 while the answer's
+    /// log-probability stays within ln 2 of the full prompt's). The extractive reader has its own value.
+    #[serde(default)]
+    pub value: ValueFunction,
+}
+
+/// How coalition prompts are computed (see [`QaRequest::passage_encoding`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PassageEncoding {
+    /// `joint` up to [`JOINT_MAX_PASSAGES`] passages, `separate` beyond.
+    #[default]
+    Auto,
+    /// Each coalition's prompt computed in full.
+    Joint,
+    /// Each passage encoded once; coalitions attend to their passages' keys.
+    Separate,
+}
+
+/// Most passages for which `auto` computes every coalition prompt in full (2^5 = 32 prompts).
+pub const JOINT_MAX_PASSAGES: usize = 5;
+
+impl PassageEncoding {
+    /// `joint` or `separate` for `passages` passages.
+    pub fn resolve(self, passages: usize) -> Self {
+        match self {
+            Self::Auto if passages <= JOINT_MAX_PASSAGES => Self::Joint,
+            Self::Auto => Self::Separate,
+            other => other,
+        }
+    }
+
+    /// The name the API uses: `auto`, `joint` or `separate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Joint => "joint",
+            Self::Separate => "separate",
+        }
+    }
+}
+
+/// The answer and where it came from.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Answer {
+    /// The answer text.
+    pub text: String,
+    /// `generated` (by the model) or `extractive` (a sentence copied from a passage, when no model is loaded).
+    pub mode: String,
+    /// Extractive answers: index of the passage (in `passages`) that holds it.
+    pub passage: Option<usize>,
+    /// Extractive answers: start byte offset of the answer in that passage's text.
+    pub start_byte: Option<usize>,
+    /// Extractive answers: end byte offset of the answer in that passage's text.
+    pub end_byte: Option<usize>,
+    /// Generated answers: the answer's tokens.
+    pub tokens: Option<usize>,
+}
+
+/// A passage's share of the answer.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PassageAttribution {
+    /// The Shapley value.
+    pub value: f64,
+    /// Its standard error (0 when exact).
+    pub std_error: f64,
+}
+
+/// How the attributions were computed.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttributionInfo {
+    /// `exact_shapley` or `permutation_shapley`.
+    pub method: String,
+    /// The value function: `answer_log_prob` (the model's answer, teacher-forced under each passage subset) or
+    /// `extractive_best_sentence_score`.
+    pub value: String,
+    /// Coalitions valued.
+    pub evaluations: usize,
+    /// Value of all passages together (the values sum to this minus `empty`).
+    pub full: f64,
+    /// Value of no passage.
+    pub empty: f64,
+    /// Generated answers: how coalition prompts were computed, `joint` or `separate`.
+    pub passage_encoding: Option<String>,
+    /// Generated answers: forward passes the model ran for the attribution.
+    pub forward_passes: Option<usize>,
+    /// Generated answers: prompt tokens the model computed for the attribution.
+    pub computed_tokens: Option<usize>,
+    /// Generated answers: prompt tokens of every valued coalition's prompt written out in full.
+    pub prompt_tokens: Option<usize>,
+}
+
+/// A relation of the knowledge graph inside a retrieved passage: one edge of the graph neighbourhood that led to
+/// the answer (seed phrase -> relation -> passage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QaRelation {
+    /// The subject phrase (normalised).
+    pub subject: String,
+    /// The relation, as extracted.
+    pub relation: String,
+    /// The object phrase (normalised).
+    pub object: String,
+    /// Index (in `passages`) of the passage it was extracted from.
+    pub passage: usize,
+    /// Whether its subject or object is one of the `seeds`.
+    pub seed: bool,
+}
+
+/// Token-level attribution (TextGenSHAP's second level): runs of consecutive words of one passage as players, the
+/// other passages kept whole, exact Shapley values over the same value function as the passages'.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenAttribution {
+    /// Index (in `passages`) of the passage whose words are attributed: the one with the largest value.
+    pub passage: usize,
+    /// The runs (at most 8), in text order.
+    pub spans: Vec<SpanAttribution>,
+    /// How the values were computed.
+    pub attribution: AttributionInfo,
+}
+
+/// One run of words of the attributed passage and its Shapley value.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SpanAttribution {
+    /// First byte of the run in the passage text.
+    pub start_byte: usize,
+    /// One past its last byte.
+    pub end_byte: usize,
+    /// Its Shapley value.
+    pub value: f64,
+    /// Standard error (0 for exact values).
+    pub std_error: f64,
+}
+
+/// Server-side time per stage, in milliseconds.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QaTimings {
+    /// Retrieval.
+    pub retrieve_ms: f64,
+    /// Reading (answer extraction).
+    pub read_ms: f64,
+    /// Attribution.
+    pub attribution_ms: f64,
+    /// The whole request.
+    pub total_ms: f64,
+}

@@ -347,6 +347,17 @@ impl Config {
 
     /// Checks ranges and formats, naming the key that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_retrieval()?;
+        self.validate_engine()?;
+        self.graph
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        self.validate_vectors()
+    }
+
+    /// `[server]` and `[storage]`.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         self.server
             .bind
             .parse::<SocketAddr>()
@@ -380,6 +391,11 @@ impl Config {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// `[chunking]` and `[retrieval]`.
+    fn validate_retrieval(&self) -> Result<(), ConfigError> {
         self.chunking
             .validate()
             .map_err(|message| ConfigError::Invalid {
@@ -393,15 +409,28 @@ impl Config {
                 key: "retrieval.hybrid",
                 message,
             })?;
-        if self.embedding.batch_size == 0 || self.embedding.batch_size > 1024 {
+        if self.retrieval.max_top_k == 0 {
             return Err(ConfigError::Invalid {
-                key: "embedding.batch_size",
+                key: "retrieval.max_top_k",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.retrieval.default_top_k == 0
+            || self.retrieval.default_top_k > self.retrieval.max_top_k
+        {
+            return Err(ConfigError::Invalid {
+                key: "retrieval.default_top_k",
                 message: format!(
-                    "must be between 1 and 1024, got {}",
-                    self.embedding.batch_size
+                    "must be between 1 and retrieval.max_top_k ({}), got {}",
+                    self.retrieval.max_top_k, self.retrieval.default_top_k
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// `[engine]` (with its speculative and CUDA sections) and `[qa]`.
+    fn validate_engine(&self) -> Result<(), ConfigError> {
         let e = &self.engine;
         if let Err(err) = e.device.parse::<engram_engine::DeviceSpec>() {
             return Err(ConfigError::Invalid {
@@ -436,9 +465,20 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        self.graph
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
+        Ok(())
+    }
+
+    /// `[embedding]` and `[vectors]`.
+    fn validate_vectors(&self) -> Result<(), ConfigError> {
+        if self.embedding.batch_size == 0 || self.embedding.batch_size > 1024 {
+            return Err(ConfigError::Invalid {
+                key: "embedding.batch_size",
+                message: format!(
+                    "must be between 1 and 1024, got {}",
+                    self.embedding.batch_size
+                ),
+            });
+        }
         if self.vectors.backend == VectorBackend::Qdrant {
             let q = &self.vectors.qdrant;
             if !(q.url.starts_with("http://") || q.url.starts_with("https://")) {
@@ -462,23 +502,6 @@ impl Config {
                     message: "shard_number and replication_factor must be at least 1".into(),
                 });
             }
-        }
-        if self.retrieval.max_top_k == 0 {
-            return Err(ConfigError::Invalid {
-                key: "retrieval.max_top_k",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.retrieval.default_top_k == 0
-            || self.retrieval.default_top_k > self.retrieval.max_top_k
-        {
-            return Err(ConfigError::Invalid {
-                key: "retrieval.default_top_k",
-                message: format!(
-                    "must be between 1 and retrieval.max_top_k ({}), got {}",
-                    self.retrieval.max_top_k, self.retrieval.default_top_k
-                ),
-            });
         }
         Ok(())
     }

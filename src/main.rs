@@ -144,6 +144,7 @@ fn init_logging(config: &Config) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    let config_file = cli.config.as_deref();
     match cli.command {
         Command::Serve {
             storage,
@@ -153,40 +154,18 @@ async fn main() -> Result<()> {
             model,
             device,
         } => {
-            let mut extra = Figment::new();
-            if let Some(device) = device {
-                extra = extra.merge(Serialized::global("engine.device", device));
-            }
-            if let Some(bind) = bind {
-                extra = extra.merge(Serialized::global("server.bind", bind));
-            }
-            if let Some(key) = api_key {
-                extra = extra.merge(Serialized::global("server.api_key", key));
-            }
-            if json_logs {
-                extra = extra.merge(Serialized::global("log.json", true));
-            }
-            if let Some(model) = model {
-                extra = extra.merge(Serialized::global("engine.model", model));
-            }
-            let config = load_config(cli.config.as_deref(), &storage, extra)?;
-            init_logging(&config);
-            let addr = config.bind_addr();
-            let app = App::open(config).await?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            tracing::info!(%addr, "engram listening; open http://{addr}/");
-            engram::server::serve(app, listener, CancellationToken::new()).await?;
-            Ok(())
+            let flags = ServeFlags {
+                bind,
+                api_key,
+                json_logs,
+                model,
+                device,
+            };
+            serve(config_file, &storage, flags).await
         }
         Command::Bench { what } => {
             // The benchmarks read the CUDA knobs through the same layers as the server (`[engine.cuda]`).
-            let config = load_config(
-                cli.config.as_deref(),
-                &StorageFlags::default(),
-                Figment::new(),
-            )?;
+            let config = load_config(config_file, &StorageFlags::default(), Figment::new())?;
             bench::run(what, &config.engine.cuda)
         }
         Command::Ingest {
@@ -194,7 +173,7 @@ async fn main() -> Result<()> {
             paths,
             openie,
         } => {
-            let config = load_config(cli.config.as_deref(), &storage, openie_flag(openie))?;
+            let config = load_config(config_file, &storage, openie_flag(openie))?;
             init_logging_quiet(&config);
             let documents = load_paths(&paths)?;
             let app = App::open(config).await?;
@@ -203,7 +182,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Reindex { storage } => {
-            let config = load_config(cli.config.as_deref(), &storage, Figment::new())?;
+            let config = load_config(config_file, &storage, Figment::new())?;
             init_logging_quiet(&config);
             let app = App::open(config).await?;
             let n = app.pipeline.reindex_all().await?;
@@ -220,63 +199,146 @@ async fn main() -> Result<()> {
             qa,
             json,
         } => {
-            let mut storage = storage;
-            let _tmp;
-            if storage.data_dir.is_none() {
-                let dir =
-                    tempfile::tempdir().context("cannot create a temporary data directory")?;
-                storage.data_dir = Some(dir.path().to_path_buf());
-                _tmp = dir;
-            }
-            let config = load_config(cli.config.as_deref(), &storage, openie_flag(openie))?;
-            init_logging_quiet(&config);
-            let (qs, style) = eval::load_questions(&questions)?;
-            let docs = eval::load_corpus(&corpus)?;
-            let app = App::open(config).await?;
-            ingest_with_progress(&app, &docs).await?;
-            let names: Vec<String> = if retriever == "all" {
-                app.retrievers
-                    .names()
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            } else {
-                retriever.split(',').map(|s| s.trim().to_string()).collect()
+            let flags = EvalFlags {
+                questions,
+                corpus,
+                openie,
+                retriever,
+                qa,
+                json,
             };
-            let mut reports = Vec::new();
-            for name in &names {
-                let r = app.retrievers.get(name)?;
-                let reader = qa.then(|| engram::qa::Answerer::new(app.generator.clone()));
-                reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style, reader).await?);
-            }
-            if json {
-                for report in &reports {
-                    println!("{}", serde_json::to_string(report)?);
-                }
-            } else {
-                if qa {
-                    println!("| retriever | questions | R@2 | R@5 | mean latency (ms) | reader | EM | F1 |");
-                    println!("|---|---:|---:|---:|---:|---|---:|---:|");
-                } else {
-                    println!("| retriever | questions | R@2 | R@5 | mean latency (ms) |");
-                    println!("|---|---:|---:|---:|---:|");
-                }
-                for r in &reports {
-                    let answers = match (&r.reader, r.exact_match, r.f1) {
-                        (Some(reader), Some(em), Some(f1)) => {
-                            format!(" {reader} | {em:.2} | {f1:.2} |")
-                        }
-                        _ => String::new(),
-                    };
-                    println!(
-                        "| {} | {} | {:.2} | {:.2} | {:.2} |{answers}",
-                        r.retriever, r.questions, r.recall_at_2, r.recall_at_5, r.mean_latency_ms
-                    );
-                }
-            }
-            app.store.close().await;
-            Ok(())
+            run_eval(config_file, storage, flags).await
         }
+    }
+}
+
+/// `engram serve`'s flags beyond storage.
+struct ServeFlags {
+    bind: Option<String>,
+    api_key: Option<String>,
+    json_logs: bool,
+    model: Option<String>,
+    device: Option<String>,
+}
+
+/// `engram serve`: the configuration with the flags on top, the app, the HTTP server until a signal.
+async fn serve(
+    config_file: Option<&Path>,
+    storage: &StorageFlags,
+    flags: ServeFlags,
+) -> Result<()> {
+    let mut extra = Figment::new();
+    if let Some(device) = flags.device {
+        extra = extra.merge(Serialized::global("engine.device", device));
+    }
+    if let Some(bind) = flags.bind {
+        extra = extra.merge(Serialized::global("server.bind", bind));
+    }
+    if let Some(key) = flags.api_key {
+        extra = extra.merge(Serialized::global("server.api_key", key));
+    }
+    if flags.json_logs {
+        extra = extra.merge(Serialized::global("log.json", true));
+    }
+    if let Some(model) = flags.model {
+        extra = extra.merge(Serialized::global("engine.model", model));
+    }
+    let config = load_config(config_file, storage, extra)?;
+    init_logging(&config);
+    let addr = config.bind_addr();
+    let app = App::open(config).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, "engram listening; open http://{addr}/");
+    engram::server::serve(app, listener, CancellationToken::new()).await?;
+    Ok(())
+}
+
+/// `engram eval`'s flags beyond storage.
+struct EvalFlags {
+    questions: PathBuf,
+    corpus: PathBuf,
+    openie: Option<PathBuf>,
+    retriever: String,
+    qa: bool,
+    json: bool,
+}
+
+/// `engram eval`: ingests the corpus (into a temporary data directory unless one is given), evaluates each
+/// retriever, prints the reports.
+async fn run_eval(
+    config_file: Option<&Path>,
+    mut storage: StorageFlags,
+    flags: EvalFlags,
+) -> Result<()> {
+    let _tmp;
+    if storage.data_dir.is_none() {
+        let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+        storage.data_dir = Some(dir.path().to_path_buf());
+        _tmp = dir;
+    }
+    let config = load_config(config_file, &storage, openie_flag(flags.openie))?;
+    init_logging_quiet(&config);
+    let (qs, style) = eval::load_questions(&flags.questions)?;
+    let docs = eval::load_corpus(&flags.corpus)?;
+    let app = App::open(config).await?;
+    ingest_with_progress(&app, &docs).await?;
+    let names: Vec<String> = if flags.retriever == "all" {
+        app.retrievers
+            .names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        flags
+            .retriever
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    let mut reports = Vec::new();
+    for name in &names {
+        let r = app.retrievers.get(name)?;
+        let reader = flags
+            .qa
+            .then(|| engram::qa::Answerer::new(app.generator.clone()));
+        reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style, reader).await?);
+    }
+    if flags.json {
+        for report in &reports {
+            println!("{}", serde_json::to_string(report)?);
+        }
+    } else {
+        print_eval_table(&reports, flags.qa);
+    }
+    app.store.close().await;
+    Ok(())
+}
+
+/// The eval reports as a Markdown table.
+fn print_eval_table(reports: &[eval::EvalReport], qa: bool) {
+    if qa {
+        println!("| retriever | questions | R@2 | R@5 | mean latency (ms) | reader | EM | F1 | over context |");
+        println!("|---|---:|---:|---:|---:|---|---:|---:|---:|");
+    } else {
+        println!("| retriever | questions | R@2 | R@5 | mean latency (ms) |");
+        println!("|---|---:|---:|---:|---:|");
+    }
+    for r in reports {
+        let answers = match (&r.reader, r.exact_match, r.f1) {
+            (Some(reader), Some(em), Some(f1)) => {
+                format!(
+                    " {reader} | {em:.2} | {f1:.2} | {} |",
+                    r.over_context.unwrap_or(0)
+                )
+            }
+            _ => String::new(),
+        };
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} |{answers}",
+            r.retriever, r.questions, r.recall_at_2, r.recall_at_5, r.mean_latency_ms
+        );
     }
 }
 

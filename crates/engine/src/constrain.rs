@@ -368,142 +368,185 @@ impl JsonConstraint {
             }
             let top = s.depth as usize - 1;
             match s.frames[top] {
-                Frame::Value { node } => {
-                    let opened = match self.nodes[node as usize] {
-                        Node::Str { .. } if b == b'"' => Frame::Str {
-                            node,
-                            len: 0,
-                            cont: 0,
-                            lo: 0x80,
-                            hi: 0xBF,
-                        },
-                        Node::Array { .. } if b == b'[' => Frame::Array {
-                            node,
-                            count: 0,
-                            after: After::Open,
-                        },
-                        Node::Object { .. } if b == b'{' => Frame::Object {
-                            node,
-                            field: 0,
-                            pos: 1,
-                        },
-                        _ => return false,
-                    };
-                    s.frames[top] = opened;
-                    return true;
-                }
+                Frame::Value { node } => return self.open_value(s, top, node, b),
                 Frame::Str {
                     node,
                     len,
                     cont,
                     lo,
                     hi,
-                } => {
-                    let Node::Str { max } = self.nodes[node as usize] else {
-                        return false;
-                    };
-                    if cont > 0 {
-                        if !(lo..=hi).contains(&b) {
-                            return false;
-                        }
-                        s.frames[top] = Frame::Str {
-                            node,
-                            len: len + 1,
-                            cont: cont - 1,
-                            lo: 0x80,
-                            hi: 0xBF,
-                        };
-                        return true;
-                    }
-                    if b == b'"' {
-                        if len == 0 {
-                            return false;
-                        }
-                        s.depth -= 1;
-                        return true;
-                    }
-                    let Some((owed, lo, hi)) = utf8_lead(b) else {
-                        return false;
-                    };
-                    if len + 1 + owed as u16 > max {
-                        return false;
-                    }
-                    s.frames[top] = Frame::Str {
-                        node,
-                        len: len + 1,
-                        cont: owed,
-                        lo,
-                        hi,
-                    };
-                    return true;
-                }
+                } => return self.feed_str(s, top, node, (len, cont, lo, hi), b),
                 Frame::Array { node, count, after } => {
-                    let Node::Array { item, min, max } = self.nodes[node as usize] else {
-                        return false;
-                    };
-                    let start_item = match (after, b) {
-                        (After::Open | After::Item, b']') if count >= min => {
-                            s.depth -= 1;
-                            return true;
-                        }
-                        (After::Item, b',') if count < max => {
-                            s.frames[top] = Frame::Array {
-                                node,
-                                count,
-                                after: After::Comma,
-                            };
-                            return true;
-                        }
-                        (After::Open, _) => count < max,
-                        (After::Comma, _) => true,
-                        _ => false,
-                    };
-                    if !start_item || s.depth as usize == MAX_DEPTH {
-                        return false;
+                    if let Some(taken) = self.feed_array(s, top, node, count, after, b) {
+                        return taken;
                     }
-                    s.frames[top] = Frame::Array {
-                        node,
-                        count: count + 1,
-                        after: After::Item,
-                    };
-                    s.frames[top + 1] = Frame::Value { node: item };
-                    s.depth += 1;
-                    // and the byte goes to the new value
+                    // A new item was opened, and the byte goes to it.
                 }
                 Frame::Object { node, field, pos } => {
-                    let Node::Object { lits, fields } = &self.nodes[node as usize] else {
-                        return false;
-                    };
-                    let lit = &lits[field as usize];
-                    if lit.get(pos as usize) != Some(&b) {
-                        return false;
-                    }
-                    if (pos as usize) + 1 < lit.len() {
-                        s.frames[top] = Frame::Object {
-                            node,
-                            field,
-                            pos: pos + 1,
-                        };
-                    } else if (field as usize) == fields.len() {
-                        s.depth -= 1;
-                    } else {
-                        if s.depth as usize == MAX_DEPTH {
-                            return false;
-                        }
-                        s.frames[top] = Frame::Object {
-                            node,
-                            field: field + 1,
-                            pos: 0,
-                        };
-                        s.frames[top + 1] = Frame::Value {
-                            node: fields[field as usize],
-                        };
-                        s.depth += 1;
-                    }
-                    return true;
+                    return self.feed_object(s, top, node, field, pos, b)
                 }
             }
         }
+    }
+
+    /// A value's first byte: `"`, `[` or `{` as its node says.
+    fn open_value(&self, s: &mut JsonState, top: usize, node: u16, b: u8) -> bool {
+        let opened = match self.nodes[node as usize] {
+            Node::Str { .. } if b == b'"' => Frame::Str {
+                node,
+                len: 0,
+                cont: 0,
+                lo: 0x80,
+                hi: 0xBF,
+            },
+            Node::Array { .. } if b == b'[' => Frame::Array {
+                node,
+                count: 0,
+                after: After::Open,
+            },
+            Node::Object { .. } if b == b'{' => Frame::Object {
+                node,
+                field: 0,
+                pos: 1,
+            },
+            _ => return false,
+        };
+        s.frames[top] = opened;
+        true
+    }
+
+    /// A byte inside a string: a UTF-8 continuation, the closing quote, or a new character within `max`.
+    fn feed_str(
+        &self,
+        s: &mut JsonState,
+        top: usize,
+        node: u16,
+        (len, cont, lo, hi): (u16, u8, u8, u8),
+        b: u8,
+    ) -> bool {
+        let Node::Str { max } = self.nodes[node as usize] else {
+            return false;
+        };
+        if cont > 0 {
+            if !(lo..=hi).contains(&b) {
+                return false;
+            }
+            s.frames[top] = Frame::Str {
+                node,
+                len: len + 1,
+                cont: cont - 1,
+                lo: 0x80,
+                hi: 0xBF,
+            };
+            return true;
+        }
+        if b == b'"' {
+            if len == 0 {
+                return false;
+            }
+            s.depth -= 1;
+            return true;
+        }
+        let Some((owed, lo, hi)) = utf8_lead(b) else {
+            return false;
+        };
+        if len + 1 + owed as u16 > max {
+            return false;
+        }
+        s.frames[top] = Frame::Str {
+            node,
+            len: len + 1,
+            cont: owed,
+            lo,
+            hi,
+        };
+        true
+    }
+
+    /// A byte inside an array: its end, a comma, or the start of an item (then `None`: the item's frame is
+    /// pushed and the byte goes to it).
+    fn feed_array(
+        &self,
+        s: &mut JsonState,
+        top: usize,
+        node: u16,
+        count: u16,
+        after: After,
+        b: u8,
+    ) -> Option<bool> {
+        let Node::Array { item, min, max } = self.nodes[node as usize] else {
+            return Some(false);
+        };
+        let start_item = match (after, b) {
+            (After::Open | After::Item, b']') if count >= min => {
+                s.depth -= 1;
+                return Some(true);
+            }
+            (After::Item, b',') if count < max => {
+                s.frames[top] = Frame::Array {
+                    node,
+                    count,
+                    after: After::Comma,
+                };
+                return Some(true);
+            }
+            (After::Open, _) => count < max,
+            (After::Comma, _) => true,
+            _ => false,
+        };
+        if !start_item || s.depth as usize == MAX_DEPTH {
+            return Some(false);
+        }
+        s.frames[top] = Frame::Array {
+            node,
+            count: count + 1,
+            after: After::Item,
+        };
+        s.frames[top + 1] = Frame::Value { node: item };
+        s.depth += 1;
+        None
+    }
+
+    /// A byte of an object's fixed text (its keys and punctuation); at the end of a key, its value's frame.
+    fn feed_object(
+        &self,
+        s: &mut JsonState,
+        top: usize,
+        node: u16,
+        field: u16,
+        pos: u16,
+        b: u8,
+    ) -> bool {
+        let Node::Object { lits, fields } = &self.nodes[node as usize] else {
+            return false;
+        };
+        let lit = &lits[field as usize];
+        if lit.get(pos as usize) != Some(&b) {
+            return false;
+        }
+        if (pos as usize) + 1 < lit.len() {
+            s.frames[top] = Frame::Object {
+                node,
+                field,
+                pos: pos + 1,
+            };
+        } else if (field as usize) == fields.len() {
+            s.depth -= 1;
+        } else {
+            if s.depth as usize == MAX_DEPTH {
+                return false;
+            }
+            s.frames[top] = Frame::Object {
+                node,
+                field: field + 1,
+                pos: 0,
+            };
+            s.frames[top + 1] = Frame::Value {
+                node: fields[field as usize],
+            };
+            s.depth += 1;
+        }
+        true
     }
 }
 

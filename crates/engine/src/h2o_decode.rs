@@ -79,6 +79,53 @@ pub fn decode<B: Backend>(
     result
 }
 
+/// Prefills each prompt in chunks of `chunk` tokens (its keys collecting scores under H2O), evicts it down to its
+/// budget, and returns each prompt's first greedy token.
+fn prefill_all<B: Backend>(
+    model: &LlamaModel<B>,
+    kv: &mut B::Kv,
+    cache: &mut KvCache,
+    prompts: &[Vec<u32>],
+    chunk: usize,
+    states: &mut [Option<H2oState>],
+) -> Result<Vec<u32>, PrefillError> {
+    let bs = cache.block_size();
+    let mut next = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let seq = i as u64;
+        cache.reserve(seq, prompt.len())?;
+        let mut start = 0;
+        let mut last = None;
+        while start < prompt.len() {
+            let end = (start + chunk.max(1)).min(prompt.len());
+            let mut batch = StepBatch::default();
+            push_chunk(&mut batch, cache, seq, &prompt[start..end], start, true)?;
+            if states[i].is_some() {
+                batch.tracked.push(0);
+            }
+            last = model.forward_logits(kv, &batch, bs)?;
+            start = end;
+        }
+        let logits = last.ok_or_else(|| LlamaError::Batch("an empty prompt".into()))?;
+        next.push(
+            model
+                .backend()
+                .select_tokens(&logits, 0.0, 0)
+                .map_err(LlamaError::from)?[0],
+        );
+        if let Some(state) = states[i].as_mut() {
+            evict_due(
+                model,
+                kv,
+                cache,
+                &mut [(seq, state)],
+                &mut EvictionTimes::default(),
+            )?;
+        }
+    }
+    Ok(next)
+}
+
 fn run<B: Backend>(
     model: &LlamaModel<B>,
     kv: &mut B::Kv,
@@ -108,40 +155,7 @@ fn run<B: Backend>(
                 .map(|b| H2oState::new(b.resolve(p.len()), options.slack))
         })
         .collect();
-    // Prefill, one prompt at a time in chunks; its last logits give the first token.
-    let mut next = Vec::with_capacity(n);
-    for (i, prompt) in prompts.iter().enumerate() {
-        let seq = i as u64;
-        cache.reserve(seq, prompt.len())?;
-        let mut start = 0;
-        let mut last = None;
-        while start < prompt.len() {
-            let end = (start + options.chunk.max(1)).min(prompt.len());
-            let mut batch = StepBatch::default();
-            push_chunk(&mut batch, cache, seq, &prompt[start..end], start, true)?;
-            if states[i].is_some() {
-                batch.tracked.push(0);
-            }
-            last = model.forward_logits(kv, &batch, bs)?;
-            start = end;
-        }
-        let logits = last.ok_or_else(|| LlamaError::Batch("an empty prompt".into()))?;
-        next.push(
-            model
-                .backend()
-                .select_tokens(&logits, 0.0, 0)
-                .map_err(LlamaError::from)?[0],
-        );
-        if let Some(state) = states[i].as_mut() {
-            evict_due(
-                model,
-                kv,
-                cache,
-                &mut [(seq, state)],
-                &mut EvictionTimes::default(),
-            )?;
-        }
-    }
+    let mut next = prefill_all(model, kv, cache, prompts, options.chunk, &mut states)?;
     let blocks_after_prefill = cache.usage().used_blocks;
     let mut tokens: Vec<Vec<u32>> = vec![Vec::with_capacity(options.steps); n];
     let mut step_seconds = Vec::with_capacity(options.steps);

@@ -160,35 +160,8 @@ impl<B: Backend> Run<'_, B> {
             computed_tokens: 0,
             total_tokens: r.full_tokens(),
         };
-        // The prefix (reusing cached blocks), then each segment after it.
         let prefix_seq = self.first_seq;
-        let reused = self.cache.admit(prefix_seq, &r.prefix)?;
-        self.held.push(prefix_seq);
-        let prefix_slots = self.cache.slots_for(prefix_seq, 0, r.prefix.len())?;
-        let mut pending = vec![Piece {
-            seq: prefix_seq,
-            tokens: r.prefix[reused..].to_vec(),
-            start: reused,
-            context: prefix_slots.clone(),
-            subset: None,
-        }];
-        let mut segment_slots = Vec::with_capacity(n);
-        for (i, segment) in r.segments.iter().enumerate() {
-            let seq = self.first_seq + 1 + i as u64;
-            self.cache.reserve(seq, segment.len())?;
-            self.held.push(seq);
-            let own = self.cache.slots_for(seq, 0, segment.len())?;
-            let mut context = prefix_slots.clone();
-            context.extend_from_slice(&own);
-            pending.push(Piece {
-                seq,
-                tokens: segment.clone(),
-                start: r.prefix.len(),
-                context,
-                subset: None,
-            });
-            segment_slots.push(own);
-        }
+        let (mut pending, prefix_slots, segment_slots) = self.admit_segments()?;
         let tail_start = r.prefix.len() + r.segments.iter().map(Vec::len).max().unwrap_or(0);
         let tail_seq0 = self.first_seq + 1 + n as u64;
         let mut next_subset = 0;
@@ -250,6 +223,43 @@ impl<B: Backend> Run<'_, B> {
             }
         }
         Ok(scores)
+    }
+
+    /// Admits the prefix (reusing cached blocks), then each segment after it: the pieces to compute, the prefix's
+    /// slots and each segment's own slots.
+    #[allow(clippy::type_complexity)]
+    fn admit_segments(&mut self) -> Result<(Vec<Piece>, Vec<u32>, Vec<Vec<u32>>), PrefillError> {
+        let r = self.request;
+        let n = r.segments.len();
+        let prefix_seq = self.first_seq;
+        let reused = self.cache.admit(prefix_seq, &r.prefix)?;
+        self.held.push(prefix_seq);
+        let prefix_slots = self.cache.slots_for(prefix_seq, 0, r.prefix.len())?;
+        let mut pending = vec![Piece {
+            seq: prefix_seq,
+            tokens: r.prefix[reused..].to_vec(),
+            start: reused,
+            context: prefix_slots.clone(),
+            subset: None,
+        }];
+        let mut segment_slots = Vec::with_capacity(n);
+        for (i, segment) in r.segments.iter().enumerate() {
+            let seq = self.first_seq + 1 + i as u64;
+            self.cache.reserve(seq, segment.len())?;
+            self.held.push(seq);
+            let own = self.cache.slots_for(seq, 0, segment.len())?;
+            let mut context = prefix_slots.clone();
+            context.extend_from_slice(&own);
+            pending.push(Piece {
+                seq,
+                tokens: segment.clone(),
+                start: r.prefix.len(),
+                context,
+                subset: None,
+            });
+            segment_slots.push(own);
+        }
+        Ok((pending, prefix_slots, segment_slots))
     }
 
     /// Runs one pass over `pieces` and stores the tails' log-probabilities.

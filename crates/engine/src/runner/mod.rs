@@ -6,7 +6,7 @@ use super::backend::Backend;
 use super::constrain::JsonState;
 use super::device::CudaConfig;
 use super::generator::{
-    EngineError, EngineStats, GenerationEvent, GenerationRequest, Generator, Usage,
+    EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, Generator, Usage,
 };
 use super::h2o::H2oState;
 use super::h2o_decode::{evict_due, EvictionTimes};
@@ -20,7 +20,7 @@ use super::score::{score_continuations, Scores};
 use super::score_segments::{score_segmented, SegmentedScoring};
 use super::speculative::draft::DraftModel;
 use super::speculative::speculator::Speculator;
-use super::speculative::{AdaptiveK, SpeculativeConfig};
+use super::speculative::{AdaptiveK, Proposal, SpeculativeConfig};
 use super::start::StartError;
 use super::warmup::{warm_up, warmup_rows};
 use crate::metrics;
@@ -603,48 +603,8 @@ impl LoopState {
                     }
                 }
                 ChunkKind::Decode => {
-                    let token = *a.generated.last().ok_or("decode before the first token")?;
-                    let start = self
-                        .cache
-                        .table(item.seq)
-                        .ok_or("decode of an unknown sequence")?
-                        .len;
-                    // Guesses ride along when the cache has room for them.
-                    let mut proposal = proposals.remove(&item.seq);
-                    let guesses = proposal.as_ref().map_or(0, |p| p.tokens.len());
-                    let fits =
-                        guesses > 0 && self.cache.append_slots(item.seq, 1 + guesses).is_ok();
-                    if !fits {
-                        proposal = None;
-                        self.cache
-                            .append_slots(item.seq, 1)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    let mut tokens = vec![token];
-                    if let Some(p) = &proposal {
-                        tokens.extend_from_slice(&p.tokens);
-                    }
-                    // Under H2O the cache index and the rotary position part once tokens are evicted.
-                    let position = a.h2o.as_ref().map_or(start, |h| h.position(start));
-                    push_chunk_at(
-                        &mut batch,
-                        &self.cache,
-                        item.seq,
-                        &tokens,
-                        start,
-                        position,
-                        false,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    if a.h2o.is_some() {
-                        batch.tracked.push(batch.seqs.len() - 1);
-                    }
-                    let end = batch.tokens.len() as u32;
-                    batch.logits_rows.extend(end - tokens.len() as u32..end);
-                    sampling.push(Sampling {
-                        seq: item.seq,
-                        proposal: proposal.map(|p| (p, start)),
-                    });
+                    let proposal = proposals.remove(&item.seq);
+                    sampling.push(self.push_decode(&mut batch, item.seq, proposal)?);
                 }
             }
         }
@@ -675,6 +635,57 @@ impl LoopState {
         }
         let ids: Vec<u64> = finished.iter().map(|f| f.0).collect();
         self.scheduler.complete(&plan, &ids);
+        self.finish(finished, spec);
+        self.evict(model, kv)
+    }
+
+    /// Adds a decoding sequence's chunk to `batch`: its last token, plus `proposal`'s guesses when the cache has
+    /// room for them, with logits for every row.
+    fn push_decode(
+        &mut self,
+        batch: &mut StepBatch,
+        seq: u64,
+        mut proposal: Option<Proposal>,
+    ) -> Result<Sampling, String> {
+        let a = &self.active[&seq];
+        let token = *a.generated.last().ok_or("decode before the first token")?;
+        let start = self
+            .cache
+            .table(seq)
+            .ok_or("decode of an unknown sequence")?
+            .len;
+        // Guesses ride along when the cache has room for them.
+        let guesses = proposal.as_ref().map_or(0, |p| p.tokens.len());
+        let fits = guesses > 0 && self.cache.append_slots(seq, 1 + guesses).is_ok();
+        if !fits {
+            proposal = None;
+            self.cache.append_slots(seq, 1).map_err(|e| e.to_string())?;
+        }
+        let mut tokens = vec![token];
+        if let Some(p) = &proposal {
+            tokens.extend_from_slice(&p.tokens);
+        }
+        // Under H2O the cache index and the rotary position part once tokens are evicted.
+        let position = a.h2o.as_ref().map_or(start, |h| h.position(start));
+        push_chunk_at(batch, &self.cache, seq, &tokens, start, position, false)
+            .map_err(|e| e.to_string())?;
+        if a.h2o.is_some() {
+            batch.tracked.push(batch.seqs.len() - 1);
+        }
+        let end = batch.tokens.len() as u32;
+        batch.logits_rows.extend(end - tokens.len() as u32..end);
+        Ok(Sampling {
+            seq,
+            proposal: proposal.map(|p| (p, start)),
+        })
+    }
+
+    /// Ends the finished requests: their `Done` events with usage, their cache blocks and speculative state freed.
+    fn finish<B: Backend>(
+        &mut self,
+        finished: Vec<(u64, FinishReason)>,
+        spec: &mut Option<Speculator<B>>,
+    ) {
         for (id, reason) in finished {
             if let Some(a) = self.active.remove(&id) {
                 let usage = Usage {
@@ -691,7 +702,6 @@ impl LoopState {
                 s.release(id);
             }
         }
-        self.evict(model, kv)
     }
 
     /// H2O: evicts the decoding sequences that reached their budget plus the slack.

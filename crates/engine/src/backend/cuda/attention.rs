@@ -161,6 +161,53 @@ pub fn run_scored(
 ) -> Result<(CudaTensor, Option<RawScores>), CudaError> {
     let l = kv.layout;
     let d = l.head_dim;
+    let dim_index = check_batch(q, kv, layer, heads, batch)?;
+    let (tokens, width) = q.shape();
+    let group = heads / l.kv_heads;
+    let p = plan(batch, group <= MAX_GROUP);
+    let meta = be.upload("attention", &p.data)?;
+    let mut out = be.alloc_bf16(tokens * width)?;
+    let args = Shared {
+        q: q.bf16("attention")?,
+        k: &kv.k[layer],
+        v: &kv.v[layer],
+        meta: &meta,
+        tables: meta.slice(p.tables..),
+        heads: heads as i32,
+        kv_heads: l.kv_heads as i32,
+        block_size: batch.block_size as i32,
+        scale_log2: std::f32::consts::LOG2_E / (d as f32).sqrt(),
+        head_dim: d,
+        dim_index,
+    };
+    if p.work.1 > 0 {
+        launch_prefill(be, &args, &p, &mut out)?;
+    }
+    let scored = if p.decode.1 > 0 {
+        launch_decode(be, &args, &p, batch, emit_scores, &mut out)?
+    } else {
+        None
+    };
+    Ok((
+        CudaTensor {
+            buf: CudaBuf::Bf16(out),
+            rows: tokens,
+            cols: width,
+        },
+        scored,
+    ))
+}
+
+/// Checks the queries and the batch against the cache; returns the head dimension's kernel index.
+fn check_batch(
+    q: &CudaTensor,
+    kv: &CudaKv,
+    layer: usize,
+    heads: usize,
+    batch: &AttentionBatch,
+) -> Result<usize, CudaError> {
+    let l = kv.layout;
+    let d = l.head_dim;
     let dim_index = HEAD_DIMS
         .iter()
         .position(|&h| h == d)
@@ -201,152 +248,175 @@ pub fn run_scored(
             });
         }
     }
-    let group = heads / l.kv_heads;
-    let p = plan(batch, group <= MAX_GROUP);
-    let meta = be.upload("attention", &p.data)?;
-    let view = |at: usize, len: usize| meta.slice(at..at + len.max(1));
+    Ok(dim_index)
+}
+
+/// What the prefill and decode launches of one attention call share.
+struct Shared<'a> {
+    q: &'a CudaSlice<u16>,
+    k: &'a CudaSlice<u16>,
+    v: &'a CudaSlice<u16>,
+    /// The uploaded [`Plan`] data.
+    meta: &'a CudaSlice<u32>,
+    tables: cudarc::driver::CudaView<'a, u32>,
+    heads: i32,
+    kv_heads: i32,
+    block_size: i32,
+    scale_log2: f32,
+    head_dim: usize,
+    dim_index: usize,
+}
+
+impl Shared<'_> {
+    /// `len` entries of the plan data from `at` (at least one, for an empty list).
+    fn view(&self, at: usize, len: usize) -> cudarc::driver::CudaView<'_, u32> {
+        self.meta.slice(at..at + len.max(1))
+    }
+}
+
+/// The varlen prefill kernel over the plan's work items (query tiles of sequences with more than one row).
+fn launch_prefill(
+    be: &CudaBackend,
+    s: &Shared<'_>,
+    p: &Plan,
+    out: &mut CudaSlice<u16>,
+) -> Result<(), CudaError> {
     let n = p.seqs;
-    let (row0, q_len, ctx, table0) = (view(0, n), view(n, n), view(2 * n, n), view(3 * n, n));
-    let tables = meta.slice(p.tables..);
-    let mut out = be.alloc_bf16(tokens * width)?;
-    let qs = q.bf16("attention")?;
-    let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
-    let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
-    let (hh, kvh, bs) = (heads as i32, l.kv_heads as i32, batch.block_size as i32);
-    if p.work.1 > 0 {
-        let work = view(p.work.0, 2 * p.work.1);
-        let f = &be.kernels.attn_prefill[dim_index];
-        let mut b = be.builder(f);
-        b.arg(qs)
-            .arg(kc)
-            .arg(vc)
-            .arg(&mut out)
-            .arg(&work)
-            .arg(&row0)
-            .arg(&q_len)
-            .arg(&ctx)
-            .arg(&table0)
-            .arg(&tables)
-            .arg(&hh)
-            .arg(&kvh)
-            .arg(&bs)
-            .arg(&scale_log2);
-        let cfg = LaunchConfig {
-            grid_dim: (p.work.1 as u32, heads as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch(b, cfg, "attention", &format!("attn_prefill_d{d}"))?;
+    let (row0, q_len, ctx, table0) = (
+        s.view(0, n),
+        s.view(n, n),
+        s.view(2 * n, n),
+        s.view(3 * n, n),
+    );
+    let work = s.view(p.work.0, 2 * p.work.1);
+    let f = &be.kernels.attn_prefill[s.dim_index];
+    let mut b = be.builder(f);
+    b.arg(s.q)
+        .arg(s.k)
+        .arg(s.v)
+        .arg(out)
+        .arg(&work)
+        .arg(&row0)
+        .arg(&q_len)
+        .arg(&ctx)
+        .arg(&table0)
+        .arg(&s.tables)
+        .arg(&s.heads)
+        .arg(&s.kv_heads)
+        .arg(&s.block_size)
+        .arg(&s.scale_log2);
+    let cfg = LaunchConfig {
+        grid_dim: (p.work.1 as u32, s.heads as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        b,
+        cfg,
+        "attention",
+        &format!("attn_prefill_d{}", s.head_dim),
+    )
+}
+
+/// The split-context decode kernel over the plan's decode rows, then the combine of the splits (a single split
+/// writes its rows directly); with `emit_scores`, every key's raw score and each row's log-sum-exp for H2O.
+fn launch_decode(
+    be: &CudaBackend,
+    s: &Shared<'_>,
+    p: &Plan,
+    batch: &AttentionBatch,
+    emit_scores: bool,
+    out: &mut CudaSlice<u16>,
+) -> Result<Option<RawScores>, CudaError> {
+    let (nd, d) = (p.decode.1, s.head_dim);
+    let heads = s.heads as usize;
+    let dec_row0 = s.view(p.decode.0, nd);
+    let dec_ctx = s.view(p.decode.0 + nd, nd);
+    let dec_table0 = s.view(p.decode.0 + 2 * nd, nd);
+    let split = split_len_for(
+        p.decode_max_ctx,
+        nd * s.kv_heads as usize,
+        be.sm_count,
+        be.decode_min_tiles,
+        be.decode_blocks_per_sm,
+    );
+    let splits = p.decode_max_ctx.div_ceil(split).max(1);
+    let parts = nd * heads * splits;
+    let mut part_o: CudaSlice<f32> = be.alloc_f32(parts * d)?;
+    let mut part_m: CudaSlice<f32> = be.alloc_f32(parts)?;
+    let mut part_l: CudaSlice<f32> = be.alloc_f32(parts)?;
+    let (sl, sp) = (split as i32, splits as i32);
+    let (f, name) = if emit_scores || be.decode_mma.load(std::sync::atomic::Ordering::Relaxed) {
+        (
+            &be.kernels.attn_decode_mma[s.dim_index],
+            "attn_decode_mma_d",
+        )
+    } else {
+        (&be.kernels.attn_decode[s.dim_index], "attn_decode_d")
+    };
+    let mut scored = if emit_scores {
+        let stride = p.decode_max_ctx.max(1);
+        Some(RawScores {
+            raw: be.alloc_f32(nd * heads * stride)?,
+            stride,
+            lse: be.alloc_f32(nd * heads)?,
+            decode_chunks: decode_chunks(batch),
+        })
+    } else {
+        None
+    };
+    let null = 0u64;
+    let raw_stride = scored.as_ref().map_or(0, |r| r.stride as i32);
+    let mut b = be.builder(f);
+    b.arg(s.q)
+        .arg(s.k)
+        .arg(s.v)
+        .arg(&mut part_o)
+        .arg(&mut part_m)
+        .arg(&mut part_l)
+        .arg(&dec_row0)
+        .arg(&dec_ctx)
+        .arg(&dec_table0)
+        .arg(&s.tables)
+        .arg(&s.heads)
+        .arg(&s.kv_heads)
+        .arg(&s.block_size)
+        .arg(&s.scale_log2)
+        .arg(&sl)
+        .arg(&sp)
+        .arg(&mut *out);
+    match scored.as_mut() {
+        Some(r) => b.arg(&mut r.raw).arg(&raw_stride).arg(&mut r.lse),
+        None => b.arg(&null).arg(&raw_stride).arg(&null),
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (nd as u32, s.kv_heads as u32, splits as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(b, cfg, "attention", &format!("{name}{d}"))?;
+    if splits == 1 {
+        // The decode kernel wrote the normalised rows itself.
+        return Ok(scored);
     }
-    let nd = p.decode.1;
-    if nd > 0 {
-        let dec_row0 = view(p.decode.0, nd);
-        let dec_ctx = view(p.decode.0 + nd, nd);
-        let dec_table0 = view(p.decode.0 + 2 * nd, nd);
-        let split = split_len_for(
-            p.decode_max_ctx,
-            nd * l.kv_heads,
-            be.sm_count,
-            be.decode_min_tiles,
-            be.decode_blocks_per_sm,
-        );
-        let splits = p.decode_max_ctx.div_ceil(split).max(1);
-        let parts = nd * heads * splits;
-        let mut part_o: CudaSlice<f32> = be.alloc_f32(parts * d)?;
-        let mut part_m: CudaSlice<f32> = be.alloc_f32(parts)?;
-        let mut part_l: CudaSlice<f32> = be.alloc_f32(parts)?;
-        let (sl, sp) = (split as i32, splits as i32);
-        let (f, name) = if emit_scores || be.decode_mma.load(std::sync::atomic::Ordering::Relaxed) {
-            (&be.kernels.attn_decode_mma[dim_index], "attn_decode_mma_d")
-        } else {
-            (&be.kernels.attn_decode[dim_index], "attn_decode_d")
-        };
-        let mut scored = if emit_scores {
-            let stride = p.decode_max_ctx.max(1);
-            Some(RawScores {
-                raw: be.alloc_f32(nd * heads * stride)?,
-                stride,
-                lse: be.alloc_f32(nd * heads)?,
-                decode_chunks: decode_chunks(batch),
-            })
-        } else {
-            None
-        };
-        let null = 0u64;
-        let raw_stride = scored.as_ref().map_or(0, |r| r.stride as i32);
-        let mut b = be.builder(f);
-        b.arg(qs)
-            .arg(kc)
-            .arg(vc)
-            .arg(&mut part_o)
-            .arg(&mut part_m)
-            .arg(&mut part_l)
-            .arg(&dec_row0)
-            .arg(&dec_ctx)
-            .arg(&dec_table0)
-            .arg(&tables)
-            .arg(&hh)
-            .arg(&kvh)
-            .arg(&bs)
-            .arg(&scale_log2)
-            .arg(&sl)
-            .arg(&sp)
-            .arg(&mut out);
-        match scored.as_mut() {
-            Some(r) => b.arg(&mut r.raw).arg(&raw_stride).arg(&mut r.lse),
-            None => b.arg(&null).arg(&raw_stride).arg(&null),
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (nd as u32, l.kv_heads as u32, splits as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch(b, cfg, "attention", &format!("{name}{d}"))?;
-        if splits == 1 {
-            // The decode kernel wrote the normalised rows itself.
-            return Ok((
-                CudaTensor {
-                    buf: CudaBuf::Bf16(out),
-                    rows: tokens,
-                    cols: width,
-                },
-                scored,
-            ));
-        }
-        let hd = d as i32;
-        let mut b = be.builder(&be.kernels.attn_combine);
-        b.arg(&part_o)
-            .arg(&part_m)
-            .arg(&part_l)
-            .arg(&dec_row0)
-            .arg(&mut out)
-            .arg(&hh)
-            .arg(&hd)
-            .arg(&sp);
-        match scored.as_mut() {
-            Some(r) => b.arg(&mut r.lse),
-            None => b.arg(&null),
-        };
-        let mut cfg = rows_cfg(nd, d.max(32) as u32);
-        cfg.grid_dim.1 = heads as u32;
-        launch(b, cfg, "attention", "attn_combine")?;
-        return Ok((
-            CudaTensor {
-                buf: CudaBuf::Bf16(out),
-                rows: tokens,
-                cols: width,
-            },
-            scored,
-        ));
-    }
-    Ok((
-        CudaTensor {
-            buf: CudaBuf::Bf16(out),
-            rows: tokens,
-            cols: width,
-        },
-        None,
-    ))
+    let hd = d as i32;
+    let mut b = be.builder(&be.kernels.attn_combine);
+    b.arg(&part_o)
+        .arg(&part_m)
+        .arg(&part_l)
+        .arg(&dec_row0)
+        .arg(out)
+        .arg(&s.heads)
+        .arg(&hd)
+        .arg(&sp);
+    match scored.as_mut() {
+        Some(r) => b.arg(&mut r.lse),
+        None => b.arg(&null),
+    };
+    let mut cfg = rows_cfg(nd, d.max(32) as u32);
+    cfg.grid_dim.1 = heads as u32;
+    launch(b, cfg, "attention", "attn_combine")?;
+    Ok(scored)
 }
 
 /// The chunks of `batch` that the decode kernel takes (one query row), in the plan's decode order.

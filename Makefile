@@ -3,23 +3,32 @@ DATA_DIR ?= data
 BIND ?= 127.0.0.1:8080
 CARGO ?= cargo
 ENGRAM := target/release/engram
+# The generation model `make run` serves (scripts/fetch-llm.sh lists the names; BENCHMARKS.md says why this one).
+MODEL ?= qwen2.5-coder-0.5b
 
-.PHONY: run test setup ui-setup build lint dist-cuda clean
+.PHONY: run test setup test-setup ui-setup build lint dist-cuda clean
 
-## make run: set up, build, ingest the demo corpus (idempotent) and serve on $(BIND).
+## make run: set up, build, ingest the demo corpus (idempotent; LLM open-IE) and serve $(MODEL) on $(BIND).
 run: setup build
-	$(ENGRAM) ingest --data-dir $(DATA_DIR) corpora/demo/corpus.json
-	$(ENGRAM) serve --data-dir $(DATA_DIR) --bind $(BIND)
+	model="$$(bash scripts/fetch-model.sh $(MODEL) | tail -n 1)" && \
+	$(ENGRAM) ingest --data-dir $(DATA_DIR) --model "$$model" corpora/demo/corpus.json && \
+	$(ENGRAM) serve --data-dir $(DATA_DIR) --bind $(BIND) --model "$$model"
 
-## make test: the whole test suite (SQLite and PostgreSQL, and the web UI in chromium), as CI runs it.
-test: setup ui-setup
+## make test: the whole test suite (SQLite and PostgreSQL, real SmolLM2 weights, and the web UI in chromium).
+test: test-setup ui-setup
 	bash scripts/ensure-postgres.sh
 	$(CARGO) test --all-targets --locked
 	$(CARGO) test --doc --locked
 
-setup:
+## make setup: the embedder (models/) and the generation model $(MODEL) (in ~/.cache/engram/models).
+setup: test-setup
+	bash scripts/fetch-model.sh $(MODEL)
+
+## make test-setup: what the tests need: the embedder and SmolLM2 (98 MB) for the real-weights tests.
+test-setup:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
 	bash scripts/fetch-model.sh
+	bash scripts/fetch-model.sh smollm2
 
 ## make ui-setup: what the browser tests of the web UI need (chromium and node via apt-get when missing, npm ci).
 ui-setup:

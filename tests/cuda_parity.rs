@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use engram_engine::internals::backend::cpu::CpuBackend;
+use engram_engine::internals::backend::cpu_tensor::CpuTensor;
 use engram_engine::internals::backend::cuda::CudaBackend;
 use engram_engine::internals::backend::{select_row, AttentionBatch, Backend, KvLayout, SeqChunk};
 use engram_engine::internals::h2o_decode::{decode as h2o_decode, DecodeOptions};
@@ -90,7 +91,7 @@ fn both(
     data: &[f32],
     rows: usize,
     cols: usize,
-) -> (Tensor, <CudaBackend as Backend>::Tensor) {
+) -> (CpuTensor, <CudaBackend as Backend>::Tensor) {
     let t = host(data, rows, cols);
     (CpuBackend.weight(&t).unwrap(), g.weight(&t).unwrap())
 }
@@ -101,7 +102,7 @@ fn residual(
     data: &[f32],
     rows: usize,
     cols: usize,
-) -> (Tensor, <CudaBackend as Backend>::Tensor) {
+) -> (CpuTensor, <CudaBackend as Backend>::Tensor) {
     let (ct, gt) = both(g, data, rows, cols);
     let ids: Vec<u32> = (0..rows as u32).collect();
     (
@@ -112,7 +113,7 @@ fn residual(
 
 fn cmp(
     g: &CudaBackend,
-    cpu: &Tensor,
+    cpu: &CpuTensor,
     cuda: &<CudaBackend as Backend>::Tensor,
     tol: f64,
     what: &str,
@@ -140,7 +141,7 @@ fn embed_and_norms_match() {
         cmp(g, &ce, &ge, 1e-6, &format!("embed {rows}x{width}"));
         let w = r.vec(width, 1.0);
         let (cw, gw) = both(g, &w, 1, width);
-        let cw = cw.flatten_all().unwrap();
+        let cw: CpuTensor = cw.dense("test").unwrap().flatten_all().unwrap().into();
         cmp(
             g,
             &CpuBackend.rms_norm(&ce, &cw, 1e-5).unwrap(),
@@ -183,7 +184,7 @@ fn linear_matches_with_and_without_bias() {
         );
         let b = r.vec(n, 1.0);
         let (cb, gb) = both(g, &b, 1, n);
-        let cb = cb.flatten_all().unwrap();
+        let cb: CpuTensor = cb.dense("test").unwrap().flatten_all().unwrap().into();
         cmp(
             g,
             &CpuBackend.linear(&cx, &cw, Some(&cb)).unwrap(),
@@ -304,7 +305,7 @@ fn fused_decode_projections_match() {
         let n = (heads + 2 * kv_heads) * hd;
         let (cw, gw) = both(g, &r.vec(n * hidden, 0.05), n, hidden);
         let (cb, gb) = both(g, &r.vec(n, 0.5), 1, n);
-        let cb = cb.flatten_all().unwrap();
+        let cb: CpuTensor = cb.dense("test").unwrap().flatten_all().unwrap().into();
         let layout = KvLayout {
             layers: 1,
             num_blocks: 4,

@@ -301,6 +301,19 @@ pub fn model_dir() -> std::path::PathBuf {
         })
 }
 
+/// A GGUF model in the model cache (`ENGRAM_MODEL_CACHE`, default `~/.cache/engram/models`, filled by
+/// `scripts/fetch-model.sh NAME`), `None` when it has not been fetched.
+pub fn cached_llm(file: &str) -> Option<std::path::PathBuf> {
+    let cache = std::env::var("ENGRAM_MODEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| {
+            std::env::var("HOME").map(|h| std::path::Path::new(&h).join(".cache/engram/models"))
+        })
+        .ok()?;
+    let path = cache.join(file);
+    path.is_file().then_some(path)
+}
+
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};

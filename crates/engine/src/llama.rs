@@ -76,7 +76,10 @@ impl<B: Backend> LlamaModel<B> {
     pub fn new(backend: B, files: &ModelFiles) -> Result<Self, LlamaError> {
         let weights = &files.weights;
         Self::build(backend, &files.config, |b, name, _shape| {
-            Ok(b.weight(weights.get(name)?)?)
+            Ok(match weights.quantized(name) {
+                Some(q) => b.quantized_weight(q)?,
+                None => b.weight(weights.get(name)?)?,
+            })
         })
     }
 

@@ -168,12 +168,13 @@ mod tests {
 
     #[test]
     fn backend_log_probs_check_their_tokens() {
-        let logits = candle_core::Tensor::from_slice(
+        let logits: crate::backend::cpu_tensor::CpuTensor = candle_core::Tensor::from_slice(
             &[1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5],
             (2, 3),
             &candle_core::Device::Cpu,
         )
-        .unwrap();
+        .unwrap()
+        .into();
         let lps = CpuBackend.token_log_probs(&logits, &[2, 0]).unwrap();
         assert!((lps[0] - token_log_prob(&[1.0, 2.0, 3.0], 2)).abs() < 1e-12);
         assert!((lps[1] - (1.0f64 / 3.0).ln()).abs() < 1e-6);

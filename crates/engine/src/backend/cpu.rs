@@ -1,7 +1,11 @@
 //! The CPU backend: candle-core tensors (f32) for the matrix products, plain loops split over the cores for the
 //! element-wise steps and for attention over the paged cache.
 
+use std::sync::Arc;
+
+use super::cpu_tensor::{op_err, CpuTensor};
 use super::{AttentionBatch, Backend, BackendError, KvLayout};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 /// Runs the model on the CPU with candle-core.
@@ -18,16 +22,9 @@ pub struct CpuKv {
     scores: Vec<Vec<f32>>,
 }
 
-fn op_err(op: &'static str) -> impl Fn(candle_core::Error) -> BackendError {
-    move |e| BackendError::Op {
-        backend: "cpu",
-        op,
-        reason: e.to_string(),
-    }
-}
-
 /// The rows, columns and data of a 2-D tensor.
-fn host(x: &Tensor, op: &'static str) -> Result<(Vec<f32>, usize, usize), BackendError> {
+fn host(x: &CpuTensor, op: &'static str) -> Result<(Vec<f32>, usize, usize), BackendError> {
+    let x = x.dense(op)?;
     let (r, c) = x.dims2().map_err(op_err(op))?;
     let data = x
         .flatten_all()
@@ -41,8 +38,10 @@ fn tensor(
     rows: usize,
     cols: usize,
     op: &'static str,
-) -> Result<Tensor, BackendError> {
-    Tensor::from_vec(data, (rows, cols), &Device::Cpu).map_err(op_err(op))
+) -> Result<CpuTensor, BackendError> {
+    Tensor::from_vec(data, (rows, cols), &Device::Cpu)
+        .map(CpuTensor::Dense)
+        .map_err(op_err(op))
 }
 
 /// Runs `f(first_row, rows)` over contiguous chunks of `out`'s rows on every core.
@@ -76,17 +75,22 @@ fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32) {
 }
 
 impl Backend for CpuBackend {
-    type Tensor = Tensor;
+    type Tensor = CpuTensor;
     type Kv = CpuKv;
 
     fn name(&self) -> &'static str {
         "cpu"
     }
 
-    fn weight(&self, host: &Tensor) -> Result<Tensor, BackendError> {
+    fn weight(&self, host: &Tensor) -> Result<CpuTensor, BackendError> {
         host.to_dtype(DType::F32)
             .and_then(|t| t.contiguous())
+            .map(CpuTensor::Dense)
             .map_err(op_err("weight"))
+    }
+
+    fn quantized_weight(&self, q: &Arc<QTensor>) -> Result<CpuTensor, BackendError> {
+        CpuTensor::from_qtensor(q)
     }
 
     fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKv, BackendError> {
@@ -100,52 +104,61 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn embed(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor, BackendError> {
-        let index = Tensor::from_slice(ids, ids.len(), &Device::Cpu).map_err(op_err("embed"))?;
-        table.index_select(&index, 0).map_err(op_err("embed"))
+    fn embed(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor, BackendError> {
+        table.rows(ids).map(CpuTensor::Dense)
     }
 
-    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor, BackendError> {
+    fn rms_norm(
+        &self,
+        x: &CpuTensor,
+        weight: &CpuTensor,
+        eps: f32,
+    ) -> Result<CpuTensor, BackendError> {
         let (mut data, r, c) = host(x, "rms_norm")?;
-        let w = weight.to_vec1::<f32>().map_err(op_err("rms_norm"))?;
+        let w = weight
+            .dense("rms_norm")?
+            .to_vec1::<f32>()
+            .map_err(op_err("rms_norm"))?;
         par_rows(&mut data, c, |_, rows| rms_norm_rows(rows, &w, eps));
         tensor(data, r, c, "rms_norm")
     }
 
     fn add_rms_norm(
         &self,
-        residual: &mut Tensor,
-        delta: &Tensor,
-        weight: &Tensor,
+        residual: &mut CpuTensor,
+        delta: &CpuTensor,
+        weight: &CpuTensor,
         eps: f32,
-    ) -> Result<Tensor, BackendError> {
+    ) -> Result<CpuTensor, BackendError> {
         self.add(residual, delta)?;
         self.rms_norm(residual, weight, eps)
     }
 
-    fn add(&self, residual: &mut Tensor, delta: &Tensor) -> Result<(), BackendError> {
-        *residual = (&*residual + delta).map_err(op_err("add"))?;
+    fn add(&self, residual: &mut CpuTensor, delta: &CpuTensor) -> Result<(), BackendError> {
+        let sum = (residual.dense("add")? + delta.dense("add")?).map_err(op_err("add"))?;
+        *residual = CpuTensor::Dense(sum);
         Ok(())
     }
 
     fn linear(
         &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-    ) -> Result<Tensor, BackendError> {
-        let y = x
-            .matmul(&w.t().map_err(op_err("linear"))?)
-            .map_err(op_err("linear"))?;
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: Option<&CpuTensor>,
+    ) -> Result<CpuTensor, BackendError> {
+        let y = w.matmul_t(x.dense("linear")?)?;
         match bias {
-            Some(b) => y.broadcast_add(b).map_err(op_err("linear")),
-            None => Ok(y),
+            Some(b) => y
+                .broadcast_add(b.dense("linear")?)
+                .map(CpuTensor::Dense)
+                .map_err(op_err("linear")),
+            None => Ok(CpuTensor::Dense(y)),
         }
     }
 
     fn rope(
         &self,
-        x: &mut Tensor,
+        x: &mut CpuTensor,
         head_dim: usize,
         positions: &[u32],
         inv_freq: &[f32],
@@ -180,7 +193,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor, BackendError> {
+    fn swiglu(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor, BackendError> {
         let (mut g, r, c) = host(gate, "swiglu")?;
         let (u, _, _) = host(up, "swiglu")?;
         par_rows(&mut g, c, |first, rows| {
@@ -196,8 +209,8 @@ impl Backend for CpuBackend {
         &self,
         kv: &mut CpuKv,
         layer: usize,
-        k: &Tensor,
-        v: &Tensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
         slots: &[u32],
     ) -> Result<(), BackendError> {
         let (kd, r, width) = host(k, "write_kv")?;
@@ -223,12 +236,12 @@ impl Backend for CpuBackend {
 
     fn attention(
         &self,
-        q: &Tensor,
+        q: &CpuTensor,
         kv: &CpuKv,
         layer: usize,
         heads: usize,
         batch: &AttentionBatch,
-    ) -> Result<Tensor, BackendError> {
+    ) -> Result<CpuTensor, BackendError> {
         let (qd, tokens, width) = host(q, "attention")?;
         let l = kv.layout;
         let hd = l.head_dim;
@@ -291,7 +304,7 @@ impl Backend for CpuBackend {
 
     fn accumulate_attention(
         &self,
-        q: &Tensor,
+        q: &CpuTensor,
         kv: &mut CpuKv,
         layer: usize,
         heads: usize,
@@ -386,35 +399,36 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gather_rows(&self, x: &Tensor, rows: &[u32]) -> Result<Tensor, BackendError> {
-        let index =
-            Tensor::from_slice(rows, rows.len(), &Device::Cpu).map_err(op_err("gather_rows"))?;
-        x.index_select(&index, 0).map_err(op_err("gather_rows"))
+    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> Result<CpuTensor, BackendError> {
+        x.dense("gather_rows")?;
+        x.rows(rows).map(CpuTensor::Dense)
     }
 
-    fn to_host(&self, x: &Tensor) -> Result<(Vec<f32>, usize, usize), BackendError> {
+    fn to_host(&self, x: &CpuTensor) -> Result<(Vec<f32>, usize, usize), BackendError> {
         host(x, "to_host")
     }
 
-    fn concat_rows(&self, parts: &[&Tensor]) -> Result<Tensor, BackendError> {
-        Tensor::cat(parts, 0).map_err(op_err("concat_rows"))
+    fn concat_rows(&self, parts: &[&CpuTensor]) -> Result<CpuTensor, BackendError> {
+        CpuTensor::concat_rows(parts)
     }
 
     fn rope_qkv_write(
         &self,
-        qkv: &Tensor,
+        qkv: &CpuTensor,
         kv: &mut CpuKv,
         layer: usize,
         heads: usize,
         positions: &[u32],
         slots: &[u32],
         inv_freq: &[f32],
-    ) -> Result<Tensor, BackendError> {
+    ) -> Result<CpuTensor, BackendError> {
         let hd = kv.layout.head_dim;
         let (q_width, kv_width) = (heads * hd, kv.layout.kv_heads * hd);
+        let qkv = qkv.dense("rope_qkv_write")?;
         let part = |start: usize, len: usize| {
             qkv.narrow(1, start, len)
                 .and_then(|t| t.contiguous())
+                .map(CpuTensor::Dense)
                 .map_err(op_err("rope_qkv_write"))
         };
         let (mut q, mut k, v) = (
@@ -428,12 +442,14 @@ impl Backend for CpuBackend {
         Ok(q)
     }
 
-    fn swiglu_packed(&self, gate_up: &Tensor) -> Result<Tensor, BackendError> {
+    fn swiglu_packed(&self, gate_up: &CpuTensor) -> Result<CpuTensor, BackendError> {
+        let gate_up = gate_up.dense("swiglu_packed")?;
         let (_, c) = gate_up.dims2().map_err(op_err("swiglu_packed"))?;
         let half = |start: usize| {
             gate_up
                 .narrow(1, start, c / 2)
                 .and_then(|t| t.contiguous())
+                .map(CpuTensor::Dense)
                 .map_err(op_err("swiglu_packed"))
         };
         self.swiglu(&half(0)?, &half(c / 2)?)
@@ -445,8 +461,9 @@ impl Backend for CpuBackend {
         seed: u64,
         offset: f32,
         std: f32,
-    ) -> Result<Tensor, BackendError> {
+    ) -> Result<CpuTensor, BackendError> {
         crate::model::synthetic::random_host_tensor(shape, seed, offset, std)
+            .map(CpuTensor::Dense)
             .map_err(op_err("random_weight"))
     }
 }
@@ -522,8 +539,8 @@ mod tests {
     use super::*;
     use crate::backend::SeqChunk;
 
-    fn t(data: &[f32], r: usize, c: usize) -> Tensor {
-        Tensor::from_slice(data, (r, c), &Device::Cpu).unwrap()
+    fn t(data: &[f32], r: usize, c: usize) -> CpuTensor {
+        CpuTensor::Dense(Tensor::from_slice(data, (r, c), &Device::Cpu).unwrap())
     }
 
     #[test]
@@ -531,7 +548,9 @@ mod tests {
         let b = CpuBackend;
         let x = t(&[1.0, 2.0], 1, 2);
         let w = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3, 2);
-        let bias = Tensor::from_slice(&[0.5f32, 0.0, -1.0], 3, &Device::Cpu).unwrap();
+        let bias = Tensor::from_slice(&[0.5f32, 0.0, -1.0], 3, &Device::Cpu)
+            .unwrap()
+            .into();
         let y = b.linear(&x, &w, Some(&bias)).unwrap();
         assert_eq!(b.to_host(&y).unwrap().0, vec![1.5, 2.0, 2.0]);
     }

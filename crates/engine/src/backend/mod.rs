@@ -4,6 +4,7 @@
 //! implements the same operations with NVRTC kernels and cuBLASLt.
 
 pub mod cpu;
+pub mod cpu_tensor;
 pub mod cuda;
 pub mod probe;
 
@@ -89,6 +90,21 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Moves a weight (host f32, any rank) onto the backend.
     fn weight(&self, host: &candle_core::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// Moves a GGUF weight onto the backend. The default dequantizes it (to f32 on the host, then
+    /// [`Self::weight`]: bf16 on CUDA); the CPU backend keeps quantized weights quantized.
+    fn quantized_weight(
+        &self,
+        q: &std::sync::Arc<candle_core::quantized::QTensor>,
+    ) -> Result<Self::Tensor, BackendError> {
+        let host = q
+            .dequantize(&candle_core::Device::Cpu)
+            .map_err(|e| BackendError::Op {
+                backend: self.name(),
+                op: "quantized_weight",
+                reason: e.to_string(),
+            })?;
+        self.weight(&host)
+    }
     /// Allocates zeroed KV storage.
     fn alloc_kv(&self, layout: KvLayout) -> Result<Self::Kv, BackendError>;
     /// Rows of `table` (`[vocab, hidden]`) for `ids`.

@@ -3,9 +3,11 @@
 //!
 //! [`ModelFiles::load`] takes either a Hugging Face model directory (`config.json`, `model.safetensors` or
 //! `model.safetensors.index.json` + shards, `tokenizer.json`, optional `tokenizer_config.json` and
-//! `generation_config.json`) or `synthetic:NAME`.
+//! `generation_config.json`), a GGUF file (or a directory holding one; [`gguf`]) or `synthetic:NAME`.
 
 pub mod config;
+pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
@@ -76,8 +78,9 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// `spec` is a directory (Hugging Face layout) or `synthetic:NAME[@SEED]` (tiny, qwen2.5-0.5b, llama-3.2-1b,
-    /// llama-3-8b) — synthetic weights from a fixed seed ([`synthetic::parse_synthetic`]).
+    /// `spec` is a directory (Hugging Face layout), a `.gguf` file or a directory holding one (quantized weights
+    /// kept quantized, [`gguf`]), or `synthetic:NAME[@SEED]` (tiny, qwen2.5-0.5b, llama-3.2-1b, llama-3-8b) —
+    /// synthetic weights from a fixed seed ([`synthetic::parse_synthetic`]).
     pub fn load(spec: &str) -> Result<Self, ModelError> {
         if let Some(name) = spec.strip_prefix(SYNTHETIC_PREFIX) {
             let (name, seed) = synthetic::parse_synthetic(name)?;
@@ -91,6 +94,9 @@ impl ModelFiles {
                 name: spec.to_string(),
             });
         }
+        if let Some(file) = gguf::gguf_path(Path::new(spec)) {
+            return gguf::load(&file);
+        }
         Self::load_dir(Path::new(spec))
     }
 
@@ -100,8 +106,9 @@ impl ModelFiles {
             return Err(ModelError::Missing {
                 path: dir.to_path_buf(),
                 hint: format!(
-                    "expected a Hugging Face model directory (config.json, model.safetensors, tokenizer.json) \
-                     or {SYNTHETIC_PREFIX}NAME with NAME one of {}",
+                    "expected a Hugging Face model directory (config.json, model.safetensors, tokenizer.json), \
+                     a .gguf file (scripts/fetch-model.sh NAME fetches one) or {SYNTHETIC_PREFIX}NAME with NAME \
+                     one of {}",
                     synthetic::SYNTHETIC_MODELS.join(", ")
                 ),
             });

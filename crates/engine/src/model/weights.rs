@@ -10,7 +10,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::safetensors::SliceSafetensors;
 use candle_core::{DType as CandleDType, Device, Tensor};
 use serde::Deserialize;
@@ -50,10 +52,12 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// A model's tensors by Hugging Face name (f32 on the CPU when loaded from files).
+/// A model's tensors by Hugging Face name: dense (f32 on the CPU when loaded from files) or, from GGUF files,
+/// quantized blocks kept as they are.
 #[derive(Clone)]
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
+    quantized: HashMap<String, Arc<QTensor>>,
     /// Where the tensors came from, for error messages.
     source: String,
 }
@@ -131,18 +135,38 @@ impl Weights {
                 files: source,
             });
         }
-        Ok(Self { tensors, source })
+        Ok(Self {
+            tensors,
+            quantized: HashMap::new(),
+            source,
+        })
     }
 
     /// Wraps tensors built in memory.
     pub fn from_tensors(map: HashMap<String, Tensor>) -> Self {
+        Self::from_parts(map, HashMap::new(), "in-memory tensors".into())
+    }
+
+    /// Dense and quantized tensors by name; `source` names where they came from in errors.
+    pub fn from_parts(
+        tensors: HashMap<String, Tensor>,
+        quantized: HashMap<String, Arc<QTensor>>,
+        source: String,
+    ) -> Self {
         Self {
-            tensors: map,
-            source: "in-memory tensors".into(),
+            tensors,
+            quantized,
+            source,
         }
     }
 
-    /// The tensor called `name`, or [`ModelError::MissingTensor`].
+    /// The quantized tensor called `name`, if it is kept quantized.
+    pub fn quantized(&self, name: &str) -> Option<&Arc<QTensor>> {
+        self.quantized.get(name)
+    }
+
+    /// The dense tensor called `name`, or [`ModelError::MissingTensor`] (also for a quantized one: see
+    /// [`Self::quantized`]).
     pub fn get(&self, name: &str) -> Result<&Tensor, ModelError> {
         self.tensors
             .get(name)
@@ -154,32 +178,50 @@ impl Weights {
 
     /// The tensor names, sorted.
     pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = self
+            .tensors
+            .keys()
+            .chain(self.quantized.keys())
+            .map(String::as_str)
+            .collect();
         names.sort_unstable();
         names
     }
 
     /// How many tensors there are.
     pub fn len(&self) -> usize {
-        self.tensors.len()
+        self.tensors.len() + self.quantized.len()
     }
 
     /// Whether there are no tensors.
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.tensors.is_empty() && self.quantized.is_empty()
     }
 
     /// Bytes held by the tensors.
     pub fn bytes(&self) -> usize {
-        self.tensors
+        let dense: usize = self
+            .tensors
             .values()
             .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
+            .sum();
+        dense
+            + self
+                .quantized
+                .values()
+                .map(|q| q.storage_size_in_bytes())
+                .sum::<usize>()
     }
 
     /// Total number of elements (parameters).
     pub fn param_count(&self) -> u64 {
-        self.tensors.values().map(|t| t.elem_count() as u64).sum()
+        let dense: u64 = self.tensors.values().map(|t| t.elem_count() as u64).sum();
+        dense
+            + self
+                .quantized
+                .values()
+                .map(|q| q.shape().elem_count() as u64)
+                .sum::<u64>()
     }
 }
 
@@ -187,6 +229,7 @@ impl fmt::Debug for Weights {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Weights")
             .field("tensors", &self.tensors.len())
+            .field("quantized", &self.quantized.len())
             .field("bytes", &self.bytes())
             .field("source", &self.source)
             .finish()

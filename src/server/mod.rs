@@ -1,6 +1,7 @@
 //! The HTTP API (axum). One module per endpoint family; [`error`] is the one place errors become HTTP.
 
-mod auth;
+pub mod admission;
+pub mod auth;
 pub mod body;
 pub mod documents;
 pub mod embeddings;
@@ -13,18 +14,24 @@ pub mod retrieve;
 mod ui;
 
 use crate::app::App;
+use crate::config::ServerConfig;
 use crate::metrics;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use error::ApiError;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -58,21 +65,15 @@ pub struct ApiDoc;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The full router: API, operations endpoints, OpenAPI/Swagger and the UI.
+/// The full router: API, operations endpoints, OpenAPI/Swagger and the UI, behind the guard ([`auth::guard`]),
+/// the request timeout and the panic catcher.
 pub fn router(app: Arc<App>) -> Router {
-    let writes = Router::new()
-        .route("/v1/documents", post(documents::create))
+    let api = Router::new()
+        .route("/v1/documents", post(documents::create).get(documents::list))
         .route(
             "/v1/documents/{id}",
-            axum::routing::delete(documents::delete),
+            get(documents::get).delete(documents::delete),
         )
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            auth::require_api_key,
-        ));
-    let api = Router::new()
-        .route("/v1/documents", get(documents::list))
-        .route("/v1/documents/{id}", get(documents::get))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/retrieve", post(retrieve::retrieve))
         .route("/v1/qa", post(qa::qa))
@@ -84,11 +85,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics_text))
         .route("/", get(ui::index))
-        .merge(writes)
         .with_state(app.clone());
-    Router::new()
+    let routes = Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .merge(api)
+        .merge(api);
+    protect(routes, &app.config.server)
+}
+
+/// `routes` behind what every route gets: the 404 and 405 fallbacks, the body limit, the request timeout, the
+/// guard ([`auth::guard`]), CORS, metrics, the panic catcher (a panic is a 500 naming the request id) and the
+/// request id.
+pub fn protect(routes: Router, server: &ServerConfig) -> Router {
+    let timeout = Duration::from_secs(server.request_timeout_secs);
+    routes
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such endpoint; see /docs")
         })
@@ -99,8 +108,16 @@ pub fn router(app: Arc<App>) -> Router {
                 "this endpoint does not accept that HTTP method; see /docs",
             )
         })
-        .layer(DefaultBodyLimit::max(app.config.server.max_body_bytes))
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(middleware::from_fn_with_state(
+            auth::Guard::new(server),
+            auth::guard,
+        ))
+        .layer(cors(&server.cors_origins))
         .layer(middleware::from_fn(record_metrics))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(name_panics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -113,6 +130,81 @@ pub fn router(app: Arc<App>) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// CORS for `origins` (none: no CORS headers at all, so browsers keep other sites out).
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    if allowed.is_empty() {
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+        ])
+        .expose_headers([REQUEST_ID, header::RETRY_AFTER, header::LOCATION])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Marks a response made for a panic, for [`name_panics`] to add the request id.
+#[derive(Debug, Clone, Copy)]
+struct Panicked;
+
+/// The response to a handler's panic: logged, then a 500 in the usual error shape.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = crate::ingest::loaders::panic_message(&*panic);
+    tracing::error!(panic = %message, "a request handler panicked");
+    metrics::PANICS.inc();
+    let mut res = ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal server error; see the server log",
+    )
+    .into_response();
+    res.extensions_mut().insert(Panicked);
+    res
+}
+
+/// Rewrites a panic's 500 to name the request id, so the log line can be found.
+async fn name_panics(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let res = next.run(req).await;
+    if res.extensions().get::<Panicked>().is_none() {
+        return res;
+    }
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        format!("internal server error (request id {id}); see the server log"),
+    )
+    .into_response()
+}
+
+/// 503 `request_timeout` when the response does not start within `timeout` (the handler is dropped, which
+/// cancels its work; a started stream is not cut).
+async fn request_timeout(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!(
+                "the request took longer than {} s (server.request_timeout_secs); ask for less",
+                timeout.as_secs()
+            ),
+        )
+        .retry_after(1)
+        .into_response(),
+    }
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
@@ -134,8 +226,10 @@ async fn record_metrics(req: Request, next: Next) -> Response {
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled (or SIGINT/SIGTERM), running the ingestion worker
-/// beside it; on shutdown, stops taking connections, lets in-flight requests finish (up to
-/// `server.shutdown_grace_secs`), stops the worker between batches and closes the database.
+/// beside it. At most `server.max_connections` connections are served at once (more wait in the backlog), and a
+/// client that does not send its headers within `server.header_timeout_secs` is disconnected. On shutdown, stops
+/// taking connections, lets in-flight requests finish (up to `server.shutdown_grace_secs`), stops the worker
+/// between batches and closes the database.
 pub async fn serve(
     app: Arc<App>,
     listener: tokio::net::TcpListener,
@@ -162,21 +256,10 @@ pub async fn serve(
         })
     };
     let grace = Duration::from_secs(app.config.server.shutdown_grace_secs);
-    let token = shutdown.clone();
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(async move { token.cancelled().await });
-    let result = tokio::select! {
-        r = server => r,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("in-flight requests did not finish within {grace:?}; closing");
-            Ok(())
-        }
-    };
+    let graceful = accept_loop(&app, listener, &shutdown).await;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within {grace:?}; closing");
+    }
     signals.abort();
     if tokio::time::timeout(grace, worker).await.is_err() {
         tracing::warn!(
@@ -184,7 +267,55 @@ pub async fn serve(
         );
     }
     app.store.close().await;
-    result
+    Ok(())
+}
+
+/// Accepts connections until `shutdown`, each served by hyper's HTTP/1 with a header read timeout, holding one
+/// of `server.max_connections` slots; returns the watcher of the connections still open.
+async fn accept_loop(
+    app: &Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+) -> GracefulShutdown {
+    let router = router(app.clone());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(app.config.server.header_timeout_secs));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted: wait a moment.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    graceful
 }
 
 async fn wait_for_signal() {

@@ -320,7 +320,7 @@ impl Store {
 
     /// Deletes a document and its passages in one transaction; returns whether it existed.
     pub async fn delete_document(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Explicit child deletes keep this independent of per-connection foreign-key settings.
         let passage_ids: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM passages WHERE document_id = $1")

@@ -135,7 +135,7 @@ impl Store {
     pub async fn create_job(&self, documents: &[NewDocument]) -> Result<String, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO jobs (id, status, error, created_at, updated_at) VALUES ($1, $2, NULL, $3, $3)",
         )
@@ -327,7 +327,7 @@ impl Store {
         code: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         Self::finish_item(
             &mut tx,
             job_id,
@@ -338,6 +338,25 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks every item of a job still pending as failed with `code` and `message` (when the job itself failed).
+    pub async fn fail_pending_items(
+        &self,
+        job_id: &str,
+        code: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE job_items SET status = 'failed', error_code = $1, error_message = $2 \
+             WHERE job_id = $3 AND status = 'pending'",
+        )
+        .bind(code.to_string())
+        .bind(message.to_string())
+        .bind(job_id.to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -358,8 +377,9 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a transaction (for the pipeline, which stores a document and its item outcome together).
+    /// Starts a write transaction (for the pipeline, which stores a document and its item outcome together):
+    /// [`Store::begin_write`].
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        Ok(self.pool.begin().await?)
+        self.begin_write().await
     }
 }

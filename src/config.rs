@@ -728,6 +728,42 @@ mod tests {
     }
 
     #[test]
+    fn lists_and_limits_come_from_the_environment() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                (
+                    "ENGRAM__SERVER__ALLOWED_HOSTS",
+                    r#"["engram", "localhost", "127.0.0.1", "[::1]"]"#,
+                ),
+                ("ENGRAM__LIMITS__MAX_QUERY_TERMS", "32"),
+            ]),
+            Figment::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.server.allowed_hosts,
+            ["engram", "localhost", "127.0.0.1", "[::1]"]
+        );
+        assert_eq!(cfg.limits.max_query_terms, 32);
+        assert_eq!(cfg.limits.max_nesting_depth, 128);
+        let err = Config::load(
+            None,
+            &env(&[("ENGRAM__LIMITS__MAX_NESTING_DEPTH", "0")]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("limits.max_nesting_depth"), "{err}");
+        let err = Config::load(
+            None,
+            &env(&[("ENGRAM__SERVER__CORS_ORIGINS", r#"["app.example"]"#)]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.cors_origins"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_bad_key() {
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "[server]\nbind = \"nonsense\"\n");

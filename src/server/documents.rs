@@ -68,11 +68,12 @@ pub struct ListParams {
     request_body(content = DocumentBatch, description = "JSON documents, or multipart/form-data with `file` fields"),
     responses(
         (status = 202, description = "Job accepted", body = JobAccepted),
-        (status = 400, description = "Malformed input", body = ErrorEnvelope),
+        (status = 400, description = "Malformed input, or a JSON body nested too deep (`nesting_too_deep`)", body = ErrorEnvelope),
         (status = 401, description = "Missing API key", body = ErrorEnvelope),
         (status = 413, description = "Body too large", body = ErrorEnvelope),
         (status = 415, description = "Unsupported content or file type", body = ErrorEnvelope),
-        (status = 422, description = "Empty text, corrupt PDF, bad corpus file", body = ErrorEnvelope),
+        (status = 408, description = "The body did not arrive in time (`body_timeout`)", body = ErrorEnvelope),
+        (status = 422, description = "Empty text, corrupt PDF, bad corpus file, or a file nested too deep (`nesting_too_deep`)", body = ErrorEnvelope),
     ))]
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -312,7 +313,8 @@ pub async fn get(
 /// Delete a document from the store and every index.
 #[utoipa::path(delete, path = "/v1/documents/{id}", tag = "documents",
     params(("id" = String, Path, description = "Document id")),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "The document is being indexed (`document_busy`, with Retry-After)", body = ErrorEnvelope)))]
 pub async fn delete(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,

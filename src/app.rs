@@ -26,6 +26,7 @@ use crate::store::{Store, StoreError};
 use engram_engine::{EngineConfig, Generator};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,9 @@ pub struct App {
     pub graph: Option<GraphIndex>,
     /// The generation engine, when a model is configured.
     pub generator: Option<Arc<dyn Generator>>,
+    /// Cancelled when the server's shutdown grace period runs out: streams still open then end with an error
+    /// event.
+    pub streams_cut: CancellationToken,
     ready: AtomicBool,
 }
 
@@ -172,6 +176,7 @@ impl App {
             retrievers,
             graph,
             generator,
+            streams_cut: CancellationToken::new(),
             ready: AtomicBool::new(false),
         }))
     }

@@ -280,7 +280,7 @@ async fn with_a_key_every_route_but_the_probes_needs_it() {
     for route in ROUTES {
         let (s, _, b) = t.send(route_request(route, &[])).await;
         if route.access == Access::Public {
-            assert_eq!(s, StatusCode::OK, "{} {}: {b}", route.method, route.path);
+            assert_ne!(s, StatusCode::UNAUTHORIZED, "{} {}: {b}", route.method, route.path);
             continue;
         }
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{} {}: {b}", route.method, route.path);

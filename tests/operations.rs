@@ -47,6 +47,7 @@ async fn operations_endpoints() {
         "/v1/jobs/{id}",
         "/v1/retrieve",
         "/readyz",
+        "/v1/embeddings",
     ] {
         assert!(
             spec["paths"].get(path).is_some(),
@@ -95,4 +96,24 @@ async fn readyz_reports_postgres_backend() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("readyz never turned ready");
+}
+
+/// Every API and operations route of `ROUTES` is in the OpenAPI spec, with its method.
+#[tokio::test]
+async fn the_spec_lists_every_route() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    let (_, spec) = t.get("/openapi.json").await;
+    for route in engram::server::auth::ROUTES {
+        if matches!(route.path, "/" | "/docs/" | "/openapi.json") {
+            continue;
+        }
+        let method = route.method.to_ascii_lowercase();
+        assert!(
+            spec["paths"][route.path].get(&method).is_some(),
+            "{} {} missing from the OpenAPI spec",
+            route.method,
+            route.path
+        );
+    }
+    t.finish().await;
 }

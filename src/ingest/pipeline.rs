@@ -262,7 +262,8 @@ impl Pipeline {
     /// with `job_failed` (so nothing stays pending forever); the worker goes on with the next job.
     async fn run_job_caught(&self, job: &str, shutdown: &CancellationToken) {
         use futures::FutureExt;
-        let run = std::panic::AssertUnwindSafe(self.run_job(job, shutdown, &|_| {}));
+        let no_progress = |_: &JobCounts| {};
+        let run = std::panic::AssertUnwindSafe(self.run_job(job, shutdown, &no_progress));
         let message = match run.catch_unwind().await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),

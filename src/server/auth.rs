@@ -161,7 +161,7 @@ impl Guard {
             return Ok(());
         }
         match presented_key(headers) {
-            Some(k) if bool::from(digest(k).ct_eq(expected)) => Ok(()),
+            Some(k) if bool::from(digest(k)[..].ct_eq(&expected[..])) => Ok(()),
             Some(_) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_api_key",
@@ -177,7 +177,9 @@ impl Guard {
 }
 
 fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(key.as_bytes()));
+    out
 }
 
 /// `name` of `name:port`, `[v6]` of `[v6]:port`.
@@ -198,7 +200,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
             let (scheme, token) = v.trim().split_once(char::is_whitespace)?;
             scheme
                 .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim())
+                .then_some(token.trim())
         });
     bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
 }

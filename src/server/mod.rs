@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod openai;
 pub mod qa;
 pub mod retrieve;
+pub mod sse;
 mod ui;
 
 use crate::app::App;
@@ -52,6 +53,7 @@ use utoipa_swagger_ui::SwaggerUi;
         jobs::get,
         retrieve::retrieve,
         qa::qa,
+        embeddings::create,
         openai::chat,
         openai::completions,
         openai::models,
@@ -62,6 +64,9 @@ use utoipa_swagger_ui::SwaggerUi;
     components(schemas(error::ErrorEnvelope, error::ErrorBody))
 )]
 pub struct ApiDoc;
+
+/// How long streams cut at shutdown get to send their terminal event.
+const STREAM_END_SECS: Duration = Duration::from_secs(2);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -257,8 +262,14 @@ pub async fn serve(
     };
     let grace = Duration::from_secs(app.config.server.shutdown_grace_secs);
     let graceful = accept_loop(&app, listener, &shutdown).await;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("in-flight requests did not finish within {grace:?}; closing");
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(grace, &mut drained).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within {grace:?}; ending open streams");
+        app.streams_cut.cancel();
+        if tokio::time::timeout(STREAM_END_SECS, &mut drained).await.is_err() {
+            tracing::warn!("connections still open after their streams ended; closing");
+        }
     }
     signals.abort();
     if tokio::time::timeout(grace, worker).await.is_err() {

@@ -359,6 +359,7 @@ async fn respond(
     kind: Kind,
     stream: bool,
     want_logprobs: bool,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<Response, ApiError> {
     let id = format!(
         "{}-{}",
@@ -431,9 +432,13 @@ async fn respond(
             }
         }
     });
-    let stream = futures::stream::iter(first)
-        .chain(events.flat_map(futures::stream::iter))
-        .map(Ok::<_, std::convert::Infallible>);
+    let events = futures::stream::iter(first).chain(events.flat_map(futures::stream::iter));
+    let cut = vec![
+        Event::default().data(json!({"error": {"message": super::sse::SHUTTING_DOWN, "type": "server_error", "code": "shutting_down", "param": null}}).to_string()),
+        Event::default().data("[DONE]"),
+    ];
+    let stream =
+        super::sse::until_shutdown(events, shutdown, cut).map(Ok::<_, std::convert::Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -506,7 +511,8 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response,
     })
     .await?;
     let rx = submit(g.as_ref(), prompt, params, &body.sampling)?;
-    respond(g, rx, Kind::Chat, body.sampling.stream, body.logprobs).await
+    let cut = app.streams_cut.clone();
+    respond(g, rx, Kind::Chat, body.sampling.stream, body.logprobs, cut).await
 }
 
 /// Text completion (OpenAI-compatible).
@@ -535,6 +541,7 @@ pub async fn completions(State(app): State<Arc<App>>, req: Request) -> Result<Re
         Kind::Completion,
         body.sampling.stream,
         body.logprobs.is_some(),
+        app.streams_cut.clone(),
     )
     .await
 }

@@ -119,6 +119,7 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
         let outcome = service(&app).answer(query, started, |_| {}).await?;
         return Ok(Json(QaResponse::from(outcome)).into_response());
     }
+    let app_streams_cut = app.streams_cut.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
         let on_token = |text: &str| {
@@ -143,8 +144,13 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
             }
         }
     });
-    let stream =
-        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::convert::Infallible>);
+    let events = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let cut = sse_event(
+        "error",
+        &serde_json::json!({"error": {"code": "shutting_down", "message": super::sse::SHUTTING_DOWN}}),
+    );
+    let stream = super::sse::until_shutdown(events, app_streams_cut, vec![cut])
+        .map(Ok::<_, std::convert::Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

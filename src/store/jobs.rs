@@ -113,7 +113,8 @@ pub struct JobRecord {
     /// extracts them, `llm-v1:MODEL` when the model does); unset before the job's first passages are indexed
     /// or when the graph is off.
     pub extractor: Option<String>,
-    /// Passages of the job extracted so far (cached extractions included).
+    /// Passages of the job's (new, still stored) documents extracted so far, cached extractions included: counted
+    /// from the extractions, so exact after a crash too.
     pub passages_extracted: i64,
     /// Creation time, ms since the Unix epoch.
     pub created_at: i64,
@@ -166,7 +167,7 @@ impl Store {
     /// A job with its counts and errors, or `None` for an unknown id.
     pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let Some(row) =
-            sqlx::query("SELECT id, status, error, extractor, passages_extracted, created_at, updated_at FROM jobs WHERE id = $1")
+            sqlx::query("SELECT id, status, error, extractor, created_at, updated_at FROM jobs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?
@@ -215,6 +216,16 @@ impl Store {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
+        // Counted from the extractions themselves rather than kept as a counter, so that it stays exact when
+        // passages stored before a crash are extracted at the next start (outside the job).
+        let passages_extracted: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM extractions e JOIN passages p ON p.id = e.passage_id \
+             JOIN job_items i ON i.document_id = p.document_id \
+             WHERE i.job_id = $1 AND i.status = 'done'",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
         let status: String = row.try_get("status")?;
         Ok(Some(JobRecord {
             id: row.try_get("id")?,
@@ -224,7 +235,7 @@ impl Store {
             document_ids,
             error: opt_text(&row, "error")?,
             extractor: opt_text(&row, "extractor")?,
-            passages_extracted: row.try_get("passages_extracted")?,
+            passages_extracted,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         }))

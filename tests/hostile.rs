@@ -278,13 +278,21 @@ async fn prompts_over_the_limit_are_refused_before_tokenising() {
     assert_code(s, &b, StatusCode::BAD_REQUEST, "prompt_too_long");
     assert_eq!(b["error"]["param"], "messages");
     let (s, b) = t
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "wizard", "content": "hi"}], "max_tokens": 1}),
+        )
+        .await;
+    assert_code(s, &b, StatusCode::BAD_REQUEST, "invalid_parameter");
+    assert_eq!(b["error"]["param"], "messages[0].role");
+    let (s, b) = t
         .post_json("/v1/completions", &json!({"prompt": "short", "max_tokens": 2}))
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     t.finish().await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_slow_request_times_out_with_503() {
     let routes = Router::new().route(
         "/slow",
@@ -294,7 +302,7 @@ async fn a_slow_request_times_out_with_503() {
         }),
     );
     let mut server = ServerConfig::default();
-    server.request_timeout_secs = 5;
+    server.request_timeout_secs = 1;
     let res = engram::server::protect(routes, &server)
         .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
         .await

@@ -24,10 +24,11 @@ pub struct DocumentInput {
     #[serde(default)]
     pub title: Option<String>,
     /// The text (must not be empty).
+    #[schema(min_length = 1)]
     pub text: String,
     /// Any JSON object, stored with the document.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub metadata: serde_json::Value,
 }
 

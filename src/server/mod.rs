@@ -25,7 +25,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -261,13 +260,11 @@ pub async fn serve(
         })
     };
     let grace = Duration::from_secs(app.config.server.shutdown_grace_secs);
-    let graceful = accept_loop(&app, listener, &shutdown).await;
-    let drained = graceful.shutdown();
-    tokio::pin!(drained);
-    if tokio::time::timeout(grace, &mut drained).await.is_err() {
+    let open = accept_loop(&app, listener, &shutdown).await;
+    if !open.drain(grace).await {
         tracing::warn!("in-flight requests did not finish within {grace:?}; ending open streams");
         app.streams_cut.cancel();
-        if tokio::time::timeout(STREAM_END_SECS, &mut drained).await.is_err() {
+        if !open.drain(STREAM_END_SECS).await {
             tracing::warn!("connections still open after their streams ended; closing");
         }
     }
@@ -281,16 +278,31 @@ pub async fn serve(
     Ok(())
 }
 
+/// The connections being served: each holds one of `server.max_connections` slots.
+struct OpenConnections {
+    slots: Arc<Semaphore>,
+    max: u32,
+}
+
+impl OpenConnections {
+    /// Waits up to `grace` for every connection to close; returns whether they all did.
+    async fn drain(&self, grace: Duration) -> bool {
+        tokio::time::timeout(grace, self.slots.acquire_many(self.max))
+            .await
+            .is_ok_and(|all| all.is_ok())
+    }
+}
+
 /// Accepts connections until `shutdown`, each served by hyper's HTTP/1 with a header read timeout, holding one
-/// of `server.max_connections` slots; returns the watcher of the connections still open.
+/// of `server.max_connections` slots; at shutdown each connection finishes its request in flight and closes.
 async fn accept_loop(
     app: &Arc<App>,
     listener: tokio::net::TcpListener,
     shutdown: &CancellationToken,
-) -> GracefulShutdown {
+) -> OpenConnections {
     let router = router(app.clone());
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(app.config.server.max_connections));
+    let max = u32::try_from(app.config.server.max_connections).unwrap_or(u32::MAX >> 3);
+    let slots = Arc::new(Semaphore::new(max as usize));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(app.config.server.header_timeout_secs));
@@ -318,15 +330,24 @@ async fn accept_loop(
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        let conn = http.serve_connection(TokioIo::new(tcp), service);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(slot);
         });
     }
-    graceful
+    OpenConnections { slots, max }
 }
 
 async fn wait_for_signal() {

@@ -23,6 +23,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The roles a chat message may have.
+const CHAT_ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+
 /// Default `max_tokens` when a request gives none.
 const DEFAULT_MAX_TOKENS: usize = 256;
 
@@ -488,6 +491,22 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response,
         return Err(
             ApiError::bad_request("invalid_parameter", "`messages` is empty").param("messages"),
         );
+    }
+    if let Some((i, m)) = body
+        .messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| !CHAT_ROLES.contains(&m.role.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!(
+                "`messages[{i}].role` is '{}': use {}",
+                m.role,
+                CHAT_ROLES.join(", ")
+            ),
+        )
+        .param(format!("messages[{i}].role")));
     }
     let top = body.logprobs.then(|| body.top_logprobs.unwrap_or(0));
     let params = sampling(g.as_ref(), &body.sampling, top)?;

@@ -17,9 +17,11 @@ use std::time::Instant;
 #[serde(deny_unknown_fields)]
 pub struct RetrieveRequest {
     /// The question or query text.
+    #[schema(min_length = 1)]
     pub query: String,
     /// How many passages (default `retrieval.default_top_k`, at most `retrieval.max_top_k`).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub top_k: Option<usize>,
     /// Retrieval method (default `bm25`).
     #[serde(default)]

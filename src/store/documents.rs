@@ -39,7 +39,7 @@ pub struct DocumentSummary {
     /// SHA-256 of title and text: the dedupe key.
     pub content_hash: String,
     /// Caller-supplied metadata.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub metadata: serde_json::Value,
     /// Number of passages.
     pub passage_count: i64,

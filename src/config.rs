@@ -472,17 +472,47 @@ impl Config {
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let (s, l) = (&self.server, &self.limits);
         for (key, v, lo, hi) in [
-            ("server.request_timeout_secs", s.request_timeout_secs as usize, 1, 86_400),
-            ("server.body_timeout_secs", s.body_timeout_secs as usize, 1, 86_400),
-            ("server.header_timeout_secs", s.header_timeout_secs as usize, 1, 3_600),
+            (
+                "server.request_timeout_secs",
+                s.request_timeout_secs as usize,
+                1,
+                86_400,
+            ),
+            (
+                "server.body_timeout_secs",
+                s.body_timeout_secs as usize,
+                1,
+                86_400,
+            ),
+            (
+                "server.header_timeout_secs",
+                s.header_timeout_secs as usize,
+                1,
+                3_600,
+            ),
             ("server.max_connections", s.max_connections, 1, 1 << 20),
-            ("server.delete_wait_secs", s.delete_wait_secs as usize, 0, 3_600),
+            (
+                "server.delete_wait_secs",
+                s.delete_wait_secs as usize,
+                0,
+                3_600,
+            ),
             ("limits.max_nesting_depth", l.max_nesting_depth, 2, 100_000),
             ("limits.max_query_bytes", l.max_query_bytes, 16, 1 << 30),
             ("limits.max_query_terms", l.max_query_terms, 1, 1 << 24),
             ("limits.max_qa_passages", l.max_qa_passages, 1, 1 << 16),
-            ("limits.max_embedding_inputs", l.max_embedding_inputs, 1, 1 << 20),
-            ("limits.max_embedding_bytes", l.max_embedding_bytes, 16, 1 << 30),
+            (
+                "limits.max_embedding_inputs",
+                l.max_embedding_inputs,
+                1,
+                1 << 20,
+            ),
+            (
+                "limits.max_embedding_bytes",
+                l.max_embedding_bytes,
+                16,
+                1 << 30,
+            ),
             ("limits.max_prompt_bytes", l.max_prompt_bytes, 16, 1 << 30),
         ] {
             if v < lo || v > hi {
@@ -493,7 +523,8 @@ impl Config {
             }
         }
         for origin in &s.cors_origins {
-            if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/')
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
             {
                 return Err(ConfigError::Invalid {
                     key: "server.cors_origins",
@@ -753,7 +784,10 @@ mod tests {
             Figment::new(),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("limits.max_nesting_depth"), "{err}");
+        assert!(
+            err.to_string().contains("limits.max_nesting_depth"),
+            "{err}"
+        );
         let err = Config::load(
             None,
             &env(&[("ENGRAM__SERVER__CORS_ORIGINS", r#"["app.example"]"#)]),

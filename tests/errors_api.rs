@@ -280,27 +280,63 @@ async fn with_a_key_every_route_but_the_probes_needs_it() {
     for route in ROUTES {
         let (s, _, b) = t.send(route_request(route, &[])).await;
         if route.access == Access::Public {
-            assert_ne!(s, StatusCode::UNAUTHORIZED, "{} {}: {b}", route.method, route.path);
+            assert_ne!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{} {}: {b}",
+                route.method,
+                route.path
+            );
             continue;
         }
-        assert_eq!(s, StatusCode::UNAUTHORIZED, "{} {}: {b}", route.method, route.path);
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{} {}: {b}",
+            route.method,
+            route.path
+        );
         assert_envelope(&b, "unauthorized");
         let (s, _, b) = t
             .send(route_request(route, &[("authorization", "Bearer wrong")]))
             .await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED, "{} {}", route.method, route.path);
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{} {}",
+            route.method,
+            route.path
+        );
         assert_envelope(&b, "invalid_api_key");
         for key in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
             let (s, _, b) = t
                 .send(route_request(route, &[("authorization", key)]))
                 .await;
-            assert_ne!(s, StatusCode::UNAUTHORIZED, "{} {} with {key}: {b}", route.method, route.path);
+            assert_ne!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{} {} with {key}: {b}",
+                route.method,
+                route.path
+            );
         }
-        let (s, _, _) = t.send(route_request(route, &[("x-api-key", "s3cret")])).await;
-        assert_ne!(s, StatusCode::UNAUTHORIZED, "{} {}", route.method, route.path);
+        let (s, _, _) = t
+            .send(route_request(route, &[("x-api-key", "s3cret")]))
+            .await;
+        assert_ne!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{} {}",
+            route.method,
+            route.path
+        );
     }
     let (s, _) = t.get("/no/such/route").await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "unknown routes reveal nothing without the key");
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "unknown routes reveal nothing without the key"
+    );
     let doc = json!({"title": "t", "text": "some text"});
     let (s, _, b) = t
         .send(
@@ -349,7 +385,12 @@ async fn foreign_hosts_and_origins_are_refused() {
         assert_eq!(s, StatusCode::OK, "{host}: {b}");
     }
     let (s, _, _) = t
-        .send(Request::get("/healthz").header("host", "10.1.2.3:8080").body(Body::empty()).unwrap())
+        .send(
+            Request::get("/healthz")
+                .header("host", "10.1.2.3:8080")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "probes answer whatever the host");
 
@@ -367,7 +408,11 @@ async fn foreign_hosts_and_origins_are_refused() {
         assert_envelope(&b, "origin_not_allowed");
     }
     let (s, _, b) = t.send(post("http://localhost:8080")).await;
-    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "same origin passes the check: {b}");
+    assert_eq!(
+        s,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "same origin passes the check: {b}"
+    );
     let (s, headers, _) = t
         .send(
             Request::options("/v1/retrieve")
@@ -397,13 +442,19 @@ async fn cors_answers_configured_origins() {
             Request::options("/v1/retrieve")
                 .header("origin", "https://app.example")
                 .header("access-control-request-method", "POST")
-                .header("access-control-request-headers", "authorization, content-type")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                )
                 .body(Body::empty())
                 .unwrap(),
         )
         .await;
     assert!(s.is_success(), "{s}");
-    assert_eq!(headers["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
     let (s, _, b) = t
         .send(
             Request::post("/v1/retrieve")

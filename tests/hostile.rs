@@ -73,7 +73,13 @@ async fn deeply_nested_uploads_are_refused() {
     );
     let (s, b) = upload(&t, "deep.html", html.as_bytes()).await;
     assert_code(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "nesting_too_deep");
-    assert!(b["error"]["message"].as_str().unwrap().contains("deep.html"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deep.html"),
+        "{b}"
+    );
 
     let (s, b) = upload(&t, "deep.pdf", &deep_pdf(1_000)).await;
     assert_code(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "nesting_too_deep");
@@ -125,12 +131,21 @@ async fn deeply_nested_json_bodies_are_refused() {
     let bodies = [
         (
             "/v1/documents",
-            format!("{{\"title\": \"t\", \"text\": \"x\", \"metadata\": {{\"m\": {}}}}}", deep(100_000)),
+            format!(
+                "{{\"title\": \"t\", \"text\": \"x\", \"metadata\": {{\"m\": {}}}}}",
+                deep(100_000)
+            ),
         ),
-        ("/v1/retrieve", format!("{{\"query\": \"q\", \"x\": {}}}", deep(1_000))),
+        (
+            "/v1/retrieve",
+            format!("{{\"query\": \"q\", \"x\": {}}}", deep(1_000)),
+        ),
         ("/v1/qa", format!("{{\"question\": {}}}", deep(129))),
         ("/v1/embeddings", format!("{{\"input\": {}}}", deep(50_000))),
-        ("/v1/chat/completions", format!("{{\"messages\": {}}}", deep(50_000))),
+        (
+            "/v1/chat/completions",
+            format!("{{\"messages\": {}}}", deep(50_000)),
+        ),
         ("/v1/completions", deep(50_000)),
     ];
     for (uri, body) in bodies {
@@ -203,9 +218,7 @@ async fn queries_over_the_limits_are_refused() {
     })
     .await;
     let long = "x".repeat(65);
-    let (s, b) = t
-        .post_json("/v1/retrieve", &json!({"query": long}))
-        .await;
+    let (s, b) = t.post_json("/v1/retrieve", &json!({"query": long})).await;
     assert_code(s, &b, StatusCode::BAD_REQUEST, "query_too_long");
     assert_eq!(b["error"]["param"], "query");
     let (s, b) = t
@@ -225,11 +238,17 @@ async fn queries_over_the_limits_are_refused() {
         .await;
     assert_code(s, &b, StatusCode::BAD_REQUEST, "too_many_terms");
     let (s, b) = t
-        .post_json("/v1/qa", &json!({"question": "who?", "top_k": 5, "iterations": 2}))
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "who?", "top_k": 5, "iterations": 2}),
+        )
         .await;
     assert_code(s, &b, StatusCode::BAD_REQUEST, "too_many_passages");
     let (s, b) = t
-        .post_json("/v1/qa", &json!({"question": "who?", "top_k": 4, "iterations": 2}))
+        .post_json(
+            "/v1/qa",
+            &json!({"question": "who?", "top_k": 4, "iterations": 2}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     t.finish().await;
@@ -247,13 +266,21 @@ async fn embedding_inputs_over_the_limits_are_refused() {
         .await;
     assert_code(s, &b, StatusCode::BAD_REQUEST, "too_many_inputs");
     let (s, b) = t
-        .post_json("/v1/embeddings", &json!({"input": ["x".repeat(20), "y".repeat(20)]}))
+        .post_json(
+            "/v1/embeddings",
+            &json!({"input": ["x".repeat(20), "y".repeat(20)]}),
+        )
         .await;
     assert_code(s, &b, StatusCode::BAD_REQUEST, "input_too_long");
     let (s, b) = t
         .post_json("/v1/embeddings", &json!({"input": ["fine"]}))
         .await;
-    assert_code(s, &b, StatusCode::SERVICE_UNAVAILABLE, "embeddings_disabled");
+    assert_code(
+        s,
+        &b,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "embeddings_disabled",
+    );
     t.finish().await;
 }
 
@@ -265,7 +292,10 @@ async fn prompts_over_the_limit_are_refused_before_tokenising() {
     })
     .await;
     let (s, b) = t
-        .post_json("/v1/completions", &json!({"prompt": "p".repeat(101), "max_tokens": 1}))
+        .post_json(
+            "/v1/completions",
+            &json!({"prompt": "p".repeat(101), "max_tokens": 1}),
+        )
         .await;
     assert_code(s, &b, StatusCode::BAD_REQUEST, "prompt_too_long");
     assert_eq!(b["error"]["param"], "prompt");
@@ -286,7 +316,10 @@ async fn prompts_over_the_limit_are_refused_before_tokenising() {
     assert_code(s, &b, StatusCode::BAD_REQUEST, "invalid_parameter");
     assert_eq!(b["error"]["param"], "messages[0].role");
     let (s, b) = t
-        .post_json("/v1/completions", &json!({"prompt": "short", "max_tokens": 2}))
+        .post_json(
+            "/v1/completions",
+            &json!({"prompt": "short", "max_tokens": 2}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     t.finish().await;
@@ -336,7 +369,11 @@ async fn a_body_that_never_arrives_times_out_with_408() {
 /// Starts `engram::server::serve` on a free port; returns the address and the shutdown token.
 async fn serve(
     tweak: impl FnOnce(&mut engram::config::Config),
-) -> (String, tokio_util::sync::CancellationToken, tempfile::TempDir) {
+) -> (
+    String,
+    tokio_util::sync::CancellationToken,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = engram::config::Config::default();
     config.storage.data_dir = dir.path().to_path_buf();
@@ -362,13 +399,15 @@ async fn half_sent_headers_are_cut_off_and_connections_are_bounded() {
     tokio::task::spawn_blocking(move || {
         // A client that never finishes its headers holds the only connection slot...
         let mut slow = std::net::TcpStream::connect(&a).unwrap();
-        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .unwrap();
         let mut waiting = std::net::TcpStream::connect(&a).unwrap();
         waiting
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .unwrap();
         // ... until the header timeout closes it, after which the next one is served.
-        slow.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
         let mut buf = Vec::new();
         let _ = slow.read_to_end(&mut buf);
         assert!(
@@ -431,14 +470,19 @@ async fn deletes_racing_a_job(db: Db) {
 
     let (docs, passages) = t.app.store.counts().await.unwrap();
     assert_eq!(docs, 200);
-    assert_eq!(t.app.text_index_len() as i64, passages, "BM25 holds exactly the stored passages");
+    assert_eq!(
+        t.app.text_index_len() as i64,
+        passages,
+        "BM25 holds exactly the stored passages"
+    );
     for id in &deleted {
         let (s, _) = t.get(&format!("/v1/documents/{id}")).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
     }
     let hits = t.retrieve("Harbour Avelle Mayor Guild Ropers", 200).await;
     assert!(
-        hits.iter().all(|h| !deleted.iter().any(|d| h["document_id"] == d.as_str())),
+        hits.iter()
+            .all(|h| !deleted.iter().any(|d| h["document_id"] == d.as_str())),
         "no deleted document is retrieved"
     );
     let pool = t.app.store.pool();

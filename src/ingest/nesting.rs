@@ -74,15 +74,15 @@ pub fn json(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
 
 /// Elements that never have content.
 const VOID: &[&str] = &[
-    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "image", "img", "input",
-    "keygen", "link", "meta", "param", "source", "track", "wbr",
+    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "image", "img",
+    "input", "keygen", "link", "meta", "param", "source", "track", "wbr",
 ];
 
 /// Elements whose end tag may be left out (the parser closes them at the next sibling): not counted, so that
 /// sloppy but ordinary pages (`<li>` or `<p>` never closed) are not mistaken for deep ones.
 const OPTIONAL_END: &[&str] = &[
-    "body", "caption", "colgroup", "dd", "dt", "head", "html", "li", "optgroup", "option", "p", "rb", "rp",
-    "rt", "rtc", "tbody", "td", "tfoot", "th", "thead", "tr",
+    "body", "caption", "colgroup", "dd", "dt", "head", "html", "li", "optgroup", "option", "p",
+    "rb", "rp", "rt", "rtc", "tbody", "td", "tfoot", "th", "thead", "tr",
 ];
 
 /// Elements whose content is raw text, where `<` starts no tag.
@@ -489,7 +489,10 @@ mod tests {
         assert!(json(br#"["\"[[[[", 1]"#, 1).is_ok());
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(json(deep.as_bytes(), 128).is_err());
-        assert!(json(b"[]]]]]][[[", 3).is_ok(), "stray closers do not go negative");
+        assert!(
+            json(b"[]]]]]][[[", 3).is_ok(),
+            "stray closers do not go negative"
+        );
     }
 
     #[test]
@@ -499,9 +502,15 @@ mod tests {
         let flat = "<div>x</div>".repeat(10_000);
         assert!(html(&flat, 4).is_ok());
         let sloppy = "<ul>".to_string() + &"<li>item<p>para<br><img src=x>".repeat(5_000);
-        assert!(html(&sloppy, 4).is_ok(), "optional end tags and void elements do not nest");
+        assert!(
+            html(&sloppy, 4).is_ok(),
+            "optional end tags and void elements do not nest"
+        );
         let self_closed = "<div/>".repeat(200);
-        assert!(html(&self_closed, 128).is_err(), "`<div/>` opens a div in HTML");
+        assert!(
+            html(&self_closed, 128).is_err(),
+            "`<div/>` opens a div in HTML"
+        );
         let svg = format!("<svg>{}</svg>", "<path d='M0 0'/>".repeat(1000));
         assert!(html(&svg, 4).is_ok(), "self-closing works inside svg");
         let script = format!("<script>{}</script><p>x", "<div>".repeat(1000));
@@ -517,10 +526,15 @@ mod tests {
         assert!(markdown("# Title\n\n> quote\n> > nested\n\n- a\n  - b\n    - c\n", 8).is_ok());
         let quotes = format!("{} deep", ">".repeat(1000));
         assert!(markdown(&quotes, 128).is_err());
-        let list: String = (0..300).map(|i| format!("{}- item\n", "  ".repeat(i))).collect();
+        let list: String = (0..300)
+            .map(|i| format!("{}- item\n", "  ".repeat(i)))
+            .collect();
         assert!(markdown(&list, 128).is_err());
         let code = format!("{}let x = 1;\n", " ".repeat(400));
-        assert!(markdown(&code, 128).is_ok(), "indented code is not a container");
+        assert!(
+            markdown(&code, 128).is_ok(),
+            "indented code is not a container"
+        );
         assert!(markdown("-not a list\n1999 was a year\n", 1).is_ok());
     }
 
@@ -537,8 +551,15 @@ mod tests {
         assert!(pdf(&deep_pdf(10), 128).is_ok());
         assert!(pdf(&deep_pdf(1000), 128).is_err());
         let strings = b"%PDF-1.4\n1 0 obj\n<< /T ([[[[(\\)[[[[) /H <5b5b5b> >>\nendobj\n% [[[[[[\n";
-        assert!(pdf(strings, 2).is_ok(), "strings, hex strings and comments do not nest");
-        let dicts = format!("%PDF-1.4\n1 0 obj\n{}{}\nendobj\n", "<< /A ".repeat(50), ">>".repeat(50));
+        assert!(
+            pdf(strings, 2).is_ok(),
+            "strings, hex strings and comments do not nest"
+        );
+        let dicts = format!(
+            "%PDF-1.4\n1 0 obj\n{}{}\nendobj\n",
+            "<< /A ".repeat(50),
+            ">>".repeat(50)
+        );
         assert!(pdf(dicts.as_bytes(), 49).is_err());
         assert!(pdf(dicts.as_bytes(), 50).is_ok());
         let binary = b"%PDF-1.4\n1 0 obj\n<< /Length 8 >>\nstream\n[[[[[[[[\nendstream\nendobj\n";

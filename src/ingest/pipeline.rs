@@ -78,7 +78,9 @@ struct ClaimBoard {
 
 impl ClaimBoard {
     fn lock(&self) -> std::sync::MutexGuard<'_, Claims> {
-        self.claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.claims
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -4,8 +4,8 @@
 //! `Retry-After`).
 
 use engram_engine::{
-    EngineError, EngineStats, GenerationEvent, GenerationRequest, Generator, ModelTokenizer, Scores,
-    SegmentedScoring,
+    EngineError, EngineStats, GenerationEvent, GenerationRequest, Generator, ModelTokenizer,
+    Scores, SegmentedScoring,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -77,7 +77,8 @@ impl Generator for Admitted {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return self.inner.submit(request); // no runtime to forward on: not counted
         };
-        let slot = Slot::take(&self.in_flight, self.limit).ok_or(EngineError::QueueFull(self.limit))?;
+        let slot =
+            Slot::take(&self.in_flight, self.limit).ok_or(EngineError::QueueFull(self.limit))?;
         let mut events = self.inner.submit(request)?;
         let (tx, rx) = unbounded_channel();
         runtime.spawn(async move {
@@ -177,7 +178,10 @@ mod tests {
         let g = Admitted::new(inner.clone(), 2);
         let first = g.submit(request()).unwrap();
         let _second = g.submit(request()).unwrap();
-        assert!(matches!(g.submit(request()), Err(EngineError::QueueFull(2))));
+        assert!(matches!(
+            g.submit(request()),
+            Err(EngineError::QueueFull(2))
+        ));
         drop(first); // the client went away
         settle(&g, 1).await;
         let mut third = g.submit(request()).unwrap();
@@ -186,7 +190,10 @@ mod tests {
             usage: engram_engine::Usage::default(),
         };
         inner.senders.lock().unwrap()[2].send(done).unwrap();
-        assert!(matches!(third.recv().await, Some(GenerationEvent::Done { .. })));
+        assert!(matches!(
+            third.recv().await,
+            Some(GenerationEvent::Done { .. })
+        ));
         settle(&g, 1).await;
     }
 }

@@ -127,7 +127,11 @@ impl Guard {
 
     /// Whether a browser request from `origin` may change state on a server reached as `host` (when known).
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        if self.cors_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+        if self
+            .cors_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
+        {
             return true;
         }
         let Some(authority) = origin
@@ -227,9 +231,7 @@ pub async fn guard(
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "host_not_allowed",
-                    format!(
-                        "host '{host}' is not served here; add it to server.allowed_hosts"
-                    ),
+                    format!("host '{host}' is not served here; add it to server.allowed_hosts"),
                 ));
             }
         }
@@ -265,7 +267,13 @@ mod tests {
     #[test]
     fn hosts_default_to_loopback_and_bind_address() {
         let g = guard_for(|c| c.bind = "10.0.0.5:9000".into());
-        for ok in ["localhost", "localhost:9000", "127.0.0.1:9000", "[::1]:9000", "10.0.0.5:9000"] {
+        for ok in [
+            "localhost",
+            "localhost:9000",
+            "127.0.0.1:9000",
+            "[::1]:9000",
+            "10.0.0.5:9000",
+        ] {
             assert!(g.host_allowed(ok), "{ok}");
         }
         for bad in ["evil.example", "evil.example:9000", "10.0.0.6"] {

@@ -229,7 +229,9 @@ mod tests {
         );
         let at_serde_limit = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert_eq!(
-            parse_json::<T>(at_serde_limit.as_bytes(), 1000).unwrap_err().code,
+            parse_json::<T>(at_serde_limit.as_bytes(), 1000)
+                .unwrap_err()
+                .code,
             "nesting_too_deep"
         );
         let e = parse_json::<T>(br#"{"a":[{"n":1},{"n":"x"}]}"#, 128).unwrap_err();

@@ -89,14 +89,18 @@ pub async fn create(
     let limits = BodyLimits::of(&app);
     let documents = if is_json(&content_type) {
         let bytes = read_limited(req.into_body(), &limits).await?;
-        off_thread(bytes.len(), move || json_documents(&bytes, limits.max_depth)).await?
+        off_thread(bytes.len(), move || {
+            json_documents(&bytes, limits.max_depth)
+        })
+        .await?
     } else if content_type.starts_with("multipart/form-data") {
         let multipart = Multipart::from_request(req, &())
             .await
             .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
-        let files = tokio::time::timeout(limits.timeout, uploaded_files(multipart, limits.max_bytes))
-            .await
-            .map_err(|_| body_timeout(limits.timeout))??;
+        let files =
+            tokio::time::timeout(limits.timeout, uploaded_files(multipart, limits.max_bytes))
+                .await
+                .map_err(|_| body_timeout(limits.timeout))??;
         let load = LoadLimits {
             max_nesting_depth: limits.max_depth,
         };

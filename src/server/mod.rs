@@ -73,7 +73,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// the request timeout and the panic catcher.
 pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
-        .route("/v1/documents", post(documents::create).get(documents::list))
+        .route(
+            "/v1/documents",
+            post(documents::create).get(documents::list),
+        )
         .route(
             "/v1/documents/{id}",
             get(documents::get).delete(documents::delete),

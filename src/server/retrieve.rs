@@ -114,7 +114,11 @@ pub(super) fn check_query(app: &App, text: &str, param: &str) -> Result<(), ApiE
         )
         .param(param));
     }
-    if text.split_whitespace().nth(limits.max_query_terms).is_some() {
+    if text
+        .split_whitespace()
+        .nth(limits.max_query_terms)
+        .is_some()
+    {
         return Err(ApiError::bad_request(
             "too_many_terms",
             format!(

@@ -166,11 +166,12 @@ impl Store {
 
     /// A job with its counts and errors, or `None` for an unknown id.
     pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let Some(row) =
-            sqlx::query("SELECT id, status, error, extractor, created_at, updated_at FROM jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?
+        let Some(row) = sqlx::query(
+            "SELECT id, status, error, extractor, created_at, updated_at FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };

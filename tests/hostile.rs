@@ -504,3 +504,15 @@ async fn deletes_racing_a_job(db: Db) {
     t.finish().await;
 }
 both_backends!(deletes_racing_a_job, deletes_racing_a_job);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_utf8_path_is_a_json_400() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    for uri in ["/v1/documents/%FF%FE", "/v1/jobs/%C3%28"] {
+        let (s, b) = t.get(uri).await;
+        assert_code(s, &b, StatusCode::BAD_REQUEST, "invalid_path");
+    }
+    let (s, b) = t.delete("/v1/documents/%FF").await;
+    assert_code(s, &b, StatusCode::BAD_REQUEST, "invalid_path");
+    t.finish().await;
+}

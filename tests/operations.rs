@@ -108,12 +108,23 @@ async fn the_spec_lists_every_route() {
             continue;
         }
         let method = route.method.to_ascii_lowercase();
+        let op = &spec["paths"][route.path][&method];
         assert!(
-            spec["paths"][route.path].get(&method).is_some(),
+            op.is_object(),
             "{} {} missing from the OpenAPI spec",
             route.method,
             route.path
         );
+        if route.access != engram::server::auth::Access::Public {
+            for code in ["401", "403", "500", "503"] {
+                assert!(
+                    op["responses"][code].is_object(),
+                    "{} {} does not document {code}",
+                    route.method,
+                    route.path
+                );
+            }
+        }
     }
     t.finish().await;
 }

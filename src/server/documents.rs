@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::ingest::loaders::{self, LoadLimits};
 use crate::store::NewDocument;
 use crate::store::{DocumentPage, DocumentRecord};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -306,8 +307,9 @@ pub async fn list(
     responses((status = 200, body = DocumentRecord), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DocumentRecord>, ApiError> {
+    let Path(id) = id?;
     app.store
         .get_document(&id)
         .await?
@@ -322,8 +324,9 @@ pub async fn get(
         (status = 409, description = "The document is being indexed (`document_busy`, with Retry-After)", body = ErrorEnvelope)))]
 pub async fn delete(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
     if app.pipeline.delete_document(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

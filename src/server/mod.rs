@@ -60,9 +60,63 @@ use utoipa_swagger_ui::SwaggerUi;
         health::readyz,
         health::metrics_text,
     ),
-    components(schemas(error::ErrorEnvelope, error::ErrorBody))
+    components(schemas(error::ErrorEnvelope, error::ErrorBody)),
+    modifiers(&CommonResponses)
 )]
 pub struct ApiDoc;
+
+/// Adds the answers every route may give (see [`protect`]) to each operation that does not list them: 401 (no or
+/// wrong key), 403 (host or origin not allowed), 500 (a bug, naming the request id) and 503 (request timeout), and
+/// on operations with a body 408 (body timeout), 413 (body too large) and 415 (not JSON).
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                        .build(),
+                )
+                .build()
+        };
+        let common = [
+            ("401", "No API key, or a wrong one (`unauthorized`, `invalid_api_key`)"),
+            ("403", "Host or origin not allowed (`host_not_allowed`, `origin_not_allowed`)"),
+            ("500", "Internal error (`internal_error`; the message names the request id)"),
+            ("503", "The response did not start in time (`request_timeout`, with Retry-After)"),
+        ];
+        let with_body = [
+            ("408", "The body did not arrive in time (`body_timeout`)"),
+            ("413", "Body too large (`payload_too_large`)"),
+            ("415", "Not JSON (`unsupported_media_type`)"),
+        ];
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/healthz" || path == "/readyz" {
+                continue;
+            }
+            let ops = [
+                (&mut item.get, false),
+                (&mut item.post, true),
+                (&mut item.delete, false),
+            ];
+            for (op, body) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                let extra = if body { &with_body[..] } else { &[] };
+                for (code, description) in common.iter().chain(extra) {
+                    op.responses
+                        .responses
+                        .entry((*code).to_string())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
+}
 
 /// How long streams cut at shutdown get to send their terminal event.
 const STREAM_END_SECS: Duration = Duration::from_secs(2);

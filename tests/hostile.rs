@@ -334,8 +334,10 @@ async fn a_slow_request_times_out_with_503() {
             "never"
         }),
     );
-    let mut server = ServerConfig::default();
-    server.request_timeout_secs = 1;
+    let server = ServerConfig {
+        request_timeout_secs: 1,
+        ..ServerConfig::default()
+    };
     let res = engram::server::protect(routes, &server)
         .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
         .await

@@ -209,6 +209,9 @@ impl From<QaError> for ApiError {
 
 impl From<axum::extract::rejection::PathRejection> for ApiError {
     fn from(e: axum::extract::rejection::PathRejection) -> Self {
-        ApiError::bad_request("invalid_path", format!("invalid path parameter: {}", e.body_text()))
+        ApiError::bad_request(
+            "invalid_path",
+            format!("invalid path parameter: {}", e.body_text()),
+        )
     }
 }

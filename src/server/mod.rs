@@ -85,10 +85,22 @@ impl utoipa::Modify for CommonResponses {
                 .build()
         };
         let common = [
-            ("401", "No API key, or a wrong one (`unauthorized`, `invalid_api_key`)"),
-            ("403", "Host or origin not allowed (`host_not_allowed`, `origin_not_allowed`)"),
-            ("500", "Internal error (`internal_error`; the message names the request id)"),
-            ("503", "The response did not start in time (`request_timeout`, with Retry-After)"),
+            (
+                "401",
+                "No API key, or a wrong one (`unauthorized`, `invalid_api_key`)",
+            ),
+            (
+                "403",
+                "Host or origin not allowed (`host_not_allowed`, `origin_not_allowed`)",
+            ),
+            (
+                "500",
+                "Internal error (`internal_error`; the message names the request id)",
+            ),
+            (
+                "503",
+                "The response did not start in time (`request_timeout`, with Retry-After)",
+            ),
         ];
         let with_body = [
             ("408", "The body did not arrive in time (`body_timeout`)"),

@@ -21,10 +21,12 @@ use crate::retrieve::hipporag::HippoRagRetriever;
 use crate::retrieve::hipporag2::HippoRag2Retriever;
 use crate::retrieve::hybrid::HybridRetriever;
 use crate::retrieve::{Retriever, Retrievers};
+use crate::server::admission::Admitted;
 use crate::store::{Store, StoreError};
 use engram_engine::{EngineConfig, Generator};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,9 @@ pub struct App {
     pub graph: Option<GraphIndex>,
     /// The generation engine, when a model is configured.
     pub generator: Option<Arc<dyn Generator>>,
+    /// Cancelled when the server's shutdown grace period runs out: streams still open then end with an error
+    /// event.
+    pub streams_cut: CancellationToken,
     ready: AtomicBool,
 }
 
@@ -112,13 +117,22 @@ impl App {
         } else {
             None
         };
+        // Requests from clients (chat, completions, QA) are admitted up to the engine's capacity; the graph's
+        // extractor (above) submits to the engine directly.
+        let generator = generator.map(|g| {
+            let limit = config.engine.max_sequences + config.engine.max_waiting;
+            Arc::new(Admitted::new(g, limit)) as Arc<dyn Generator>
+        });
         let pipeline = Pipeline::new(
             store.clone(),
             index.clone(),
             dense.clone(),
             graph.clone(),
             config.chunking,
-        );
+        )
+        .with_delete_wait(std::time::Duration::from_secs(
+            config.server.delete_wait_secs,
+        ));
         let bm25: Arc<dyn Retriever> = Arc::new(Bm25Retriever::new(index.clone(), store.clone()));
         let mut retrievers = Retrievers::default().with(bm25.clone());
         let mut graph_fallback = bm25;
@@ -162,6 +176,7 @@ impl App {
             retrievers,
             graph,
             generator,
+            streams_cut: CancellationToken::new(),
             ready: AtomicBool::new(false),
         }))
     }

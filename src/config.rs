@@ -57,6 +57,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Question answering and attribution.
     pub qa: QaConfig,
+    /// Per-request limits on input size and cost.
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -67,10 +69,36 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub bind: String,
-    /// When set, write endpoints require `Authorization: Bearer KEY` (or `X-API-Key: KEY`).
+    /// When set, every route but `/healthz` and `/readyz` (and `/metrics` and the web UI when made public)
+    /// requires `Authorization: Bearer KEY` (or `X-API-Key: KEY`).
     pub api_key: Option<String>,
+    /// With a key set: whether `/metrics` answers without it.
+    pub public_metrics: bool,
+    /// With a key set: whether the web UI (`/`), `/docs` and `/openapi.json` answer without it (the page's own
+    /// API calls still need the key).
+    pub public_ui: bool,
+    /// Host names (with or without `:port`) the server answers to; requests with another `Host` get 403
+    /// `host_not_allowed` (against DNS rebinding). Empty: `localhost`, `127.0.0.1`, `[::1]` and the bind
+    /// address's host. `*` allows any host.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) allowed to call the API from a browser: CORS is answered for them and
+    /// their state-changing requests pass the Origin check. Empty (the default): CORS off, only same-origin
+    /// browser requests may change state.
+    pub cors_origins: Vec<String>,
     /// Largest accepted request body, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// Seconds a request may take until its response starts (503 `request_timeout` beyond; a stream, once
+    /// started, is not cut).
+    pub request_timeout_secs: u64,
+    /// Seconds a client may take to send a request body (408 `body_timeout` beyond).
+    pub body_timeout_secs: u64,
+    /// Seconds a client may take to send a request's headers (the connection is closed beyond).
+    pub header_timeout_secs: u64,
+    /// Most connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Seconds a `DELETE /v1/documents/{id}` waits for the ingestion worker to finish indexing that document
+    /// (409 `document_busy` beyond).
+    pub delete_wait_secs: u64,
     /// Seconds to wait for in-flight requests at shutdown.
     pub shutdown_grace_secs: u64,
 }
@@ -80,8 +108,53 @@ impl Default for ServerConfig {
         Self {
             bind: "127.0.0.1:8080".into(),
             api_key: None,
+            public_metrics: false,
+            public_ui: false,
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
             max_body_bytes: 64 * 1024 * 1024,
+            request_timeout_secs: 300,
+            body_timeout_secs: 60,
+            header_timeout_secs: 10,
+            max_connections: 1024,
+            delete_wait_secs: 30,
             shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Per-request limits (`[limits]`): each bounds what one request may cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Deepest nesting of JSON bodies and documents, HTML elements, PDF arrays and dictionaries, and Markdown
+    /// block quotes and lists (`nesting_too_deep` beyond; JSON also stops at serde_json's own 127).
+    pub max_nesting_depth: usize,
+    /// Longest `query` (retrieve) or `question` (qa), in bytes (`query_too_long` beyond).
+    pub max_query_bytes: usize,
+    /// Most terms (whitespace-separated words) in a query or question (`too_many_terms` beyond).
+    pub max_query_terms: usize,
+    /// Most passages one question may gather: `top_k` times `iterations` (`too_many_passages` beyond).
+    pub max_qa_passages: usize,
+    /// Most inputs of one `/v1/embeddings` request (`too_many_inputs` beyond).
+    pub max_embedding_inputs: usize,
+    /// Most bytes of text, all inputs together, of one `/v1/embeddings` request (`input_too_long` beyond).
+    pub max_embedding_bytes: usize,
+    /// Longest prompt of `/v1/completions` or messages of `/v1/chat/completions`, in bytes (`prompt_too_long`
+    /// beyond), checked before tokenising.
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_nesting_depth: 128,
+            max_query_bytes: 4096,
+            max_query_terms: 256,
+            max_qa_passages: 64,
+            max_embedding_inputs: 2048,
+            max_embedding_bytes: 1 << 20,
+            max_prompt_bytes: 1 << 20,
         }
     }
 }
@@ -348,6 +421,7 @@ impl Config {
     /// Checks ranges and formats, naming the key that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_server()?;
+        self.validate_limits()?;
         self.validate_retrieval()?;
         self.validate_engine()?;
         self.graph
@@ -388,6 +462,73 @@ impl Config {
                         "'{}' is neither postgres://... nor sqlite:...",
                         crate::store::redact(url)
                     ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `[limits]`, and the `[server]` timeouts and connection limit.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let (s, l) = (&self.server, &self.limits);
+        for (key, v, lo, hi) in [
+            (
+                "server.request_timeout_secs",
+                s.request_timeout_secs as usize,
+                1,
+                86_400,
+            ),
+            (
+                "server.body_timeout_secs",
+                s.body_timeout_secs as usize,
+                1,
+                86_400,
+            ),
+            (
+                "server.header_timeout_secs",
+                s.header_timeout_secs as usize,
+                1,
+                3_600,
+            ),
+            ("server.max_connections", s.max_connections, 1, 1 << 20),
+            (
+                "server.delete_wait_secs",
+                s.delete_wait_secs as usize,
+                0,
+                3_600,
+            ),
+            ("limits.max_nesting_depth", l.max_nesting_depth, 2, 100_000),
+            ("limits.max_query_bytes", l.max_query_bytes, 16, 1 << 30),
+            ("limits.max_query_terms", l.max_query_terms, 1, 1 << 24),
+            ("limits.max_qa_passages", l.max_qa_passages, 1, 1 << 16),
+            (
+                "limits.max_embedding_inputs",
+                l.max_embedding_inputs,
+                1,
+                1 << 20,
+            ),
+            (
+                "limits.max_embedding_bytes",
+                l.max_embedding_bytes,
+                16,
+                1 << 30,
+            ),
+            ("limits.max_prompt_bytes", l.max_prompt_bytes, 16, 1 << 30),
+        ] {
+            if v < lo || v > hi {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be between {lo} and {hi}, got {v}"),
+                });
+            }
+        }
+        for origin in &s.cors_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(ConfigError::Invalid {
+                    key: "server.cors_origins",
+                    message: format!("'{origin}' is not an origin like https://app.example.com"),
                 });
             }
         }
@@ -615,6 +756,45 @@ mod tests {
             msg.contains("engine.device") && msg.contains("cuda:N"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn lists_and_limits_come_from_the_environment() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                (
+                    "ENGRAM__SERVER__ALLOWED_HOSTS",
+                    r#"["engram", "localhost", "127.0.0.1", "[::1]"]"#,
+                ),
+                ("ENGRAM__LIMITS__MAX_QUERY_TERMS", "32"),
+            ]),
+            Figment::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.server.allowed_hosts,
+            ["engram", "localhost", "127.0.0.1", "[::1]"]
+        );
+        assert_eq!(cfg.limits.max_query_terms, 32);
+        assert_eq!(cfg.limits.max_nesting_depth, 128);
+        let err = Config::load(
+            None,
+            &env(&[("ENGRAM__LIMITS__MAX_NESTING_DEPTH", "0")]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.max_nesting_depth"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            &env(&[("ENGRAM__SERVER__CORS_ORIGINS", r#"["app.example"]"#)]),
+            Figment::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("server.cors_origins"), "{err}");
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub static PASSAGES_INGESTED: LazyLock<IntCounter> =
 pub static DOCUMENTS_DELETED: LazyLock<IntCounter> =
     LazyLock::new(|| counter("documents_deleted_total", "Documents deleted"));
 
+/// Panics caught: in request handlers (answered 500) and in ingestion jobs (the job failed).
+pub static PANICS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("panics_total", "Panics caught in handlers and jobs"));
+
 /// The registry in Prometheus' text exposition format.
 pub fn render() -> String {
     // Touch every metric so that it is listed even before its first event.
@@ -89,6 +93,7 @@ pub fn render() -> String {
     LazyLock::force(&DOCUMENTS_DUPLICATE);
     LazyLock::force(&PASSAGES_INGESTED);
     LazyLock::force(&DOCUMENTS_DELETED);
+    LazyLock::force(&PANICS);
     let mut buf = Vec::new();
     let mut families = REGISTRY.gather();
     families.extend(engram_engine::metrics::gather());

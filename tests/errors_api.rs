@@ -257,27 +257,87 @@ async fn bad_retrieve_requests() {
     t.finish().await;
 }
 
+/// A request for `route` (placeholders filled in), with `headers`.
+fn route_request(route: &engram::server::auth::Route, headers: &[(&str, &str)]) -> Request<Body> {
+    let uri = route.path.replace("{id}", "some-id");
+    let mut req = Request::builder().method(route.method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if route.method == "POST" {
+        req.header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap()
+    } else {
+        req.body(Body::empty()).unwrap()
+    }
+}
+
 #[tokio::test]
-async fn write_endpoints_need_the_api_key_when_one_is_set() {
+async fn with_a_key_every_route_but_the_probes_needs_it() {
+    use engram::server::auth::{Access, ROUTES};
     let t = TestApp::start(Db::Sqlite, |c| c.server.api_key = Some("s3cret".into())).await;
+    for route in ROUTES {
+        let (s, _, b) = t.send(route_request(route, &[])).await;
+        if route.access == Access::Public {
+            assert_ne!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{} {}: {b}",
+                route.method,
+                route.path
+            );
+            continue;
+        }
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{} {}: {b}",
+            route.method,
+            route.path
+        );
+        assert_envelope(&b, "unauthorized");
+        let (s, _, b) = t
+            .send(route_request(route, &[("authorization", "Bearer wrong")]))
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{} {}",
+            route.method,
+            route.path
+        );
+        assert_envelope(&b, "invalid_api_key");
+        for key in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
+            let (s, _, b) = t
+                .send(route_request(route, &[("authorization", key)]))
+                .await;
+            assert_ne!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{} {} with {key}: {b}",
+                route.method,
+                route.path
+            );
+        }
+        let (s, _, _) = t
+            .send(route_request(route, &[("x-api-key", "s3cret")]))
+            .await;
+        assert_ne!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{} {}",
+            route.method,
+            route.path
+        );
+    }
+    let (s, _) = t.get("/no/such/route").await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "unknown routes reveal nothing without the key"
+    );
     let doc = json!({"title": "t", "text": "some text"});
-    let (s, b) = t.post_json("/v1/documents", &doc).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_envelope(&b, "unauthorized");
-    let (s, b) = t.delete("/v1/documents/whatever").await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_envelope(&b, "unauthorized");
-    let (s, _, b) = t
-        .send(
-            Request::post("/v1/documents")
-                .header("content-type", "application/json")
-                .header("authorization", "Bearer wrong")
-                .body(Body::from(doc.to_string()))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_envelope(&b, "invalid_api_key");
     let (s, _, b) = t
         .send(
             Request::post("/v1/documents")
@@ -288,10 +348,123 @@ async fn write_endpoints_need_the_api_key_when_one_is_set() {
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
-    // Reads stay open.
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn metrics_and_ui_can_be_made_public() {
+    let t = TestApp::start(Db::Sqlite, |c| {
+        c.server.api_key = Some("s3cret".into());
+        c.server.public_metrics = true;
+        c.server.public_ui = true;
+    })
+    .await;
+    for uri in ["/metrics", "/", "/openapi.json", "/healthz"] {
+        let (s, b) = t.get(uri).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {b}");
+    }
     let (s, _) = t.get("/v1/documents").await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = t.post_json("/v1/retrieve", &json!({"query": "text"})).await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    let get = |host: &str| {
+        Request::get("/v1/documents")
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, _, b) = t.send(get("evil.example:8080")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_envelope(&b, "host_not_allowed");
+    for host in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080"] {
+        let (s, _, b) = t.send(get(host)).await;
+        assert_eq!(s, StatusCode::OK, "{host}: {b}");
+    }
+    let (s, _, _) = t
+        .send(
+            Request::get("/healthz")
+                .header("host", "10.1.2.3:8080")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "probes answer whatever the host");
+
+    let post = |origin: &str| {
+        Request::post("/v1/documents")
+            .header("host", "localhost:8080")
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from("title=x&text=y"))
+            .unwrap()
+    };
+    for origin in ["http://evil.example", "null"] {
+        let (s, _, b) = t.send(post(origin)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{origin}: {b}");
+        assert_envelope(&b, "origin_not_allowed");
+    }
+    let (s, _, b) = t.send(post("http://localhost:8080")).await;
+    assert_eq!(
+        s,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "same origin passes the check: {b}"
+    );
+    let (s, headers, _) = t
+        .send(
+            Request::options("/v1/retrieve")
+                .header("origin", "http://evil.example")
+                .header("access-control-request-method", "POST")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        !headers.contains_key("access-control-allow-origin"),
+        "CORS is off by default ({s})"
+    );
+    nothing_stored(&t).await;
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn cors_answers_configured_origins() {
+    let t = TestApp::start(Db::Sqlite, |c| {
+        c.server.api_key = Some("s3cret".into());
+        c.server.cors_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let (s, headers, _) = t
+        .send(
+            Request::options("/v1/retrieve")
+                .header("origin", "https://app.example")
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                )
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(s.is_success(), "{s}");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let (s, _, b) = t
+        .send(
+            Request::post("/v1/retrieve")
+                .header("origin", "https://app.example")
+                .header("authorization", "Bearer s3cret")
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"query": "x"}).to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     t.finish().await;
 }

@@ -47,6 +47,7 @@ async fn operations_endpoints() {
         "/v1/jobs/{id}",
         "/v1/retrieve",
         "/readyz",
+        "/v1/embeddings",
     ] {
         assert!(
             spec["paths"].get(path).is_some(),
@@ -95,4 +96,35 @@ async fn readyz_reports_postgres_backend() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("readyz never turned ready");
+}
+
+/// Every API and operations route of `ROUTES` is in the OpenAPI spec, with its method.
+#[tokio::test]
+async fn the_spec_lists_every_route() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    let (_, spec) = t.get("/openapi.json").await;
+    for route in engram::server::auth::ROUTES {
+        if matches!(route.path, "/" | "/docs/" | "/openapi.json") {
+            continue;
+        }
+        let method = route.method.to_ascii_lowercase();
+        let op = &spec["paths"][route.path][&method];
+        assert!(
+            op.is_object(),
+            "{} {} missing from the OpenAPI spec",
+            route.method,
+            route.path
+        );
+        if route.access != engram::server::auth::Access::Public {
+            for code in ["401", "403", "500", "503"] {
+                assert!(
+                    op["responses"][code].is_object(),
+                    "{} {} does not document {code}",
+                    route.method,
+                    route.path
+                );
+            }
+        }
+    }
+    t.finish().await;
 }

@@ -8,7 +8,31 @@ use std::path::Path;
 use scraper::{ElementRef, Html, Node, Selector};
 use serde_json::Value;
 
+use super::nesting::{self, TooDeep};
 use crate::store::NewDocument;
+
+/// Depth limit of [`load_file`], the default of `limits.max_nesting_depth`.
+pub const DEFAULT_MAX_NESTING_DEPTH: usize = 128;
+
+/// Stack of the thread that runs the PDF library: its parser recurses per nesting level, and the depth scan
+/// before it cannot see into every kind of stream, so this is the backstop.
+const PDF_STACK_BYTES: usize = 256 << 20;
+
+/// Limits a loader enforces on its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// Deepest nesting of HTML elements, PDF arrays and dictionaries, JSON arrays and objects, and Markdown block
+    /// quotes and lists.
+    pub max_nesting_depth: usize,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        Self {
+            max_nesting_depth: DEFAULT_MAX_NESTING_DEPTH,
+        }
+    }
+}
 
 /// Why a file could not be turned into documents.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +78,18 @@ pub enum LoadError {
         /// What is wrong, naming the element index or field where relevant.
         reason: String,
     },
+    /// The file nests deeper than `limits.max_nesting_depth`.
+    #[error(
+        "'{file}' nests {what} more than {limit} deep (limits.max_nesting_depth); flatten it or raise the limit"
+    )]
+    NestingTooDeep {
+        /// The file name as given.
+        file: String,
+        /// What nests: `HTML elements`, `PDF arrays and dictionaries`, ...
+        what: &'static str,
+        /// The limit passed.
+        limit: usize,
+    },
     /// Nothing but whitespace remained after text extraction.
     #[error(
         "'{file}' contains no text after extraction: upload a file with some text \
@@ -74,6 +110,7 @@ impl LoadError {
             LoadError::InvalidPdf { .. } => "invalid_pdf",
             LoadError::InvalidJson { .. } => "invalid_json",
             LoadError::EmptyText { .. } => "empty_text",
+            LoadError::NestingTooDeep { .. } => "nesting_too_deep",
         }
     }
 }
@@ -117,8 +154,27 @@ pub const SUPPORTED_EXTENSIONS: &[&str] = &[
 ///
 /// Every document gets `source = Some(file_name)`. Single-document formats fail with
 /// [`LoadError::EmptyText`] when no text remains; corpus formats reject whitespace-only `text`
-/// fields with [`LoadError::InvalidJson`].
+/// fields with [`LoadError::InvalidJson`]. Nesting is limited to [`DEFAULT_MAX_NESTING_DEPTH`]
+/// ([`load_file_with`] takes the limits).
 pub fn load_file(file_name: &str, bytes: &[u8]) -> Result<Vec<NewDocument>, LoadError> {
+    load_file_with(file_name, bytes, &LoadLimits::default())
+}
+
+/// [`load_file`] with `limits`: input nested deeper than `limits.max_nesting_depth` fails with
+/// [`LoadError::NestingTooDeep`] before any parser runs. CPU-bound: call it off the async threads.
+pub fn load_file_with(
+    file_name: &str,
+    bytes: &[u8],
+    limits: &LoadLimits,
+) -> Result<Vec<NewDocument>, LoadError> {
+    let depth = limits.max_nesting_depth;
+    let too_deep = |what: &'static str| {
+        move |TooDeep { limit }| LoadError::NestingTooDeep {
+            file: file_name.to_owned(),
+            what,
+            limit,
+        }
+    };
     let extension = Path::new(file_name)
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
@@ -131,20 +187,30 @@ pub fn load_file(file_name: &str, bytes: &[u8]) -> Result<Vec<NewDocument>, Load
         }
         "md" | "markdown" => {
             let text = normalize_newlines(decode_utf8(file_name, bytes)?);
+            nesting::markdown(&text, depth).map_err(too_deep("block quotes and lists"))?;
             let title = markdown_title(&text).unwrap_or(stem);
             single(file_name, title, text, "text/markdown")
         }
         "html" | "htm" => {
             let source = decode_utf8(file_name, bytes)?;
+            nesting::html(source, depth).map_err(too_deep("HTML elements"))?;
             let (title, text) = html_to_text(source);
             single(file_name, title.unwrap_or(stem), text, "text/html")
         }
         "pdf" => {
+            nesting::pdf(bytes, depth).map_err(too_deep("PDF arrays and dictionaries"))?;
             let text = pdf_to_text(file_name, bytes)?;
             single(file_name, stem, text, "application/pdf")
         }
-        "json" => return load_json(file_name, &stem, decode_utf8(file_name, bytes)?),
-        "jsonl" => return load_jsonl(file_name, &stem, decode_utf8(file_name, bytes)?),
+        "json" | "jsonl" => {
+            let source = decode_utf8(file_name, bytes)?;
+            nesting::json(source.as_bytes(), depth).map_err(too_deep("JSON arrays and objects"))?;
+            return if extension == "json" {
+                load_json(file_name, &stem, source)
+            } else {
+                load_jsonl(file_name, &stem, source)
+            };
+        }
         _ => {
             return Err(LoadError::UnsupportedType {
                 file: file_name.to_owned(),
@@ -327,9 +393,24 @@ impl TextCollector {
         }
     }
 
+    /// Collects the text under `element`, depth first, with an explicit stack (no recursion, whatever the
+    /// nesting): a block element marks a break before and after its content, a table cell a space.
     fn walk(&mut self, element: ElementRef<'_>) {
-        for child in element.children() {
-            match child.value() {
+        enum Step<N> {
+            Enter(N),
+            Leave { block: bool, spaced: bool },
+        }
+        let mut stack: Vec<Step<_>> = element.children().rev().map(Step::Enter).collect();
+        while let Some(step) = stack.pop() {
+            let node = match step {
+                Step::Leave { block, spaced } => {
+                    self.pending_break |= block;
+                    self.pending_space |= spaced;
+                    continue;
+                }
+                Step::Enter(node) => node,
+            };
+            match node.value() {
                 Node::Text(text) => self.push_text(text),
                 Node::Element(el) => {
                     let name = el.name();
@@ -340,11 +421,8 @@ impl TextCollector {
                     let spaced = HTML_SPACED.contains(&name);
                     self.pending_break |= block;
                     self.pending_space |= spaced;
-                    if let Some(child_el) = ElementRef::wrap(child) {
-                        self.walk(child_el);
-                    }
-                    self.pending_break |= block;
-                    self.pending_space |= spaced;
+                    stack.push(Step::Leave { block, spaced });
+                    stack.extend(node.children().rev().map(Step::Enter));
                 }
                 _ => {}
             }
@@ -388,18 +466,31 @@ fn pdf_to_text(file_name: &str, bytes: &[u8]) -> Result<String, LoadError> {
             "the file does not start with the '%PDF-' header".to_owned(),
         ));
     }
-    // pdf-extract can panic on malformed input; treat that as an invalid PDF.
-    let extracted = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(bytes))
-        .map_err(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown error".to_owned());
-            invalid(format!("the PDF parser failed: {message}"))
-        })?
-        .map_err(|e| invalid(e.to_string()))?;
+    // pdf-extract can panic on malformed input; treat that as an invalid PDF. It runs on a thread of its own with
+    // a large stack, as its parser recurses per nesting level.
+    let extracted = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("pdf-extract".into())
+            .stack_size(PDF_STACK_BYTES)
+            .spawn_scoped(scope, || {
+                std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(bytes))
+            })
+            .map_err(|e| invalid(format!("cannot start the PDF parser: {e}")))?
+            .join()
+            .map_err(|_| invalid("the PDF parser failed".to_owned()))
+    })?
+    .map_err(|panic| invalid(format!("the PDF parser failed: {}", panic_message(&*panic))))?
+    .map_err(|e| invalid(e.to_string()))?;
     Ok(normalize_pdf_text(&extracted))
+}
+
+/// The message of a panic payload (`&str` or `String`), or `unknown error`.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown error".to_owned())
 }
 
 /// Collapses runs of spaces, keeps single line breaks, turns 2+ line breaks (or page breaks)
@@ -492,13 +583,32 @@ fn corpus_document(
     })
 }
 
+/// A JSON syntax error as a [`LoadError`]: serde_json's own depth limit as [`LoadError::NestingTooDeep`].
+fn json_error(file_name: &str, line: Option<usize>, e: serde_json::Error) -> LoadError {
+    if e.to_string().starts_with("recursion limit exceeded") {
+        return LoadError::NestingTooDeep {
+            file: file_name.to_owned(),
+            what: "JSON arrays and objects",
+            limit: SERDE_JSON_DEPTH,
+        };
+    }
+    LoadError::InvalidJson {
+        file: file_name.to_owned(),
+        line,
+        reason: e.to_string(),
+    }
+}
+
+/// serde_json's own nesting limit, below which `limits.max_nesting_depth` is effective for JSON.
+pub const SERDE_JSON_DEPTH: usize = 127;
+
 fn load_json(file_name: &str, stem: &str, source: &str) -> Result<Vec<NewDocument>, LoadError> {
     let invalid = |reason: String| LoadError::InvalidJson {
         file: file_name.to_owned(),
         line: None,
         reason,
     };
-    let value: Value = serde_json::from_str(source).map_err(|e| invalid(e.to_string()))?;
+    let value: Value = serde_json::from_str(source).map_err(|e| json_error(file_name, None, e))?;
     let elements = match value {
         Value::Array(items) => items,
         object @ Value::Object(_) => vec![object],
@@ -534,7 +644,8 @@ fn load_jsonl(file_name: &str, stem: &str, source: &str) -> Result<Vec<NewDocume
             line: Some(line_no),
             reason,
         };
-        let value: Value = serde_json::from_str(line).map_err(|e| invalid(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| json_error(file_name, Some(line_no), e))?;
         let doc =
             corpus_document(file_name, value, || format!("{stem} #{line_no}")).map_err(invalid)?;
         docs.push(doc);

@@ -3,4 +3,5 @@
 
 pub mod chunker;
 pub mod loaders;
+pub mod nesting;
 pub mod pipeline;

@@ -15,7 +15,9 @@ use crate::store::{
     InsertOutcome, ItemStatus, JobCounts, JobItem, JobStatus, PassageRecord, Store, StoreError,
 };
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,62 @@ pub enum IngestError {
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
+    /// The document is being indexed, and stayed so longer than the delete may wait.
+    #[error("document '{0}' is being indexed; retry in a moment")]
+    Busy(String),
+}
+
+/// Documents being indexed and documents being deleted: a document is never in both, so a delete never races
+/// the indexing of the same document (which would leave vectors, passages or triples of a deleted document).
+#[derive(Debug, Default)]
+struct Claims {
+    indexing: HashSet<String>,
+    deleting: HashSet<String>,
+}
+
+/// The claims, and a signal sent whenever one is given back.
+#[derive(Debug, Default)]
+struct ClaimBoard {
+    claims: Mutex<Claims>,
+    released: Notify,
+}
+
+impl ClaimBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.claims
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Documents claimed for indexing; given back when dropped (also on error or panic).
+struct IndexClaim {
+    board: Arc<ClaimBoard>,
+    ids: Vec<String>,
+}
+
+impl Drop for IndexClaim {
+    fn drop(&mut self) {
+        let mut claims = self.board.lock();
+        for id in &self.ids {
+            claims.indexing.remove(id);
+        }
+        drop(claims);
+        self.board.released.notify_waiters();
+    }
+}
+
+/// A document claimed for deletion; given back when dropped.
+struct DeleteClaim {
+    board: Arc<ClaimBoard>,
+    id: String,
+}
+
+impl Drop for DeleteClaim {
+    fn drop(&mut self) {
+        self.board.lock().deleting.remove(&self.id);
+        self.board.released.notify_waiters();
+    }
 }
 
 /// SHA-256 (hex) of a document's title and text: the dedupe key. Metadata and source do not count.
@@ -74,6 +132,8 @@ pub struct Pipeline {
     graph: Option<GraphIndex>,
     chunking: ChunkConfig,
     wake: Arc<Notify>,
+    board: Arc<ClaimBoard>,
+    delete_wait: Duration,
 }
 
 impl Pipeline {
@@ -93,6 +153,67 @@ impl Pipeline {
             graph,
             chunking,
             wake: Arc::new(Notify::new()),
+            board: Arc::default(),
+            delete_wait: Duration::from_secs(30),
+        }
+    }
+
+    /// How long a delete waits for the indexing of its document to finish (then [`IngestError::Busy`]).
+    pub fn with_delete_wait(mut self, wait: Duration) -> Self {
+        self.delete_wait = wait;
+        self
+    }
+
+    /// Claims `ids` for indexing, leaving out documents being deleted and documents no longer stored (deleted
+    /// since they were stored); the claim holds off their deletion until it is dropped.
+    async fn claim_for_indexing(&self, ids: &[String]) -> Result<IndexClaim, IngestError> {
+        let mut claim = IndexClaim {
+            board: self.board.clone(),
+            ids: Vec::with_capacity(ids.len()),
+        };
+        {
+            let mut claims = self.board.lock();
+            for id in ids {
+                if !claims.deleting.contains(id) && claims.indexing.insert(id.clone()) {
+                    claim.ids.push(id.clone());
+                }
+            }
+        }
+        let existing: HashSet<String> = self
+            .store
+            .existing_documents(&claim.ids)
+            .await?
+            .into_iter()
+            .collect();
+        let (kept, gone): (Vec<String>, Vec<String>) =
+            claim.ids.drain(..).partition(|id| existing.contains(id));
+        claim.ids = kept;
+        drop(IndexClaim {
+            board: self.board.clone(),
+            ids: gone,
+        });
+        Ok(claim)
+    }
+
+    /// Claims `id` for deletion, waiting (up to the delete wait) while it is being indexed or deleted.
+    async fn claim_for_deletion(&self, id: &str) -> Result<DeleteClaim, IngestError> {
+        let deadline = tokio::time::Instant::now() + self.delete_wait;
+        loop {
+            let released = self.board.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut claims = self.board.lock();
+                if !claims.indexing.contains(id) && claims.deleting.insert(id.to_string()) {
+                    return Ok(DeleteClaim {
+                        board: self.board.clone(),
+                        id: id.to_string(),
+                    });
+                }
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(IngestError::Busy(id.to_string()));
+            }
         }
     }
 
@@ -126,13 +247,7 @@ impl Pipeline {
                         if shutdown.is_cancelled() {
                             return;
                         }
-                        if let Err(e) = self.run_job(&job, &shutdown, &|_| {}).await {
-                            tracing::error!(job = %job, error = %e, "ingestion job failed");
-                            let _ = self
-                                .store
-                                .set_job_status(&job, JobStatus::Failed, Some(&e.to_string()))
-                                .await;
-                        }
+                        self.run_job_caught(&job, &shutdown).await;
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot read the job queue"),
@@ -143,6 +258,37 @@ impl Pipeline {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
             }
         }
+    }
+
+    /// Runs a job for the worker: an error or a panic marks the job failed, and its items still pending failed
+    /// with `job_failed` (so nothing stays pending forever); the worker goes on with the next job.
+    async fn run_job_caught(&self, job: &str, shutdown: &CancellationToken) {
+        use futures::FutureExt;
+        let no_progress = |_: &JobCounts| {};
+        let run = std::panic::AssertUnwindSafe(self.run_job(job, shutdown, &no_progress));
+        let message = match run.catch_unwind().await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => {
+                metrics::PANICS.inc();
+                format!(
+                    "internal error: the job panicked: {}",
+                    super::loaders::panic_message(&*panic)
+                )
+            }
+        };
+        tracing::error!(job = %job, error = %message, "ingestion job failed");
+        if let Err(e) = self
+            .store
+            .fail_pending_items(job, "job_failed", &message)
+            .await
+        {
+            tracing::error!(job = %job, error = %e, "cannot mark the failed job's items");
+        }
+        let _ = self
+            .store
+            .set_job_status(job, JobStatus::Failed, Some(&message))
+            .await;
     }
 
     /// Processes a job's pending items in batches, calling `progress` after each batch. Returns early (leaving the
@@ -164,14 +310,19 @@ impl Pipeline {
             if items.is_empty() {
                 break;
             }
-            let mut staged: Vec<PassageRecord> = Vec::new();
-            let mut staged_docs: Vec<String> = Vec::new();
-            for (doc_id, passages) in self.store_items(job_id, &items).await? {
-                staged_docs.push(doc_id);
-                staged.extend(passages);
-            }
-            self.index_passages(staged, &staged_docs, Some(job_id))
+            let stored = self.store_items(job_id, &items).await?;
+            let ids: Vec<String> = stored.iter().map(|(id, _)| id.clone()).collect();
+            // Documents deleted since they were stored are left out; the others cannot be deleted until the
+            // claim is dropped, after they are indexed.
+            let claim = self.claim_for_indexing(&ids).await?;
+            let staged: Vec<PassageRecord> = stored
+                .into_iter()
+                .filter(|(id, _)| claim.ids.contains(id))
+                .flat_map(|(_, passages)| passages)
+                .collect();
+            self.index_passages(staged, &claim.ids, Some(job_id))
                 .await?;
+            drop(claim);
             if let Some(job) = self.store.get_job(job_id).await? {
                 progress(&job.counts);
             }
@@ -314,8 +465,9 @@ impl Pipeline {
     pub async fn index_pending(&self) -> Result<usize, IngestError> {
         let ids = self.store.unindexed_documents().await?;
         for batch in ids.chunks(256) {
+            let claim = self.claim_for_indexing(batch).await?;
             let mut passages = Vec::new();
-            for id in batch {
+            for id in &claim.ids {
                 self.index.delete_document(id);
                 if let Some(dense) = &self.dense {
                     dense.delete_document(id).await?;
@@ -325,7 +477,7 @@ impl Pipeline {
                 }
                 passages.extend(self.store.passages_of(id).await?);
             }
-            self.index_passages(passages, batch, None).await?;
+            self.index_passages(passages, &claim.ids, None).await?;
         }
         if !ids.is_empty() {
             tracing::info!(
@@ -375,8 +527,11 @@ impl Pipeline {
         Ok(total)
     }
 
-    /// Deletes a document from the store and from every index; returns whether it existed.
+    /// Deletes a document from the store and from every index; returns whether it existed. While the worker
+    /// indexes the document, waits for it to finish (up to the delete wait, then [`IngestError::Busy`]), so that
+    /// no vector, passage or triple of the document is left behind.
     pub async fn delete_document(&self, id: &str) -> Result<bool, IngestError> {
+        let _claim = self.claim_for_deletion(id).await?;
         if !self.store.delete_document(id).await? {
             return Ok(false);
         }

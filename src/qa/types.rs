@@ -47,9 +47,11 @@ pub enum AttributionLevel {
 #[serde(deny_unknown_fields)]
 pub struct QaRequest {
     /// The question.
+    #[schema(min_length = 1)]
     pub question: String,
     /// How many passages to retrieve (default `retrieval.default_top_k`, at most `retrieval.max_top_k`).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub top_k: Option<usize>,
     /// Retrieval method (default `bm25`).
     #[serde(default)]

@@ -1,11 +1,15 @@
 //! `/v1/documents`: ingestion (JSON or multipart upload), listing, reading and deleting documents.
 
-use super::body::{from_value, is_json, is_length_limit, parse_value, read_limited, too_large};
+use super::body::{
+    body_timeout, from_value, is_json, is_length_limit, off_thread, parse_value, read_limited,
+    too_large, BodyLimits,
+};
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
-use crate::ingest::loaders;
+use crate::ingest::loaders::{self, LoadLimits};
 use crate::store::NewDocument;
 use crate::store::{DocumentPage, DocumentRecord};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -21,10 +25,11 @@ pub struct DocumentInput {
     #[serde(default)]
     pub title: Option<String>,
     /// The text (must not be empty).
+    #[schema(min_length = 1)]
     pub text: String,
     /// Any JSON object, stored with the document.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub metadata: serde_json::Value,
 }
 
@@ -65,11 +70,12 @@ pub struct ListParams {
     request_body(content = DocumentBatch, description = "JSON documents, or multipart/form-data with `file` fields"),
     responses(
         (status = 202, description = "Job accepted", body = JobAccepted),
-        (status = 400, description = "Malformed input", body = ErrorEnvelope),
+        (status = 400, description = "Malformed input, or a JSON body nested too deep (`nesting_too_deep`)", body = ErrorEnvelope),
         (status = 401, description = "Missing API key", body = ErrorEnvelope),
         (status = 413, description = "Body too large", body = ErrorEnvelope),
         (status = 415, description = "Unsupported content or file type", body = ErrorEnvelope),
-        (status = 422, description = "Empty text, corrupt PDF, bad corpus file", body = ErrorEnvelope),
+        (status = 408, description = "The body did not arrive in time (`body_timeout`)", body = ErrorEnvelope),
+        (status = 422, description = "Empty text, corrupt PDF, bad corpus file, or a file nested too deep (`nesting_too_deep`)", body = ErrorEnvelope),
     ))]
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -81,15 +87,27 @@ pub async fn create(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let limit = app.config.server.max_body_bytes;
+    let limits = BodyLimits::of(&app);
     let documents = if is_json(&content_type) {
-        let bytes = read_limited(req.into_body(), limit).await?;
-        json_documents(&bytes)?
+        let bytes = read_limited(req.into_body(), &limits).await?;
+        off_thread(bytes.len(), move || {
+            json_documents(&bytes, limits.max_depth)
+        })
+        .await?
     } else if content_type.starts_with("multipart/form-data") {
         let multipart = Multipart::from_request(req, &())
             .await
             .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
-        uploaded_documents(multipart, limit).await?
+        let files =
+            tokio::time::timeout(limits.timeout, uploaded_files(multipart, limits.max_bytes))
+                .await
+                .map_err(|_| body_timeout(limits.timeout))??;
+        let load = LoadLimits {
+            max_nesting_depth: limits.max_depth,
+        };
+        tokio::task::spawn_blocking(move || load_files(&files, &load))
+            .await
+            .map_err(|e| ApiError::internal(&e))??
     } else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -112,8 +130,8 @@ pub async fn create(
     ))
 }
 
-fn json_documents(bytes: &[u8]) -> Result<Vec<NewDocument>, ApiError> {
-    let value = parse_value(bytes)?;
+fn json_documents(bytes: &[u8], max_depth: usize) -> Result<Vec<NewDocument>, ApiError> {
+    let value = parse_value(bytes, max_depth)?;
     let (inputs, prefix): (Vec<DocumentInput>, &str) =
         match &value {
             serde_json::Value::Array(_) => (from_value(value)?, ""),
@@ -189,12 +207,24 @@ fn default_title(text: &str) -> String {
     line.chars().take(80).collect()
 }
 
-async fn uploaded_documents(
-    mut multipart: Multipart,
-    limit: usize,
+/// Turns uploaded files into documents (CPU-bound: run it off the async threads).
+fn load_files(
+    files: &[(String, axum::body::Bytes)],
+    limits: &LoadLimits,
 ) -> Result<Vec<NewDocument>, ApiError> {
     let mut documents = Vec::new();
-    let mut files = 0;
+    for (file_name, bytes) in files {
+        documents.extend(loaders::load_file_with(file_name, bytes, limits)?);
+    }
+    Ok(documents)
+}
+
+/// Reads the `file` fields of an upload: (file name, contents) of each.
+async fn uploaded_files(
+    mut multipart: Multipart,
+    limit: usize,
+) -> Result<Vec<(String, axum::body::Bytes)>, ApiError> {
+    let mut files = Vec::new();
     loop {
         let field = multipart
             .next_field()
@@ -221,10 +251,9 @@ async fn uploaded_documents(
             .bytes()
             .await
             .map_err(|e| multipart_error(&e, limit))?;
-        files += 1;
-        documents.extend(loaders::load_file(&file_name, &bytes)?);
+        files.push((file_name, bytes));
     }
-    if files == 0 {
+    if files.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no_documents",
@@ -232,7 +261,7 @@ async fn uploaded_documents(
         )
         .param("file"));
     }
-    Ok(documents)
+    Ok(files)
 }
 
 fn multipart_error(e: &axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
@@ -278,8 +307,9 @@ pub async fn list(
     responses((status = 200, body = DocumentRecord), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DocumentRecord>, ApiError> {
+    let Path(id) = id?;
     app.store
         .get_document(&id)
         .await?
@@ -290,11 +320,13 @@ pub async fn get(
 /// Delete a document from the store and every index.
 #[utoipa::path(delete, path = "/v1/documents/{id}", tag = "documents",
     params(("id" = String, Path, description = "Document id")),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "The document is being indexed (`document_busy`, with Retry-After)", body = ErrorEnvelope)))]
 pub async fn delete(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
     if app.pipeline.delete_document(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -1,17 +1,15 @@
 //! `POST /v1/embeddings`, OpenAI-compatible.
 
-use super::body::{parse_json, read_limited, require_json};
+use super::body::read_json;
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
+use crate::config::LimitsConfig;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
-
-/// Most inputs one request may carry.
-pub const MAX_INPUTS: usize = 2048;
 
 /// An embeddings request.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -67,7 +65,9 @@ pub struct EmbeddingsResponse {
     pub usage: EmbeddingsUsage,
 }
 
-fn inputs(value: Value) -> Result<Vec<String>, ApiError> {
+/// The request's inputs, within `limits.max_embedding_inputs` and `limits.max_embedding_bytes`.
+fn inputs(value: Value, limits: &LimitsConfig) -> Result<Vec<String>, ApiError> {
+    let max_inputs = limits.max_embedding_inputs;
     let items = match value {
         Value::String(s) => vec![Value::String(s)],
         Value::Array(items) => items,
@@ -86,12 +86,23 @@ fn inputs(value: Value) -> Result<Vec<String>, ApiError> {
         )
         .param("input"));
     }
-    if items.len() > MAX_INPUTS {
+    if items.len() > max_inputs {
         return Err(ApiError::bad_request(
             "too_many_inputs",
             format!(
-                "`input` has {} items; at most {MAX_INPUTS} per request",
+                "`input` has {} items; at most {max_inputs} per request (limits.max_embedding_inputs)",
                 items.len()
+            ),
+        )
+        .param("input"));
+    }
+    let bytes: usize = items.iter().filter_map(Value::as_str).map(str::len).sum();
+    if bytes > limits.max_embedding_bytes {
+        return Err(ApiError::bad_request(
+            "input_too_long",
+            format!(
+                "`input` has {bytes} bytes of text; at most {} per request (limits.max_embedding_bytes)",
+                limits.max_embedding_bytes
             ),
         )
         .param("input"));
@@ -133,16 +144,15 @@ fn kind(v: &Value) -> &'static str {
 #[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = EmbeddingsRequest,
     responses(
         (status = 200, body = EmbeddingsResponse),
-        (status = 400, description = "Empty or non-string input, unknown model", body = ErrorEnvelope),
+        (status = 400, description = "Empty or non-string input, unknown model, too many inputs (`too_many_inputs`) or too much text (`input_too_long`)", body = ErrorEnvelope),
         (status = 503, description = "Embeddings are disabled", body = ErrorEnvelope),
     ))]
 pub async fn create(
     State(app): State<Arc<App>>,
     req: Request,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
-    require_json(req.headers())?;
-    let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
-    let body: EmbeddingsRequest = parse_json(&bytes)?;
+    let body: EmbeddingsRequest = read_json(&app, req).await?;
+    let texts = inputs(body.input, &app.config.limits)?;
     let Some(dense) = app.pipeline.dense_index() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -172,7 +182,6 @@ pub async fn create(
             .param("encoding_format"));
         }
     }
-    let texts = inputs(body.input)?;
     let embeddings = dense
         .embed(texts)
         .await

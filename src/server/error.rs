@@ -22,6 +22,8 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, if any (e.g. `documents[2].text`).
     pub param: Option<String>,
+    /// Seconds after which a retry may succeed (sent as `Retry-After`), for 429 and 503 answers.
+    pub retry_after: Option<u64>,
 }
 
 /// The body of every error response.
@@ -36,7 +38,8 @@ pub struct ErrorEnvelope {
 pub struct ErrorBody {
     /// What went wrong and how to fix it.
     pub message: String,
-    /// Error class: `invalid_request_error`, `authentication_error`, `not_found_error` or `server_error`.
+    /// Error class: `invalid_request_error`, `authentication_error`, `permission_error`, `not_found_error` or
+    /// `server_error`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The request field at fault, or null.
@@ -53,7 +56,14 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
         }
+    }
+
+    /// Asks the client to retry after `secs` seconds (`Retry-After`).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Names the request field at fault.
@@ -89,6 +99,7 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self.status {
             StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
             StatusCode::NOT_FOUND => "not_found_error",
             s if s.is_server_error() => "server_error",
             _ => "invalid_request_error",
@@ -107,7 +118,12 @@ impl IntoResponse for ApiError {
                 code: self.code,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        res
     }
 }
 
@@ -139,6 +155,9 @@ impl From<IngestError> for ApiError {
             ),
             IngestError::NulCharacter { .. } => {
                 ApiError::bad_request("invalid_text", e.to_string()).param("text")
+            }
+            IngestError::Busy(_) => {
+                ApiError::new(StatusCode::CONFLICT, "document_busy", e.to_string()).retry_after(1)
             }
             other => ApiError::internal(&other),
         }
@@ -185,5 +204,14 @@ impl From<QaError> for ApiError {
             ),
             other => ApiError::internal(&other),
         }
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::bad_request(
+            "invalid_path",
+            format!("invalid path parameter: {}", e.body_text()),
+        )
     }
 }

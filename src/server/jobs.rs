@@ -3,6 +3,7 @@
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
 use crate::store::JobRecord;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use std::sync::Arc;
     responses((status = 200, body = JobRecord), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobRecord>, ApiError> {
+    let Path(id) = id?;
     app.store
         .get_job(&id)
         .await?

@@ -1,7 +1,7 @@
 //! OpenAI-compatible generation: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE streaming ending
 //! in `data: [DONE]`) and `GET /v1/models`.
 
-use super::body::{parse_json, read_limited, require_json};
+use super::body::read_json;
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
 use axum::extract::{Request, State};
@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The roles a chat message may have.
+const CHAT_ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
 /// Default `max_tokens` when a request gives none.
 const DEFAULT_MAX_TOKENS: usize = 256;
@@ -218,6 +221,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+                    .retry_after(1)
             }
             EngineError::Scoring(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -358,6 +362,7 @@ async fn respond(
     kind: Kind,
     stream: bool,
     want_logprobs: bool,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<Response, ApiError> {
     let id = format!(
         "{}-{}",
@@ -430,9 +435,13 @@ async fn respond(
             }
         }
     });
-    let stream = futures::stream::iter(first)
-        .chain(events.flat_map(futures::stream::iter))
-        .map(Ok::<_, std::convert::Infallible>);
+    let events = futures::stream::iter(first).chain(events.flat_map(futures::stream::iter));
+    let cut = vec![
+        Event::default().data(json!({"error": {"message": super::sse::SHUTTING_DOWN, "type": "server_error", "code": "shutting_down", "param": null}}).to_string()),
+        Event::default().data("[DONE]"),
+    ];
+    let stream =
+        super::sse::until_shutdown(events, shutdown, cut).map(Ok::<_, std::convert::Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -445,6 +454,29 @@ fn tokio_stream_from(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// 400 `prompt_too_long` when a prompt of `bytes` is over `limits.max_prompt_bytes`.
+fn check_prompt(app: &App, bytes: usize, param: &str) -> Result<(), ApiError> {
+    let max = app.config.limits.max_prompt_bytes;
+    if bytes > max {
+        return Err(ApiError::bad_request(
+            "prompt_too_long",
+            format!("the prompt has {bytes} bytes; at most {max} (limits.max_prompt_bytes)"),
+        )
+        .param(param));
+    }
+    Ok(())
+}
+
+/// Tokenises on a blocking thread (a long prompt takes a while, which must not stall the async threads).
+async fn tokenize(
+    g: Arc<dyn Generator>,
+    work: impl FnOnce(&dyn Generator) -> Result<Vec<u32>, ApiError> + Send + 'static,
+) -> Result<Vec<u32>, ApiError> {
+    tokio::task::spawn_blocking(move || work(g.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+}
+
 /// Chat completion (OpenAI-compatible).
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatRequest,
     responses(
@@ -453,27 +485,53 @@ fn tokio_stream_from(
         (status = 503, description = "No model loaded", body = ErrorEnvelope),
     ))]
 pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
-    require_json(req.headers())?;
-    let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
-    let body: ChatRequest = parse_json(&bytes)?;
+    let mut body: ChatRequest = read_json(&app, req).await?;
     let g = generator(&app)?.clone();
     if body.messages.is_empty() {
         return Err(
             ApiError::bad_request("invalid_parameter", "`messages` is empty").param("messages"),
         );
     }
+    if let Some((i, m)) = body
+        .messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| !CHAT_ROLES.contains(&m.role.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!(
+                "`messages[{i}].role` is '{}': use {}",
+                m.role,
+                CHAT_ROLES.join(", ")
+            ),
+        )
+        .param(format!("messages[{i}].role")));
+    }
     let top = body.logprobs.then(|| body.top_logprobs.unwrap_or(0));
     let params = sampling(g.as_ref(), &body.sampling, top)?;
-    let text = g
-        .tokenizer()
-        .apply_chat_template(&body.messages, true)
-        .map_err(|e| ApiError::bad_request("invalid_messages", e.to_string()).param("messages"))?;
-    let prompt = g
-        .tokenizer()
-        .encode(&text, false)
-        .map_err(|e| ApiError::internal(&e))?;
+    let bytes: usize = body
+        .messages
+        .iter()
+        .map(|m| m.content.len() + m.role.len())
+        .sum();
+    check_prompt(&app, bytes, "messages")?;
+    let messages = std::mem::take(&mut body.messages);
+    let prompt = tokenize(g.clone(), move |g| {
+        let text = g
+            .tokenizer()
+            .apply_chat_template(&messages, true)
+            .map_err(|e| {
+                ApiError::bad_request("invalid_messages", e.to_string()).param("messages")
+            })?;
+        g.tokenizer()
+            .encode(&text, false)
+            .map_err(|e| ApiError::internal(&e))
+    })
+    .await?;
     let rx = submit(g.as_ref(), prompt, params, &body.sampling)?;
-    respond(g, rx, Kind::Chat, body.sampling.stream, body.logprobs).await
+    let cut = app.streams_cut.clone();
+    respond(g, rx, Kind::Chat, body.sampling.stream, body.logprobs, cut).await
 }
 
 /// Text completion (OpenAI-compatible).
@@ -484,15 +542,17 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response,
         (status = 503, description = "No model loaded", body = ErrorEnvelope),
     ))]
 pub async fn completions(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
-    require_json(req.headers())?;
-    let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
-    let body: CompletionRequest = parse_json(&bytes)?;
+    let mut body: CompletionRequest = read_json(&app, req).await?;
     let g = generator(&app)?.clone();
     let params = sampling(g.as_ref(), &body.sampling, body.logprobs)?;
-    let prompt = g
-        .tokenizer()
-        .encode(&body.prompt, true)
-        .map_err(|e| ApiError::internal(&e))?;
+    check_prompt(&app, body.prompt.len(), "prompt")?;
+    let text = std::mem::take(&mut body.prompt);
+    let prompt = tokenize(g.clone(), move |g| {
+        g.tokenizer()
+            .encode(&text, true)
+            .map_err(|e| ApiError::internal(&e))
+    })
+    .await?;
     let rx = submit(g.as_ref(), prompt, params, &body.sampling)?;
     respond(
         g,
@@ -500,6 +560,7 @@ pub async fn completions(State(app): State<Arc<App>>, req: Request) -> Result<Re
         Kind::Completion,
         body.sampling.stream,
         body.logprobs.is_some(),
+        app.streams_cut.clone(),
     )
     .await
 }

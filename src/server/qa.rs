@@ -6,7 +6,7 @@
 //! The work is [`crate::qa::QaService`]'s; this handler parses the body, calls it and serialises the outcome, as
 //! JSON or as server-sent events.
 
-use super::body::{parse_json, read_limited, require_json};
+use super::body::read_json;
 use super::error::{ApiError, ErrorEnvelope};
 use super::retrieve::ScoredPassageView;
 use crate::app::App;
@@ -103,15 +103,15 @@ fn service(app: &App) -> QaService<'_> {
 #[utoipa::path(post, path = "/v1/qa", tag = "qa", request_body = QaRequest,
     responses(
         (status = 200, body = QaResponse, description = "The answer (JSON), or with `stream` a text/event-stream of token, attribution and done events"),
-        (status = 400, description = "Malformed request, bad top_k or unknown retriever", body = ErrorEnvelope),
+        (status = 400, description = "Malformed request, bad top_k, unknown retriever, or over a limit (`query_too_long`, `too_many_terms`, `too_many_passages`)", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
         (status = 422, description = "Empty question", body = ErrorEnvelope),
     ))]
 pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
-    require_json(req.headers())?;
-    let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
-    let body: QaRequest = parse_json(&bytes)?;
+    let body: QaRequest = read_json(&app, req).await?;
+    super::retrieve::check_query(&app, &body.question, "question")?;
+    check_passages(&app, &body)?;
     let stream = body.stream;
     // Checked here, so that a bad request is a 4xx before any stream starts.
     let query = service(&app).prepare(body)?;
@@ -119,6 +119,7 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
         let outcome = service(&app).answer(query, started, |_| {}).await?;
         return Ok(Json(QaResponse::from(outcome)).into_response());
     }
+    let app_streams_cut = app.streams_cut.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
         let on_token = |text: &str| {
@@ -143,11 +144,34 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
             }
         }
     });
-    let stream =
-        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::convert::Infallible>);
+    let events = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let cut = sse_event(
+        "error",
+        &serde_json::json!({"error": {"code": "shutting_down", "message": super::sse::SHUTTING_DOWN}}),
+    );
+    let stream = super::sse::until_shutdown(events, app_streams_cut, vec![cut])
+        .map(Ok::<_, std::convert::Infallible>);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// 400 `too_many_passages` when `top_k` times `iterations` is over `limits.max_qa_passages` (attribution's cost
+/// grows with the passages).
+fn check_passages(app: &App, body: &QaRequest) -> Result<(), ApiError> {
+    let top_k = body.top_k.unwrap_or(app.config.retrieval.default_top_k);
+    let passages = top_k.saturating_mul(body.iterations.unwrap_or(1));
+    let max = app.config.limits.max_qa_passages;
+    if passages > max {
+        return Err(ApiError::bad_request(
+            "too_many_passages",
+            format!(
+                "`top_k` × `iterations` asks for {passages} passages; at most {max} (limits.max_qa_passages)"
+            ),
+        )
+        .param("top_k"));
+    }
+    Ok(())
 }
 
 /// One server-sent event: `event: name`, the value as JSON data.

@@ -1,6 +1,6 @@
 //! `POST /v1/retrieve`: rank passages for a query.
 
-use super::body::{parse_json, read_limited, require_json};
+use super::body::read_json;
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
 use crate::metrics;
@@ -17,9 +17,11 @@ use std::time::Instant;
 #[serde(deny_unknown_fields)]
 pub struct RetrieveRequest {
     /// The question or query text.
+    #[schema(min_length = 1)]
     pub query: String,
     /// How many passages (default `retrieval.default_top_k`, at most `retrieval.max_top_k`).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub top_k: Option<usize>,
     /// Retrieval method (default `bm25`).
     #[serde(default)]
@@ -97,11 +99,43 @@ pub(super) fn checked_top_k(app: &App, top_k: Option<usize>) -> Result<usize, Ap
     Ok(top_k)
 }
 
+/// 400 `query_too_long` or `too_many_terms` when `text` (the request's `param`) is over `limits.max_query_bytes`
+/// or `limits.max_query_terms`: a query's cost grows with its terms.
+pub(super) fn check_query(app: &App, text: &str, param: &str) -> Result<(), ApiError> {
+    let limits = &app.config.limits;
+    if text.len() > limits.max_query_bytes {
+        return Err(ApiError::bad_request(
+            "query_too_long",
+            format!(
+                "`{param}` has {} bytes; at most {} (limits.max_query_bytes)",
+                text.len(),
+                limits.max_query_bytes
+            ),
+        )
+        .param(param));
+    }
+    if text
+        .split_whitespace()
+        .nth(limits.max_query_terms)
+        .is_some()
+    {
+        return Err(ApiError::bad_request(
+            "too_many_terms",
+            format!(
+                "`{param}` has more than {} terms (limits.max_query_terms)",
+                limits.max_query_terms
+            ),
+        )
+        .param(param));
+    }
+    Ok(())
+}
+
 /// Rank passages for a query.
 #[utoipa::path(post, path = "/v1/retrieve", tag = "retrieval", request_body = RetrieveRequest,
     responses(
         (status = 200, body = RetrieveResponse),
-        (status = 400, description = "Malformed request or unknown method", body = ErrorEnvelope),
+        (status = 400, description = "Malformed request, unknown method, query over the limits (`query_too_long`, `too_many_terms`) or nested too deep", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
         (status = 422, description = "Empty query", body = ErrorEnvelope),
     ))]
@@ -109,9 +143,7 @@ pub async fn retrieve(
     State(app): State<Arc<App>>,
     req: Request,
 ) -> Result<Json<RetrieveResponse>, ApiError> {
-    require_json(req.headers())?;
-    let bytes = read_limited(req.into_body(), app.config.server.max_body_bytes).await?;
-    let body: RetrieveRequest = parse_json(&bytes)?;
+    let body: RetrieveRequest = read_json(&app, req).await?;
     if body.query.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -120,6 +152,7 @@ pub async fn retrieve(
         )
         .param("query"));
     }
+    check_query(&app, &body.query, "query")?;
     let top_k = checked_top_k(&app, body.top_k)?;
     let method = body.method.unwrap_or_else(|| "bm25".into());
     let retriever = app.retrievers.get(&method)?;

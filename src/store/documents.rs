@@ -39,7 +39,7 @@ pub struct DocumentSummary {
     /// SHA-256 of title and text: the dedupe key.
     pub content_hash: String,
     /// Caller-supplied metadata.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub metadata: serde_json::Value,
     /// Number of passages.
     pub passage_count: i64,
@@ -320,7 +320,7 @@ impl Store {
 
     /// Deletes a document and its passages in one transaction; returns whether it existed.
     pub async fn delete_document(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Explicit child deletes keep this independent of per-connection foreign-key settings.
         let passage_ids: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM passages WHERE document_id = $1")

@@ -73,7 +73,7 @@ impl Store {
         extractor: &str,
         items: &[(i64, Extraction)],
     ) -> Result<SavedExtractions, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
         delete_extractions(&mut tx, &ids).await?;
         let mut texts: Vec<String> = items
@@ -171,7 +171,7 @@ impl Store {
         extractor: &str,
         items: &[(String, Extraction)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in items.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO extraction_cache (content_hash, extractor, extraction) VALUES {} \
@@ -194,7 +194,7 @@ impl Store {
 
     /// Everything the in-memory graph is built from, read in one snapshot.
     pub async fn graph_rows(&self) -> Result<GraphRows, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let phrases = sqlx::query("SELECT id, text FROM phrases")
             .fetch_all(&mut *tx)
             .await?
@@ -255,7 +255,7 @@ impl Store {
         phrase_ids: &[i64],
         synonyms: &[(i64, i64, f64)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in synonyms.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO synonyms (phrase_a, phrase_b, weight) VALUES {} \
@@ -285,7 +285,7 @@ impl Store {
 
     /// Marks every phrase unlinked and drops the synonym edges (their vectors are to be recomputed).
     pub async fn unlink_all_phrases(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM synonyms")
             .execute(&mut *tx)
             .await?;
@@ -317,7 +317,7 @@ impl Store {
 
     /// Deletes every extraction and triple (phrases and synonym edges are kept: they are keyed by text).
     pub async fn clear_extractions(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM triples").execute(&mut *tx).await?;
         sqlx::query("DELETE FROM extractions")
             .execute(&mut *tx)

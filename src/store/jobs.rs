@@ -113,7 +113,8 @@ pub struct JobRecord {
     /// extracts them, `llm-v1:MODEL` when the model does); unset before the job's first passages are indexed
     /// or when the graph is off.
     pub extractor: Option<String>,
-    /// Passages of the job extracted so far (cached extractions included).
+    /// Passages of the job's (new, still stored) documents extracted so far, cached extractions included: counted
+    /// from the extractions, so exact after a crash too.
     pub passages_extracted: i64,
     /// Creation time, ms since the Unix epoch.
     pub created_at: i64,
@@ -135,7 +136,7 @@ impl Store {
     pub async fn create_job(&self, documents: &[NewDocument]) -> Result<String, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO jobs (id, status, error, created_at, updated_at) VALUES ($1, $2, NULL, $3, $3)",
         )
@@ -165,11 +166,12 @@ impl Store {
 
     /// A job with its counts and errors, or `None` for an unknown id.
     pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let Some(row) =
-            sqlx::query("SELECT id, status, error, extractor, passages_extracted, created_at, updated_at FROM jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?
+        let Some(row) = sqlx::query(
+            "SELECT id, status, error, extractor, created_at, updated_at FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };
@@ -215,6 +217,16 @@ impl Store {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
+        // Counted from the extractions themselves rather than kept as a counter, so that it stays exact when
+        // passages stored before a crash are extracted at the next start (outside the job).
+        let passages_extracted: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM extractions e JOIN passages p ON p.id = e.passage_id \
+             JOIN job_items i ON i.document_id = p.document_id \
+             WHERE i.job_id = $1 AND i.status = 'done'",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
         let status: String = row.try_get("status")?;
         Ok(Some(JobRecord {
             id: row.try_get("id")?,
@@ -224,7 +236,7 @@ impl Store {
             document_ids,
             error: opt_text(&row, "error")?,
             extractor: opt_text(&row, "extractor")?,
-            passages_extracted: row.try_get("passages_extracted")?,
+            passages_extracted,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         }))
@@ -327,7 +339,7 @@ impl Store {
         code: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         Self::finish_item(
             &mut tx,
             job_id,
@@ -338,6 +350,25 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks every item of a job still pending as failed with `code` and `message` (when the job itself failed).
+    pub async fn fail_pending_items(
+        &self,
+        job_id: &str,
+        code: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE job_items SET status = 'failed', error_code = $1, error_message = $2 \
+             WHERE job_id = $3 AND status = 'pending'",
+        )
+        .bind(code.to_string())
+        .bind(message.to_string())
+        .bind(job_id.to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -358,8 +389,9 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a transaction (for the pipeline, which stores a document and its item outcome together).
+    /// Starts a write transaction (for the pipeline, which stores a document and its item outcome together):
+    /// [`Store::begin_write`].
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        Ok(self.pool.begin().await?)
+        self.begin_write().await
     }
 }

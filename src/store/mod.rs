@@ -108,6 +108,33 @@ impl Store {
         &self.pool
     }
 
+    /// Starts a write transaction that takes the write lock up front: `BEGIN IMMEDIATE` on SQLite (a deferred
+    /// transaction that reads before it writes fails with `database is locked`, without waiting, when another
+    /// writer committed in between), a plain `BEGIN` on PostgreSQL. Every write transaction starts here.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Which of `ids` are stored documents.
+    pub async fn existing_documents(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id FROM documents WHERE id IN ({})",
+                placeholders(1, batch.len())
+            );
+            let mut q = sqlx::query_scalar::<_, String>(&sql);
+            for id in batch {
+                q = q.bind(id.clone());
+            }
+            out.extend(q.fetch_all(&self.pool).await?);
+        }
+        Ok(out)
+    }
+
     /// Checks that the database answers a trivial query.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -95,8 +95,10 @@ pub fn fact_text(subject: &str, relation: &str, object: &str) -> String {
 }
 
 impl GraphIndex {
-    /// Opens the graph: creates the vector collections, loads the graph from the store, embeds facts that have no
-    /// vector yet (when embeddings were enabled after the triples were stored).
+    /// Opens the graph: creates the vector collections and loads the graph from the store. Facts whose vectors
+    /// are missing (a crash between storing triples and their vectors, or embeddings enabled after the triples were
+    /// stored) are embedded later, by [`Self::repair_fact_vectors`] in the background recovery, so that a restart
+    /// is not held up by them.
     pub async fn open(
         store: Store,
         extractor: Arc<dyn Extractor>,
@@ -110,10 +112,9 @@ impl GraphIndex {
         }
         let started = std::time::Instant::now();
         let rows = store.graph_rows().await?;
-        let triples = rows.triples.len() as u64;
         let graph = KnowledgeGraph::from_rows(rows);
         tracing::info!(stats = ?graph.stats(), load_ms = started.elapsed().as_millis() as u64, "knowledge graph loaded");
-        let index = Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 extractor,
@@ -121,13 +122,21 @@ impl GraphIndex {
                 graph: RwLock::new(graph),
                 config,
             }),
+        })
+    }
+
+    /// Re-embeds every fact when the fact vectors do not match the stored triples in number; returns whether it
+    /// did.
+    pub async fn repair_fact_vectors(&self) -> Result<bool, GraphError> {
+        let Some(v) = &self.inner.vectors else {
+            return Ok(false);
         };
-        if let Some(v) = &index.inner.vectors {
-            if v.facts.count().await? != triples {
-                index.reembed_facts().await?;
-            }
+        let (_, triples, _) = self.inner.store.graph_counts().await?;
+        if v.facts.count().await? == triples as u64 {
+            return Ok(false);
         }
-        Ok(index)
+        self.reembed_facts().await?;
+        Ok(true)
     }
 
     /// The settings.

@@ -461,7 +461,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Indexes documents that are stored but not marked indexed (left by a crash); returns how many.
+    /// Indexes documents that are stored but not marked indexed (left by a crash), extracts passages without
+    /// extractions, links new phrases and repairs the fact vectors; returns how many documents it indexed. The
+    /// server runs it in the background at start (`checks.recovery` of `/readyz`).
     pub async fn index_pending(&self) -> Result<usize, IngestError> {
         let ids = self.store.unindexed_documents().await?;
         for batch in ids.chunks(256) {
@@ -488,6 +490,9 @@ impl Pipeline {
         if let Some(graph) = &self.graph {
             graph.extract_missing().await?;
             graph.link_pending_phrases().await?;
+            if graph.repair_fact_vectors().await? {
+                tracing::info!("re-embedded the facts, whose vectors did not match the triples");
+            }
         }
         Ok(ids.len())
     }

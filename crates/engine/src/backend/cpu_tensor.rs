@@ -8,6 +8,9 @@ use candle_core::{Device, Module, Tensor};
 
 use super::BackendError;
 
+/// From this many rows of activations on, a quantized product dequantizes the weight and runs the dense GEMM.
+pub const DENSE_PRODUCT_ROWS: usize = 16;
+
 /// A tensor of the CPU backend.
 #[derive(Debug, Clone)]
 pub enum CpuTensor {
@@ -62,9 +65,19 @@ impl CpuTensor {
             Self::Dense(w) => x.matmul(&w.t().map_err(&err)?).map_err(err),
             Self::Quantized(parts) => {
                 let x = x.contiguous().map_err(&err)?;
+                // candle's quantized product walks the whole weight once per row of `x`: right for decode, slow
+                // for a prefill of hundreds of rows, where dequantizing once and running the dense GEMM wins.
+                let rows = x.dims().first().copied().unwrap_or(1);
                 let outs = parts
                     .iter()
-                    .map(|q| QMatMul::QTensor(q.clone()).forward(&x))
+                    .map(|q| {
+                        if rows >= DENSE_PRODUCT_ROWS {
+                            let w = q.dequantize(&Device::Cpu)?;
+                            x.matmul(&w.t()?)
+                        } else {
+                            QMatMul::QTensor(q.clone()).forward(&x)
+                        }
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(&err)?;
                 match outs.len() {
@@ -224,6 +237,14 @@ mod tests {
             // The quantized path also quantizes the activations (to Q8), hence a small difference.
             assert!(max_diff(&want, &got) < 0.5, "{dtype:?}");
             assert_eq!(got.dims(), &[3, 64]);
+            // Many rows take the dequantize-then-GEMM path: the same product up to the activations' rounding.
+            let many = ramp(DENSE_PRODUCT_ROWS, 256, 1.0);
+            let dense = CpuTensor::Dense(match &q {
+                CpuTensor::Quantized(p) => p[0].dequantize(&Device::Cpu).unwrap(),
+                _ => unreachable!(),
+            });
+            let d = max_diff(&dense.matmul_t(&many).unwrap(), &q.matmul_t(&many).unwrap());
+            assert!(d < 1e-4, "{dtype:?}: {d}");
         }
     }
 

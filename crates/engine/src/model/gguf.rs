@@ -439,6 +439,20 @@ mod tests {
         assert_eq!(gguf_name("model.layers.0.rotary.inv_freq"), None);
     }
 
+    /// A GGUF file of architecture `arch` holding one 4×32 `token_embd.weight` of type `dtype`.
+    fn write_tiny(path: &Path, arch: &str, dtype: GgmlDType) {
+        let zeros = Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let t = QTensor::quantize(&zeros, dtype).unwrap();
+        let arch = Value::String(arch.into());
+        let mut f = File::create(path).unwrap();
+        candle_core::quantized::gguf_file::write(
+            &mut f,
+            &[("general.architecture", &arch)],
+            &[("token_embd.weight", &t)],
+        )
+        .unwrap();
+    }
+
     #[test]
     fn bad_files_are_named_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -449,20 +463,7 @@ mod tests {
 
         // A valid header whose tensor data is cut off.
         let path = dir.path().join("cut.gguf");
-        let t = QTensor::quantize(
-            &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
-            GgmlDType::Q8_0,
-        )
-        .unwrap();
-        let mut f = File::create(&path).unwrap();
-        let arch = Value::String("llama".into());
-        candle_core::quantized::gguf_file::write(
-            &mut f,
-            &[("general.architecture", &arch)],
-            &[("token_embd.weight", &t)],
-        )
-        .unwrap();
-        drop(f);
+        write_tiny(&path, "llama", GgmlDType::Q8_0);
         let full = std::fs::metadata(&path).unwrap().len();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(full - 100).unwrap();
@@ -482,20 +483,7 @@ mod tests {
     fn unknown_architecture_is_unsupported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.gguf");
-        let t = QTensor::quantize(
-            &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
-            GgmlDType::F32,
-        )
-        .unwrap();
-        let arch = Value::String("gemma3".into());
-        let mut f = File::create(&path).unwrap();
-        candle_core::quantized::gguf_file::write(
-            &mut f,
-            &[("general.architecture", &arch)],
-            &[("token_embd.weight", &t)],
-        )
-        .unwrap();
-        drop(f);
+        write_tiny(&path, "gemma3", GgmlDType::F32);
         let err = load(&path).unwrap_err();
         assert!(
             matches!(&err, ModelError::Unsupported(m) if m.contains("gemma3")),

@@ -147,14 +147,6 @@ impl CpuTensor {
         }
         Ok(Self::Quantized(out))
     }
-
-    /// Bytes held.
-    pub fn size_in_bytes(&self) -> usize {
-        match self {
-            Self::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Self::Quantized(parts) => parts.iter().map(|q| q.storage_size_in_bytes()).sum(),
-        }
-    }
 }
 
 /// Bytes of one row of a quantized `[rows, cols]` tensor (its columns a whole number of blocks).

@@ -158,11 +158,6 @@ impl GgufFile {
         self.content.tensor_infos.get(name).map(|i| i.shape.dims())
     }
 
-    /// The quantization type of a tensor, if present.
-    pub fn dtype(&self, name: &str) -> Option<GgmlDType> {
-        self.content.tensor_infos.get(name).map(|i| i.ggml_dtype)
-    }
-
     /// Reads one tensor's blocks.
     pub fn qtensor(&self, name: &str) -> Result<QTensor, ModelError> {
         let file = File::open(&self.path).map_err(|e| invalid(&self.path, e))?;

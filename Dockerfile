@@ -2,11 +2,16 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# .cargo/config.toml sets target-cpu=x86-64-v3 (AVX2 for candle's quantized kernels): delete it for older hosts.
+COPY .cargo .cargo
+COPY crates crates
+COPY benches benches
+COPY examples examples
 COPY src src
 COPY migrations migrations
 COPY web web
 COPY kernels kernels
-RUN cargo build --release --locked
+RUN cargo build --release --locked --bin engram
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -6,7 +6,7 @@ ENGRAM := target/release/engram
 # The generation model `make run` serves (scripts/fetch-llm.sh lists the names; BENCHMARKS.md says why this one).
 MODEL ?= qwen2.5-coder-0.5b
 
-.PHONY: run test setup test-setup ui-setup build lint dist-cuda clean
+.PHONY: run test setup test-setup ui-setup build lint dist-cuda clean fuzz load schemathesis
 
 ## make run: set up, build, ingest the demo corpus (idempotent; LLM open-IE) and serve $(MODEL) on $(BIND).
 run: setup build
@@ -14,11 +14,27 @@ run: setup build
 	$(ENGRAM) ingest --data-dir $(DATA_DIR) --model "$$model" corpora/demo/corpus.json && \
 	$(ENGRAM) serve --data-dir $(DATA_DIR) --bind $(BIND) --model "$$model"
 
-## make test: the whole test suite (SQLite and PostgreSQL, real SmolLM2 weights, and the web UI in chromium).
+## make test: the whole test suite (SQLite and PostgreSQL, real SmolLM2 weights, and the web UI in chromium),
+## then a bounded schemathesis pass against the debug server.
 test: test-setup ui-setup
 	bash scripts/ensure-postgres.sh
 	$(CARGO) test --all-targets --locked
 	$(CARGO) test --doc --locked
+	bash scripts/schemathesis.sh --quick target/debug/engram
+
+## make schemathesis: the full schemathesis run (300 cases per operation) against the debug server.
+schemathesis:
+	$(CARGO) build --locked --bin engram
+	bash scripts/schemathesis.sh target/debug/engram
+
+## make fuzz: every cargo-fuzz target for FUZZ_SECONDS (default 600) each; see fuzz/README.md.
+FUZZ_SECONDS ?= 600
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## make load: the loopback load test against the release build (scripts/load.sh; about 8 minutes).
+load: build
+	bash scripts/load.sh
 
 ## make setup: the embedder (models/) and the generation model $(MODEL) (in ~/.cache/engram/models).
 setup: test-setup

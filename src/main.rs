@@ -199,7 +199,10 @@ async fn main() -> Result<()> {
         } => {
             let config = load_config(config_file, &storage, model.merge_into(openie_flag(openie)))?;
             init_logging_quiet(&config);
-            let documents = load_paths(&paths)?;
+            let limits = loaders::LoadLimits {
+                max_nesting_depth: config.limits.max_nesting_depth,
+            };
+            let documents = load_paths(&paths, limits)?;
             let app = App::open(config).await?;
             ingest_with_progress(&app, &documents).await?;
             app.store.close().await;
@@ -380,8 +383,9 @@ fn init_logging_quiet(config: &Config) {
     init_logging(&c);
 }
 
-/// Loads every supported file under `paths`; any bad file stops the command before anything is stored.
-fn load_paths(paths: &[PathBuf]) -> Result<Vec<NewDocument>> {
+/// Loads every supported file under `paths` within `limits` (`[limits]` of the config, as the server does); any
+/// bad file stops the command before anything is stored.
+fn load_paths(paths: &[PathBuf], limits: loaders::LoadLimits) -> Result<Vec<NewDocument>> {
     let mut files = Vec::new();
     for p in paths {
         collect_files(p, &mut files)?;
@@ -397,7 +401,8 @@ fn load_paths(paths: &[PathBuf]) -> Result<Vec<NewDocument>> {
         let bytes = fs_err::read(&f)?;
         let name = f.display().to_string();
         documents.extend(
-            loaders::load_file(&name, &bytes).with_context(|| format!("cannot ingest {name}"))?,
+            loaders::load_file_with(&name, &bytes, &limits)
+                .with_context(|| format!("cannot ingest {name}"))?,
         );
     }
     Ok(documents)

@@ -153,3 +153,31 @@ fn bad_configuration_names_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported file type"));
 }
+
+#[test]
+fn ingest_applies_the_configured_nesting_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("deep.html");
+    std::fs::write(&page, "<div>".repeat(20) + "text" + &"</div>".repeat(20)).unwrap();
+    let data = dir.path().join("data");
+    let ingest = |limit: &str| {
+        engram()
+            .env("ENGRAM__LIMITS__MAX_NESTING_DEPTH", limit)
+            .args(["ingest", "--data-dir"])
+            .arg(&data)
+            .arg(&page)
+            .output()
+            .unwrap()
+    };
+    let refused = ingest("8");
+    assert!(
+        !refused.status.success(),
+        "20 nested divs pass a limit of 8"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("deep.html") && stderr.contains("8"),
+        "{stderr}"
+    );
+    assert!(ingest("64").status.success(), "20 nested divs within 64");
+}

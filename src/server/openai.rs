@@ -593,3 +593,16 @@ pub async fn models(State(app): State<Arc<App>>) -> Json<ModelList> {
         data,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+
+    #[test]
+    fn a_full_queue_is_429_with_retry_after() {
+        let res = ApiError::from(EngineError::QueueFull(260)).into_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+}

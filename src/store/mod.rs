@@ -5,14 +5,13 @@
 //! driver with one set of queries (numbered `$N` placeholders, `RETURNING`, `ON CONFLICT`, which both support) and
 //! one migration folder per backend (`migrations/sqlite`, `migrations/postgres`).
 
-mod document;
 mod documents;
 mod error;
 mod graph;
 mod jobs;
 
-pub use document::NewDocument;
 pub use documents::{DocumentPage, DocumentRecord, DocumentSummary, InsertOutcome, PassageRecord};
+pub use engram_formats::NewDocument;
 pub use error::StoreError;
 pub use graph::{GraphRows, SavedExtractions, TripleRow};
 pub use jobs::{ItemError, ItemStatus, JobCounts, JobItem, JobRecord, JobStatus};

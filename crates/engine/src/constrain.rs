@@ -682,7 +682,7 @@ pub fn token_bytes(tokenizer: &ModelTokenizer) -> Vec<Option<Vec<u8>>> {
         .collect()
 }
 
-#[cfg(test)]
+/// Membership queries on an [`Allowed`] set, for tests, fuzzing and callers that pick tokens themselves.
 impl JsonConstraint {
     /// Whether `token` is in `allowed`.
     pub fn contains(&self, allowed: &Allowed, token: u32) -> bool {

@@ -8,8 +8,8 @@ use std::path::Path;
 use scraper::{ElementRef, Html, Node, Selector};
 use serde_json::Value;
 
-use super::nesting::{self, TooDeep};
-use crate::store::NewDocument;
+use crate::document::NewDocument;
+use crate::nesting::{self, TooDeep};
 
 /// Depth limit of [`load_file`], the default of `limits.max_nesting_depth`.
 pub const DEFAULT_MAX_NESTING_DEPTH: usize = 128;
@@ -1012,8 +1012,8 @@ mod tests {
 
     #[test]
     fn fixture_files_load() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/docs");
-        let load = |name: &str| load_file(name, &fs_err::read(dir.join(name)).unwrap());
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/docs");
+        let load = |name: &str| load_file(name, &std::fs::read(dir.join(name)).unwrap());
 
         let txt = load("lighthouse.txt").unwrap();
         assert_eq!(txt[0].title, "lighthouse");

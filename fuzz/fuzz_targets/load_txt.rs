@@ -1,0 +1,7 @@
+//! The .txt loader on arbitrary bytes.
+#![no_main]
+
+#[path = "loader.rs"]
+mod loader;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| loader::check("txt", data));

@@ -32,11 +32,12 @@ for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
     log="fuzz/artifacts/$t/fuzz.log"
     status=0
+    started=$SECONDS
     (cd fuzz && cargo fuzz run --debug-assertions "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=262144 -timeout=20 -print_final_stats=1) \
         >"$log" 2>&1 || status=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     crashes=$(find "fuzz/artifacts/$t" -type f ! -name fuzz.log | wc -l)
-    line="$t: ${seconds}s, ${runs:-?} runs, corpus $(ls "fuzz/corpus/$t" | wc -l), crashes $crashes, exit $status"
+    line="$t: $((SECONDS - started))s of ${seconds}s, ${runs:-?} runs, corpus $(ls "fuzz/corpus/$t" | wc -l), crashes $crashes, exit $status"
     echo "$line" | tee -a fuzz/summary.txt
 done

@@ -54,10 +54,13 @@ pub struct JobAccepted {
 
 /// Paging for `GET /v1/documents`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Documents to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
     /// Only titles containing this text (case-insensitive).
     pub q: Option<String>,

@@ -14,18 +14,35 @@ use std::sync::Arc;
 /// An embeddings request.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsRequest {
-    /// A string or a list of strings.
-    #[schema(value_type = Object)]
+    /// A string or a list of strings, each with some non-whitespace text.
+    #[schema(schema_with = input_schema)]
     pub input: Value,
     /// Model name; must be the served model when given.
     #[serde(default)]
     pub model: Option<String>,
     /// Only `float` is supported.
     #[serde(default)]
+    #[schema(pattern = "^float$")]
     pub encoding_format: Option<String>,
     /// Accepted for compatibility; ignored.
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// The schema of `input`: one string with some non-whitespace text, or a non-empty list of them.
+fn input_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    let text = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"\S"))
+    };
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(text())
+            .item(ArrayBuilder::new().items(text()).min_items(Some(1)))
+            .build(),
+    )
 }
 
 /// One vector.

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod openai;
 pub mod qa;
 pub mod retrieve;
+pub mod spec;
 pub mod sse;
 mod ui;
 
@@ -160,7 +161,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(ui::index))
         .with_state(app.clone());
     let routes = Router::new()
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec::for_app(ApiDoc::openapi(), &app)))
         .merge(api);
     protect(routes, &app.config.server)
 }

@@ -23,6 +23,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Most alternatives per token `top_logprobs` may ask for (OpenAI's limit, and the engine's).
+const MAX_TOP_LOGPROBS: usize = 20;
+
 /// The roles a chat message may have.
 const CHAT_ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
@@ -35,33 +38,39 @@ pub struct SamplingFields {
     /// Model name; must be the served model when given.
     #[serde(default)]
     pub model: Option<String>,
-    /// Most tokens to generate (default 256).
+    /// Most tokens to generate (default 256), at most the context window.
     #[serde(default, alias = "max_completion_tokens")]
+    #[schema(minimum = 1)]
     pub max_tokens: Option<usize>,
     /// 0 is greedy; up to 2.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
     /// Nucleus sampling mass, (0, 1].
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     /// Keep only the k most likely tokens (extension).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub top_k: Option<usize>,
     /// Seed for reproducible sampling.
     #[serde(default)]
     pub seed: Option<u64>,
     /// HF-style repetition penalty, (0, 2] (extension).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 2)]
     pub repetition_penalty: Option<f32>,
-    /// A stop string or up to 4 of them.
+    /// A stop string or up to 4 of them (none empty).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = stop_schema)]
     pub stop: Option<Value>,
     /// Stream the answer as server-sent events.
     #[serde(default)]
     pub stream: bool,
     /// Only 1 is supported.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<usize>,
     /// `{"type": "text"}` (the default), or `{"type": "json_schema", "json_schema": {"schema": ...}}`: the output
     /// is constrained to JSON of that schema (strings with maxLength, arrays with items/minItems/maxItems,
@@ -83,15 +92,19 @@ pub struct SamplingFields {
 pub struct KvBudgetRequest {
     /// Heavy hitters, as a share of the prompt.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub heavy_ratio: Option<f64>,
     /// Heavy hitters, in tokens.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub heavy_tokens: Option<usize>,
     /// Recent window, as a share of the prompt.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub recent_ratio: Option<f64>,
     /// Recent window, in tokens.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub recent_tokens: Option<usize>,
 }
 
@@ -166,17 +179,46 @@ fn response_constraint(
     }
 }
 
+/// One chat turn, as the spec describes it (the handler reads it as the engine's `ChatMessage`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only
+pub struct ChatTurn {
+    /// `system`, `user`, `assistant` or `tool`.
+    #[schema(pattern = "^(system|user|assistant|tool)$")]
+    role: String,
+    /// The text of the turn.
+    content: String,
+}
+
+/// The schema of `stop`: one non-empty string, or up to 4 of them.
+fn stop_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+    };
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(one())
+            .item(ArrayBuilder::new().items(one()).max_items(Some(4)))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
+}
+
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
-    /// The conversation.
-    #[schema(value_type = Vec<Object>)]
+    /// The conversation (at least one turn).
+    #[schema(value_type = Vec<ChatTurn>, min_items = 1)]
     pub messages: Vec<ChatMessage>,
     /// Return log-probabilities of the chosen tokens.
     #[serde(default)]
     pub logprobs: bool,
     /// Alternatives per token with `logprobs` (0 to 20).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<usize>,
     /// Sampling fields.
     #[serde(flatten)]
@@ -190,6 +232,7 @@ pub struct CompletionRequest {
     pub prompt: String,
     /// Alternatives per token (0 to 20); when given, log-probabilities are returned.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
     pub logprobs: Option<usize>,
     /// Sampling fields.
     #[serde(flatten)]
@@ -320,6 +363,51 @@ fn usage_json(u: Usage) -> Value {
     usage
 }
 
+/// A whole (not streamed) chat or text completion, as OpenAI's API returns it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompletionResponse {
+    /// `chatcmpl-...` or `cmpl-...`.
+    pub id: String,
+    /// `chat.completion` or `text_completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answered.
+    pub model: String,
+    /// Exactly one choice.
+    pub choices: Vec<CompletionChoice>,
+    /// `prompt_tokens`, `completion_tokens`, `total_tokens`, and `speculative` counts when speculation ran.
+    #[schema(value_type = Object)]
+    pub usage: Value,
+}
+
+/// The one choice of a [`CompletionResponse`]: `message` for chat, `text` for completions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompletionChoice {
+    /// Always 0.
+    pub index: u32,
+    /// The assistant's message (chat completions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<AssistantMessage>,
+    /// The generated text (text completions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `stop` (an end token or a stop sequence) or `length` (`max_tokens` reached).
+    pub finish_reason: &'static str,
+    /// `{"content": [...]}` per generated token when `logprobs` was asked for, else null.
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
+}
+
+/// The generated message of a chat completion.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// The generated text.
+    pub content: String,
+}
+
 /// Which OpenAI object family a response belongs to.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -376,23 +464,32 @@ async fn respond(
     let model = g.model_name().to_string();
     if !stream {
         let (text, logprobs, reason, usage) = collect(g.as_ref(), rx).await?;
-        let lp = want_logprobs.then(|| json!({"content": logprobs}));
-        let choice = match kind {
-            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": finish_name(reason), "logprobs": lp}),
-            Kind::Completion => {
-                json!({"index": 0, "text": text, "finish_reason": finish_name(reason), "logprobs": lp})
+        let (message, text, object) = match kind {
+            Kind::Chat => {
+                let message = AssistantMessage {
+                    role: "assistant",
+                    content: text,
+                };
+                (Some(message), None, "chat.completion")
             }
+            Kind::Completion => (None, Some(text), "text_completion"),
         };
-        let object = match kind {
-            Kind::Chat => "chat.completion",
-            Kind::Completion => "text_completion",
+        let choice = CompletionChoice {
+            index: 0,
+            message,
+            text,
+            finish_reason: finish_name(reason),
+            logprobs: want_logprobs.then(|| json!({ "content": logprobs })),
         };
-        return Ok(Json(
-            json!({"id": id, "object": object, "created": created, "model": model,
-                             "choices": [choice], "usage": usage_json(usage)}),
-        )
-        .into_response());
+        let body = CompletionResponse {
+            id,
+            object,
+            created,
+            model,
+            choices: vec![choice],
+            usage: usage_json(usage),
+        };
+        return Ok(Json(body).into_response());
     }
     let object = match kind {
         Kind::Chat => "chat.completion.chunk",
@@ -480,8 +577,10 @@ async fn tokenize(
 /// Chat completion (OpenAI-compatible).
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatRequest,
     responses(
-        (status = 200, description = "A chat.completion object, or SSE chunks ending in [DONE]"),
+        (status = 200, description = "A chat.completion object, or with `stream` SSE chat.completion.chunk events ending in [DONE]",
+            content((CompletionResponse = "application/json"), (super::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "Invalid parameters or a prompt longer than the context window", body = ErrorEnvelope),
+        (status = 429, description = "The generation queue is full (`queue_full`): retry after the `Retry-After` seconds", body = ErrorEnvelope),
         (status = 503, description = "No model loaded", body = ErrorEnvelope),
     ))]
 pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
@@ -507,6 +606,13 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response,
             ),
         )
         .param(format!("messages[{i}].role")));
+    }
+    if let Some(n) = body.top_logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("`top_logprobs` is {n}: at most {MAX_TOP_LOGPROBS}"),
+        )
+        .param("top_logprobs"));
     }
     let top = body.logprobs.then(|| body.top_logprobs.unwrap_or(0));
     let params = sampling(g.as_ref(), &body.sampling, top)?;
@@ -537,8 +643,10 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response,
 /// Text completion (OpenAI-compatible).
 #[utoipa::path(post, path = "/v1/completions", tag = "openai", request_body = CompletionRequest,
     responses(
-        (status = 200, description = "A text_completion object, or SSE chunks ending in [DONE]"),
+        (status = 200, description = "A text_completion object, or with `stream` SSE text_completion events ending in [DONE]",
+            content((CompletionResponse = "application/json"), (super::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "Invalid parameters or a prompt longer than the context window", body = ErrorEnvelope),
+        (status = 429, description = "The generation queue is full (`queue_full`): retry after the `Retry-After` seconds", body = ErrorEnvelope),
         (status = 503, description = "No model loaded", body = ErrorEnvelope),
     ))]
 pub async fn completions(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {

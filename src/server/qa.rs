@@ -102,10 +102,12 @@ fn service(app: &App) -> QaService<'_> {
 /// Answer a question.
 #[utoipa::path(post, path = "/v1/qa", tag = "qa", request_body = QaRequest,
     responses(
-        (status = 200, body = QaResponse, description = "The answer (JSON), or with `stream` a text/event-stream of token, attribution and done events"),
+        (status = 200, description = "The answer (JSON), or with `stream` a text/event-stream of token, attribution and done events",
+            content((QaResponse = "application/json"), (super::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "Malformed request, bad top_k, unknown retriever, or over a limit (`query_too_long`, `too_many_terms`, `too_many_passages`)", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
         (status = 422, description = "Empty question", body = ErrorEnvelope),
+        (status = 429, description = "The generation queue is full (`queue_full`): retry after the `Retry-After` seconds", body = ErrorEnvelope),
     ))]
 pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();

@@ -7,6 +7,18 @@ use std::future::Future;
 use std::task::Poll;
 use tokio_util::sync::CancellationToken;
 
+/// One server-sent event, as `/openapi.json` describes the `text/event-stream` answers (documentation only: the
+/// handlers write events with axum's `Event`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// The event's name: `token`, `attribution`, `done` or `error` on `/v1/qa`; absent (`message`) on the
+    /// OpenAI endpoints.
+    event: Option<String>,
+    /// The event's JSON payload, as text (`[DONE]` ends an OpenAI stream).
+    data: String,
+}
+
 /// `events`, ended early by the events of `last` when `shutdown` is cancelled before they end.
 pub fn until_shutdown<S>(
     events: S,

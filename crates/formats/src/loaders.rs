@@ -1010,6 +1010,15 @@ mod tests {
         assert!(matches!(err, LoadError::EmptyText { .. }));
     }
 
+    /// Found by the `load_pdf` fuzz target: the PDF library panics on a reference to a missing object.
+    #[test]
+    fn fuzz_regression_pdf_with_a_missing_object_is_invalid_pdf() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/fuzz/pdf-missing-object.pdf");
+        let err = load_file("broken.pdf", &std::fs::read(path).unwrap()).unwrap_err();
+        assert_eq!(err.code(), "invalid_pdf", "{err}");
+    }
+
     #[test]
     fn fixture_files_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/docs");

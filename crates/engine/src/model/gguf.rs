@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::{Architecture, DType, ModelConfig};
 use super::weights::{expected_tensors, Weights};
-use super::{gguf_tokenizer, invalid, ModelError, ModelFiles};
+use super::{gguf_header, gguf_tokenizer, invalid, ModelError, ModelFiles};
 use crate::backend::cpu_tensor::select_rows;
 
 /// An open GGUF file: its metadata and tensor directory (the tensor data is read on demand).
@@ -46,7 +46,14 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| invalid(path, e))?;
         let file_len = file.metadata().map_err(|e| invalid(path, e))?.len();
         let mut reader = BufReader::new(file);
-        // candle's reader trusts lengths in the header; a malformed one must not take the process down.
+        // candle's reader trusts the header's lengths: walk them first, so that it never allocates more than the
+        // file holds or recurses without bound.
+        gguf_header::check(&mut reader, file_len)
+            .map_err(|reason| invalid(path, format!("malformed GGUF header: {reason}")))?;
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| invalid(path, e))?;
+        // A malformed header the walk lets through must not take the process down either.
         let read =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
         let content = match read {
@@ -472,6 +479,19 @@ mod tests {
         assert_eq!(gguf_path(dir2.path()), None);
         std::fs::copy(&junk, dir2.path().join("m.gguf")).unwrap();
         assert_eq!(gguf_path(dir2.path()), Some(dir2.path().join("m.gguf")));
+    }
+
+    /// Found by the `gguf` fuzz target: a string whose length is past the end of the file made candle's reader
+    /// ask for more memory than exists.
+    #[test]
+    fn fuzz_regression_a_length_past_the_end_is_a_malformed_header() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/fuzz/gguf-huge-string.gguf");
+        let msg = GgufFile::open(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains("gguf-huge-string.gguf") && msg.contains("malformed GGUF header"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod gguf_header;
 pub mod gguf_tokenizer;
 pub mod synthetic;
 pub mod tokenizer;

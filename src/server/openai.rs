@@ -76,7 +76,7 @@ pub struct SamplingFields {
     /// is constrained to JSON of that schema (strings with maxLength, arrays with items/minItems/maxItems,
     /// objects with properties; anything else is a 400 `unsupported_schema` naming the path).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = response_format_schema)]
     pub response_format: Option<Value>,
     /// H2O KV eviction (extension): `{"heavy_ratio" | "heavy_tokens": ..., "recent_ratio" | "recent_tokens":
     /// ...}`, each part a share (0, 1] of the prompt or a number of tokens. Past `heavy + recent` (plus a slack of
@@ -190,6 +190,35 @@ pub struct ChatTurn {
     content: String,
 }
 
+/// The schema of `response_format`: `{"type": "text"}` or `{"type": "json_schema", "json_schema": {"schema":
+/// {...}}}` (the schema itself is checked when the request comes: a 400 `unsupported_schema` names what to change).
+fn response_format_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let kind = |name: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([name]))
+    };
+    let text = ObjectBuilder::new()
+        .property("type", kind("text"))
+        .required("type");
+    let schema = ObjectBuilder::new()
+        .property("schema", ObjectBuilder::new().schema_type(Type::Object))
+        .required("schema");
+    let json = ObjectBuilder::new()
+        .property("type", kind("json_schema"))
+        .property("json_schema", schema)
+        .required("type")
+        .required("json_schema");
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(text)
+            .item(json)
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
+}
+
 /// The schema of `stop`: one non-empty string, or up to 4 of them.
 fn stop_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
@@ -228,7 +257,8 @@ pub struct ChatRequest {
 /// `POST /v1/completions` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
-    /// The prompt text.
+    /// The prompt text (not empty).
+    #[schema(min_length = 1)]
     pub prompt: String,
     /// Alternatives per token (0 to 20); when given, log-probabilities are returned.
     #[serde(default)]

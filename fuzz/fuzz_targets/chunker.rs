@@ -19,7 +19,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut covered = 0; // bytes before this offset that are covered or whitespace
     let mut previous_start = None;
     for c in &chunks {
-        assert!(c.start < c.end && c.end <= text.len(), "{c:?} in {} bytes", text.len());
+        assert!(
+            c.start < c.end && c.end <= text.len(),
+            "{c:?} in {} bytes",
+            text.len()
+        );
         let passage = &text[c.start..c.end]; // panics off a char boundary
         assert_eq!(passage, passage.trim(), "trimmed");
         assert!(passage.chars().count() <= max_chars, "too long: {c:?}");
@@ -27,8 +31,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             assert!(c.start > p, "in order and advancing");
         }
         previous_start = Some(c.start);
-        assert!(text[covered..c.start.max(covered)].trim().is_empty(), "a gap before {c:?}");
+        assert!(
+            text[covered..c.start.max(covered)].trim().is_empty(),
+            "a gap before {c:?}"
+        );
         covered = covered.max(c.end);
     }
-    assert!(text[covered..].trim().is_empty(), "text after the last chunk");
+    assert!(
+        text[covered..].trim().is_empty(),
+        "text after the last chunk"
+    );
 });

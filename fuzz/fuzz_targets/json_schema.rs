@@ -9,7 +9,9 @@ use serde_json::Value;
 /// A byte-level vocabulary with a few multi-byte tokens, as real BPE vocabularies have.
 fn vocabulary() -> Vec<Option<Vec<u8>>> {
     let mut tokens: Vec<Option<Vec<u8>>> = (0..=255u8).map(|b| Some(vec![b])).collect();
-    for t in ["\"a", "ab", "\",", "\":", "[\"", "\"]", "{\"", "\"}", "é", " the", "\\n", "00"] {
+    for t in [
+        "\"a", "ab", "\",", "\":", "[\"", "\"]", "{\"", "\"}", "é", " the", "\\n", "00",
+    ] {
         tokens.push(Some(t.as_bytes().to_vec()));
     }
     tokens.push(None);
@@ -18,12 +20,25 @@ fn vocabulary() -> Vec<Option<Vec<u8>>> {
 
 fn conforms(value: &Value, shape: &JsonShape) -> bool {
     match (value, shape) {
-        (Value::String(s), JsonShape::String { max_bytes }) => !s.is_empty() && s.len() <= *max_bytes,
-        (Value::Array(items), JsonShape::Array { item, min_items, max_items }) => {
-            (*min_items..=*max_items).contains(&items.len()) && items.iter().all(|v| conforms(v, item))
+        (Value::String(s), JsonShape::String { max_bytes }) => {
+            !s.is_empty() && s.len() <= *max_bytes
+        }
+        (
+            Value::Array(items),
+            JsonShape::Array {
+                item,
+                min_items,
+                max_items,
+            },
+        ) => {
+            (*min_items..=*max_items).contains(&items.len())
+                && items.iter().all(|v| conforms(v, item))
         }
         (Value::Object(map), JsonShape::Object(fields)) => {
-            map.len() == fields.len() && fields.iter().all(|(k, s)| map.get(k).is_some_and(|v| conforms(v, s)))
+            map.len() == fields.len()
+                && fields
+                    .iter()
+                    .all(|(k, s)| map.get(k).is_some_and(|v| conforms(v, s)))
         }
         _ => false,
     }
@@ -50,13 +65,27 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         let allowed = constraint.allowed(&state, budget - step);
         let ids = constraint.allowed_ids(&allowed);
-        assert!(!ids.is_empty(), "nothing allowed at step {step} of {budget}: {:?}", String::from_utf8_lossy(&out));
+        assert!(
+            !ids.is_empty(),
+            "nothing allowed at step {step} of {budget}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
         let pick = ids[*choices.get(step).unwrap_or(&0) as usize % ids.len()];
         assert!(constraint.contains(&allowed, pick));
-        state = constraint.advance(&state, pick).expect("an allowed token advances");
-        out.extend_from_slice(vocab[pick as usize].as_deref().expect("allowed tokens have bytes"));
+        state = constraint
+            .advance(&state, pick)
+            .expect("an allowed token advances");
+        out.extend_from_slice(
+            vocab[pick as usize]
+                .as_deref()
+                .expect("allowed tokens have bytes"),
+        );
     }
-    assert!(constraint.is_complete(&state), "incomplete after the budget: {:?}", String::from_utf8_lossy(&out));
+    assert!(
+        constraint.is_complete(&state),
+        "incomplete after the budget: {:?}",
+        String::from_utf8_lossy(&out)
+    );
     let value: Value = serde_json::from_slice(&out)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&out)));
     assert!(conforms(&value, &shape), "{value} does not match {shape:?}");

@@ -473,15 +473,50 @@ fn pdf_to_text(file_name: &str, bytes: &[u8]) -> Result<String, LoadError> {
             .name("pdf-extract".into())
             .stack_size(PDF_STACK_BYTES)
             .spawn_scoped(scope, || {
-                std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(bytes))
+                std::panic::catch_unwind(|| extract_pdf_text(bytes))
             })
             .map_err(|e| invalid(format!("cannot start the PDF parser: {e}")))?
             .join()
             .map_err(|_| invalid("the PDF parser failed".to_owned()))
     })?
     .map_err(|panic| invalid(format!("the PDF parser failed: {}", panic_message(&*panic))))?
-    .map_err(|e| invalid(e.to_string()))?;
+    .map_err(invalid)?;
     Ok(normalize_pdf_text(&extracted))
+}
+
+/// Parses the PDF, checks its page tree, decrypts it when it is encrypted with the empty password (as
+/// `pdf_extract::extract_text_from_mem` does), and extracts its text.
+fn extract_pdf_text(bytes: &[u8]) -> Result<String, String> {
+    let mut doc = lopdf::Document::load_mem(bytes).map_err(|e| e.to_string())?;
+    check_page_tree(&doc)?;
+    let mut text = String::new();
+    let mut output = pdf_extract::PlainTextOutput::new(&mut text);
+    let done = if doc.is_encrypted() {
+        pdf_extract::output_doc_encrypted(&mut doc, &mut output, "")
+    } else {
+        pdf_extract::output_doc(&doc, &mut output)
+    };
+    done.map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// Refuses a page whose `/Parent` chain loops: pdf-extract climbs that chain for inherited attributes without
+/// remembering where it has been, so a loop would spin forever (found by the `load_pdf` fuzz target).
+fn check_page_tree(doc: &lopdf::Document) -> Result<(), String> {
+    for (page, id) in doc.get_pages() {
+        let mut seen = std::collections::HashSet::from([id]);
+        let mut node = doc.get_dictionary(id).ok();
+        while let Some(dict) = node {
+            let Ok(parent) = dict.get(b"Parent").and_then(lopdf::Object::as_reference) else {
+                break;
+            };
+            if !seen.insert(parent) {
+                return Err(format!("the page tree loops above page {page}"));
+            }
+            node = doc.get_dictionary(parent).ok();
+        }
+    }
+    Ok(())
 }
 
 /// The message of a panic payload (`&str` or `String`), or `unknown error`.
@@ -1008,6 +1043,16 @@ mod tests {
 
         let err = load_file("empty.jsonl", b"\n  \n").unwrap_err();
         assert!(matches!(err, LoadError::EmptyText { .. }));
+    }
+
+    /// Found by the `load_pdf` fuzz target: a page whose `/Parent` chain loops made the PDF library spin forever.
+    #[test]
+    fn fuzz_regression_pdf_page_tree_loop_is_invalid_pdf() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/fuzz/pdf-page-tree-loop.pdf");
+        let err = load_file("loop.pdf", &std::fs::read(path).unwrap()).unwrap_err();
+        assert_eq!(err.code(), "invalid_pdf", "{err}");
+        assert!(err.to_string().contains("loops"), "{err}");
     }
 
     /// Found by the `load_pdf` fuzz target: the PDF library panics on a reference to a missing object.

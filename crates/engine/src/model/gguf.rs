@@ -77,13 +77,24 @@ impl GgufFile {
     fn check_extents(&self) -> Result<(), ModelError> {
         for (name, info) in &self.content.tensor_infos {
             let (block, size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
-            let elems = info.shape.elem_count();
+            let overflow = || invalid(&self.path, format!("tensor `{name}`: its size overflows"));
+            let elems = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or_else(overflow)?;
             if elems % block != 0 {
                 let reason =
                     format!("tensor `{name}`: {elems} elements are not whole blocks of {block}");
                 return Err(invalid(&self.path, reason));
             }
-            let end = self.content.tensor_data_offset + info.offset + (elems / block * size) as u64;
+            let end = (elems / block)
+                .checked_mul(size)
+                .and_then(|bytes| u64::try_from(bytes).ok())
+                .and_then(|bytes| bytes.checked_add(info.offset))
+                .and_then(|bytes| bytes.checked_add(self.content.tensor_data_offset))
+                .ok_or_else(overflow)?;
             if end > self.file_len {
                 let reason = format!(
                     "truncated: tensor `{name}` ends at byte {end} but the file has {} bytes \
@@ -492,6 +503,15 @@ mod tests {
             msg.contains("gguf-huge-string.gguf") && msg.contains("malformed GGUF header"),
             "{msg}"
         );
+    }
+
+    /// Found by the `gguf` fuzz target: a tensor whose byte size overflows.
+    #[test]
+    fn fuzz_regression_a_tensor_size_that_overflows_is_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/fuzz/gguf-size-overflow.gguf");
+        let msg = GgufFile::open(&path).unwrap_err().to_string();
+        assert!(msg.contains("gguf-size-overflow.gguf"), "{msg}");
     }
 
     #[test]

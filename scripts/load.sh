@@ -102,7 +102,8 @@ for _ in $(seq 300); do
     case "$status" in *'"status":"queued"'*|*'"status":"running"'*) sleep 1
         status=$(curl -fs -H "Authorization: Bearer $key" "http://$addr/v1/jobs/$job") ;; *) break ;; esac
 done
-record "ingest-while-querying" "\"job\":$status"
+summary=$(echo "$status" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(json.dumps({"status": j["status"], "counts": j["counts"], "errors": len(j["errors"])}))')
+record "ingest-while-querying" "\"job\":$summary"
 
 peak_reset
 python3 scripts/load_client.py slow "$addr" 1000 15 > "$out/slow.json" &

@@ -50,7 +50,6 @@ async def request(host, port, method, path, body=b"", headers=None, timeout=600)
 async def chat(addr, key, n):
     host, port = addr.rsplit(":", 1)
     body = json.dumps({
-        "model": "default",
         "messages": [{"role": "user", "content": "Name three rivers of Europe."}],
         "max_tokens": 16,
         "temperature": 0,

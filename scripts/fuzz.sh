@@ -30,6 +30,8 @@ export RUSTC_BOOTSTRAP=1
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores" >> fuzz/summary.txt
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+    mkdir -p "fuzz/artifacts/$t/earlier" # what earlier runs found, kept apart from this run's count
+    find "fuzz/artifacts/$t" -maxdepth 1 -type f ! -name fuzz.log -exec mv -t "fuzz/artifacts/$t/earlier" {} +
     log="fuzz/artifacts/$t/fuzz.log"
     status=0
     started=$SECONDS
@@ -37,7 +39,7 @@ for t in "${targets[@]}"; do
         -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=262144 -timeout=20 -print_final_stats=1) \
         >"$log" 2>&1 || status=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    crashes=$(find "fuzz/artifacts/$t" -type f ! -name fuzz.log | wc -l)
+    crashes=$(find "fuzz/artifacts/$t" -maxdepth 1 -type f ! -name fuzz.log | wc -l)
     line="$t: $((SECONDS - started))s of ${seconds}s, ${runs:-?} runs, corpus $(ls "fuzz/corpus/$t" | wc -l), crashes $crashes, exit $status"
     echo "$line" | tee -a fuzz/summary.txt
 done

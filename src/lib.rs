@@ -23,6 +23,7 @@
 pub mod app;
 pub mod attribution;
 pub mod config;
+pub mod cpu;
 pub mod embed;
 pub mod eval;
 pub mod graph;

@@ -64,7 +64,7 @@ impl GraphVectors {
     /// Embeds texts on a blocking thread.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, GraphError> {
         let embedder = self.embedder.clone();
-        let out = tokio::task::spawn_blocking(move || {
+        let out = crate::cpu::run(move || {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             embedder.embed(&refs)
         })

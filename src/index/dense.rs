@@ -57,7 +57,7 @@ impl DenseIndex {
     /// Embeds texts on a blocking thread.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, DenseError> {
         let embedder = self.embedder.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::cpu::run(move || {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             embedder.embed(&refs)
         })

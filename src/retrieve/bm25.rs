@@ -32,7 +32,7 @@ impl Retriever for Bm25Retriever {
     ) -> Result<Vec<ScoredPassage>, RetrieveError> {
         let index = self.index.clone();
         let q = query.to_string();
-        let ranked = tokio::task::spawn_blocking(move || index.search(&q, top_k))
+        let ranked = crate::cpu::run(move || index.search(&q, top_k))
             .await
             .map_err(|e| RetrieveError::Task(e.to_string()))??;
         hydrate(&self.store, &ranked).await

@@ -107,11 +107,12 @@ impl Retriever for HybridRetriever {
         let n = (top_k * self.config.candidates).max(50);
         let text = self.text.clone();
         let q = query.to_string();
-        let bm25 = tokio::task::spawn_blocking(move || text.search(&q, n));
-        let dense = self.dense.search(query, n).await?;
-        let bm25 = bm25
-            .await
-            .map_err(|e| RetrieveError::Task(e.to_string()))??;
+        let (bm25, dense) = tokio::join!(
+            crate::cpu::run(move || text.search(&q, n)),
+            self.dense.search(query, n)
+        );
+        let dense = dense?;
+        let bm25 = bm25.map_err(|e| RetrieveError::Task(e.to_string()))??;
         let mut fused = reciprocal_rank_fusion(
             &[
                 (&bm25, self.config.bm25_weight),

@@ -191,7 +191,7 @@ impl EdgeVectorStore {
         F: FnOnce(&Arc<Inner>) -> Result<T, VectorError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
+        crate::cpu::run(move || f(&inner))
             .await
             .map_err(|e| VectorError::Backend(format!("vector store task failed: {e}")))?
     }

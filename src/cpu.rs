@@ -16,6 +16,9 @@ where
     let permits = PERMITS.get_or_init(|| {
         Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
     });
-    let _permit = permits.acquire().await.expect("the semaphore is never closed");
+    let _permit = permits
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     tokio::task::spawn_blocking(work).await
 }

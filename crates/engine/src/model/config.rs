@@ -167,6 +167,19 @@ struct RawConfig {
     quantization_config: Option<Value>,
 }
 
+/// Largest vocabulary, hidden size, intermediate size, layer count, head counts and head dimension a config may
+/// give (in that order; each far above any real model's), then the largest context (no bound).
+const MAX_SIZES: [usize; 8] = [
+    1 << 24,
+    1 << 20,
+    1 << 22,
+    1024,
+    4096,
+    4096,
+    4096,
+    usize::MAX,
+];
+
 impl ModelConfig {
     /// Reads `dir/config.json`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
@@ -271,6 +284,16 @@ impl ModelConfig {
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{name}` must be nonzero"));
+        }
+        // Far above any real model, and low enough that nothing computed from the shape overflows or asks for
+        // more memory than a machine has before the weights are even read (found by the `gguf` fuzz target).
+        if let Some((name, v, max)) = sizes
+            .iter()
+            .zip(MAX_SIZES)
+            .map(|(&(name, v), max)| (name, v, max))
+            .find(|&(_, v, max)| v > max)
+        {
+            return Err(format!("`{name}` is {v}: at most {max}"));
         }
         let positive = |x: f64| x.is_finite() && x > 0.0;
         let scaling_ok = match self.rope_scaling {

@@ -514,6 +514,17 @@ mod tests {
         assert!(msg.contains("gguf-size-overflow.gguf"), "{msg}");
     }
 
+    /// Found by the `gguf` fuzz target: a block count in the millions made the expected tensor list exhaust
+    /// memory before any weight was read.
+    #[test]
+    fn fuzz_regression_an_absurd_block_count_is_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/fuzz/gguf-huge-block-count.gguf");
+        let file = GgufFile::open(&path).unwrap();
+        let msg = file.config().unwrap_err().to_string();
+        assert!(msg.contains("at most"), "{msg}");
+    }
+
     #[test]
     fn unknown_architecture_is_unsupported() {
         let dir = tempfile::tempdir().unwrap();

@@ -253,30 +253,13 @@ pub fn evict_due<B: Backend>(
         offset += len;
     }
     let read = began.elapsed().as_secs_f64();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 16)
-        .min(due.len());
-    let per = due.len().div_ceil(threads);
-    let keeps: Vec<Vec<u32>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = own
-            .chunks(per)
-            .zip(due.chunks(per))
-            .map(|(scores, seqs)| {
-                scope.spawn(move || {
-                    scores
-                        .iter()
-                        .zip(seqs)
-                        .map(|(s, &(_, len, budget))| keep_sets(s, heads_total, len, budget))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a kept-set thread panicked"))
+    let keeps: Vec<Vec<u32>> = {
+        use rayon::prelude::*;
+        own.par_iter()
+            .zip(due.par_iter())
+            .map(|(s, &(_, len, budget))| keep_sets(s, heads_total, len, budget))
             .collect()
-    });
+    };
     let selected = began.elapsed().as_secs_f64();
     let mut evicted = 0;
     for ((&(k, len, budget), keep), slots) in due.iter().zip(&keeps).zip(&slots) {

@@ -44,23 +44,19 @@ fn tensor(
         .map_err(op_err(op))
 }
 
-/// Runs `f(first_row, rows)` over contiguous chunks of `out`'s rows on every core.
+/// Runs `f(first_row, rows)` over contiguous chunks of `out`'s rows on every core (rayon's pool).
 fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    use rayon::prelude::*;
     let rows = out.len() / width.max(1);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(rows.max(1));
+    let threads = rayon::current_num_threads().min(rows.max(1));
     if threads <= 1 || rows * width < 16_384 {
         f(0, out);
         return;
     }
     let per = rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (i, chunk) in out.chunks_mut(per * width).enumerate() {
-            let f = &f;
-            s.spawn(move || f(i * per, chunk));
-        }
-    });
+    out.par_chunks_mut(per * width)
+        .enumerate()
+        .for_each(|(i, chunk)| f(i * per, chunk));
 }
 
 fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32) {

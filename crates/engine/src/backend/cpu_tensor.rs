@@ -6,9 +6,11 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use super::qdot::{self, QKind};
 use super::BackendError;
 
-/// From this many rows of activations on, a quantized product dequantizes the weight and runs the dense GEMM.
+/// From this many rows of activations on, a quantized product dequantizes the weight and runs the dense GEMM: a
+/// prefill's or a scoring pass's products are then exact in the weights, and the GEMM is as fast or faster.
 pub const DENSE_PRODUCT_ROWS: usize = 16;
 
 /// A tensor of the CPU backend.
@@ -71,7 +73,9 @@ impl CpuTensor {
                 let outs = parts
                     .iter()
                     .map(|q| {
-                        if rows >= DENSE_PRODUCT_ROWS {
+                        if let Some(kind) = QKind::of(q.dtype()) {
+                            quantized_product(kind, q, &x)
+                        } else if rows >= DENSE_PRODUCT_ROWS {
                             let w = q.dequantize(&Device::Cpu)?;
                             x.matmul(&w.t()?)
                         } else {
@@ -147,6 +151,19 @@ impl CpuTensor {
         }
         Ok(Self::Quantized(out))
     }
+}
+
+/// `x @ q^T` through [`qdot`], for the block types candle multiplies with scalar loops.
+fn quantized_product(kind: QKind, q: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = q.shape().dims2()?;
+    let rows = x.elem_count() / k.max(1);
+    if rows >= DENSE_PRODUCT_ROWS {
+        let w = qdot::dequantize(kind, &q.data()?, n, k);
+        return x.matmul(&Tensor::from_vec(w, (n, k), &Device::Cpu)?.t()?);
+    }
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let out = qdot::matmul_t(kind, &q.data()?, n, k, &xs);
+    Tensor::from_vec(out, (rows, n), &Device::Cpu)
 }
 
 /// Bytes of one row of a quantized `[rows, cols]` tensor (its columns a whole number of blocks).

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cpu_tensor;
 pub mod cuda;
 pub mod probe;
+pub mod qdot;
 
 /// Errors of a backend.
 #[derive(Debug, thiserror::Error)]
@@ -382,22 +383,12 @@ pub fn token_log_prob(logits: &[f32], token: u32) -> f64 {
 /// [`token_log_prob`] of each (row, token) of a flat `[rows, vocab]` logits buffer, over the host's cores (a
 /// large vocabulary makes this the host's share of scoring).
 pub fn rows_log_probs(data: &[f32], vocab: usize, wanted: &[u32]) -> Vec<f64> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(wanted.len().max(1));
-    let per = wanted.len().div_ceil(threads).max(1);
-    let mut out = vec![0.0; wanted.len()];
-    std::thread::scope(|scope| {
-        for (t, (tokens, out)) in wanted.chunks(per).zip(out.chunks_mut(per)).enumerate() {
-            scope.spawn(move || {
-                for (j, (&token, o)) in tokens.iter().zip(out.iter_mut()).enumerate() {
-                    let row = t * per + j;
-                    *o = token_log_prob(&data[row * vocab..(row + 1) * vocab], token);
-                }
-            });
-        }
-    });
-    out
+    use rayon::prelude::*;
+    wanted
+        .par_iter()
+        .enumerate()
+        .map(|(row, &token)| token_log_prob(&data[row * vocab..(row + 1) * vocab], token))
+        .collect()
 }
 
 /// splitmix64's increment, the golden ratio in 64 bits.

@@ -102,18 +102,7 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
 
 /// Unpacks one weight row (`out.len()` blocks of `kind`) into `out`.
 pub fn unpack_row(kind: QKind, row: &[u8], out: &mut [WeightBlock]) {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    avx2::unpack_row(kind, row, out);
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    unpack_row_portable(kind, row, out);
+    simd::unpack_row(kind, row, out)
 }
 
 /// [`unpack_row`] without SIMD: the reference.
@@ -169,21 +158,55 @@ pub fn dot_portable(w: &[WeightBlock], a: &[ActBlock]) -> f32 {
 /// `Σ_j w_j · a_j` over matching blocks, with AVX2 where the build has it.
 #[inline]
 pub fn dot(w: &[WeightBlock], a: &[ActBlock]) -> f32 {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        avx2::dot(w, a)
+    simd::dot(w, a)
+}
+
+// The implementation this build uses: AVX2 where the build targets it, else `portable`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+use avx2 as simd;
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+use portable as simd;
+
+/// The operations of the AVX2 module without SIMD: the fallback on other CPUs.
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+mod portable {
+    use super::{
+        dot_portable, unpack_row_portable, ActBlock, QKind, WeightBlock, BLOCK, EMPTY_WEIGHT,
+    };
+
+    pub use super::dot_portable as dot;
+    pub use super::unpack_row_portable as unpack_row;
+
+    pub fn dot4(w: &[WeightBlock], a: [&[ActBlock]; 4]) -> [f32; 4] {
+        a.map(|a| dot_portable(w, a))
     }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
-        dot_portable(w, a)
+
+    pub fn dot_raw(kind: QKind, row: &[u8], a: &[ActBlock]) -> f32 {
+        let mut unpacked = vec![EMPTY_WEIGHT; a.len()];
+        unpack_row_portable(kind, row, &mut unpacked);
+        dot_portable(&unpacked, a)
+    }
+
+    pub fn dequantize_row(kind: QKind, row: &[u8], out: &mut [f32]) {
+        let mut unpacked = vec![EMPTY_WEIGHT; out.len() / BLOCK];
+        unpack_row_portable(kind, row, &mut unpacked);
+        for (b, out) in unpacked.iter().zip(out.chunks_exact_mut(BLOCK)) {
+            for (o, &q) in out.iter_mut().zip(&b.qs) {
+                *o = b.d * f32::from(q) + b.m;
+            }
+        }
     }
 }
 
@@ -395,69 +418,18 @@ pub fn dot4(w: &[WeightBlock], a: [&[ActBlock]; 4]) -> [f32; 4] {
         a.iter().all(|a| a.len() >= w.len()),
         "activation rows shorter than the weight row"
     );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        avx2::dot4(w, a)
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
-        a.map(|a| dot_portable(w, a))
-    }
+    simd::dot4(w, a)
 }
 
 /// The dot product of a raw weight row of `kind` (whole blocks) with activation blocks.
 #[inline]
 pub fn dot_raw(kind: QKind, row: &[u8], a: &[ActBlock]) -> f32 {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        avx2::dot_raw(kind, row, a)
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
-        let mut unpacked = vec![EMPTY_WEIGHT; a.len()];
-        unpack_row(kind, row, &mut unpacked);
-        dot_portable(&unpacked, a)
-    }
+    simd::dot_raw(kind, row, a)
 }
 
 /// Dequantizes one raw weight row of `kind` into `out` (its length the row's element count).
 pub fn dequantize_row(kind: QKind, row: &[u8], out: &mut [f32]) {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    avx2::dequantize_row(kind, row, out);
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
-        let mut unpacked = vec![EMPTY_WEIGHT; out.len() / BLOCK];
-        unpack_row_portable(kind, row, &mut unpacked);
-        for (b, out) in unpacked.iter().zip(out.chunks_exact_mut(BLOCK)) {
-            for (o, &q) in out.iter_mut().zip(&b.qs) {
-                *o = b.d * f32::from(q) + b.m;
-            }
-        }
-    }
+    simd::dequantize_row(kind, row, out)
 }
 
 /// The quantized `[n, k]` weight `w` of `kind` as f32, row-major, rows split over the cores.

@@ -41,7 +41,8 @@ curl -fs "http://$addr/readyz" >/dev/null || { echo "load: the server did not ge
 peak_reset() { echo 5 > "/proc/$server/clear_refs" 2>/dev/null || true; }
 peak_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$server/status"; }
 record() { # phase json-fragment
-    printf '{"phase":"%s",%s,"peak_rss_mb":%s}\n' "$1" "$2" "$(peak_mb)" | tee -a "$out/load.jsonl"
+    printf '{"phase":"%s",%s,"peak_rss_mb":%s,"ended_at":%s}\n' "$1" "$2" "$(peak_mb)" "$(date +%s.%N)" \
+        | tee -a "$out/load.jsonl"
 }
 alive() { kill -0 "$server" 2>/dev/null || { echo "load: THE SERVER DIED"; tail -20 "$out/server.log"; exit 1; }; }
 

@@ -4,6 +4,8 @@
   load_client.py chat HOST:PORT KEY N        N concurrent chat completions; one JSON line of results
   load_client.py slow HOST:PORT N SECONDS    N clients that send half a request and stall; one JSON line
   load_client.py healthz HOST:PORT SECONDS   GET /healthz every 50 ms until SECONDS pass or SIGTERM; one JSON line
+                                             (with the 5 slowest probes: milliseconds, Unix time they started;
+                                             and the prober's own worst wake-up delay, to tell it from the server's)
 
 Every client speaks HTTP/1.1 over its own connection (Connection: close), so N means N sockets at once.
 """
@@ -102,18 +104,27 @@ async def healthz(addr, seconds):
     """Probes until `seconds` pass or SIGTERM comes, then prints."""
     host, port = addr.rsplit(":", 1)
     deadline, latencies, failures = time.perf_counter() + seconds, [], 0
+    slowest = []  # (ms, wall-clock second the probe started), the 5 slowest
+    lag = (0.0, None)  # the prober's own worst delay: how late a 50 ms sleep woke up (ms, when)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     while time.perf_counter() < deadline and not stop.is_set():
+        started_at = time.time()
         status, _, _, ms = await request(host, int(port), "GET", "/healthz", timeout=5)
         if status == 200:
             latencies.append(ms)
+            slowest = sorted(slowest + [(round(ms, 2), round(started_at, 3))], reverse=True)[:5]
         else:
             failures += 1
+        slept = time.perf_counter()
         await asyncio.sleep(0.05)
+        late = (time.perf_counter() - slept - 0.05) * 1000
+        if late > lag[0]:
+            lag = (round(late, 2), round(time.time(), 3))
     print(json.dumps({"healthz_probes": len(latencies) + failures, "failures": failures,
                       "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99),
-                      "max_ms": round(max(latencies), 2) if latencies else None}))
+                      "max_ms": round(max(latencies), 2) if latencies else None,
+                      "slowest_ms_at": [list(p) for p in slowest], "prober_max_lag_ms_at": list(lag)}))
 
 
 def main():

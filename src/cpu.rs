@@ -1,7 +1,10 @@
-//! CPU-bound work of requests (BM25 search, embedding, vector search) on blocking threads, at most one task per
-//! core at a time. Without the bound, 64 concurrent retrievals became 64 runnable threads on two cores, and the
-//! async threads (which answer `/healthz` and accept connections) got a time slice every 100-170 ms; with it, the
-//! extra work waits in a queue and the async threads keep their share.
+//! CPU-bound work of requests (BM25 search, embedding, vector search, tokenising prompts, parsing large bodies and
+//! uploaded files) on blocking threads, at most one task per core at a time. Without the bound, 64 concurrent
+//! retrievals became 64 runnable threads on two cores, and the async threads (which answer `/healthz` and accept
+//! connections) got a time slice every 100-170 ms; a burst of 1,500 chat requests, each tokenised on a thread of
+//! its own, stalled `/healthz` for about 150 ms. With the bound, the extra work waits in a queue and the async
+//! threads keep their share. Work that mostly waits (for the generation engine) does not belong here: it would
+//! hold a permit while the CPU is idle.
 
 use std::sync::OnceLock;
 use tokio::sync::Semaphore;

@@ -51,7 +51,8 @@ pub async fn read_json<T: DeserializeOwned + Send + 'static>(
     off_thread(bytes.len(), move || parse_json(&bytes, limits.max_depth)).await
 }
 
-/// Runs CPU-bound `work` over an input of `size` bytes: inline when small, else on a blocking thread.
+/// Runs CPU-bound `work` over an input of `size` bytes: inline when small, else on a blocking thread
+/// ([`crate::cpu::run`]).
 pub async fn off_thread<T: Send + 'static>(
     size: usize,
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -59,7 +60,7 @@ pub async fn off_thread<T: Send + 'static>(
     if size <= INLINE_PARSE_BYTES {
         return work();
     }
-    tokio::task::spawn_blocking(work)
+    crate::cpu::run(work)
         .await
         .map_err(|e| ApiError::internal(&e))?
 }

@@ -108,7 +108,7 @@ pub async fn create(
         let load = LoadLimits {
             max_nesting_depth: limits.max_depth,
         };
-        tokio::task::spawn_blocking(move || load_files(&files, &load))
+        crate::cpu::run(move || load_files(&files, &load))
             .await
             .map_err(|e| ApiError::internal(&e))??
     } else {

@@ -594,12 +594,13 @@ fn check_prompt(app: &App, bytes: usize, param: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Tokenises on a blocking thread (a long prompt takes a while, which must not stall the async threads).
+/// Tokenises on a blocking thread, one per core at a time ([`crate::cpu::run`]): a long prompt takes a while,
+/// and a burst of requests, each on its own thread, would starve the async threads that answer `/healthz`.
 async fn tokenize(
     g: Arc<dyn Generator>,
     work: impl FnOnce(&dyn Generator) -> Result<Vec<u32>, ApiError> + Send + 'static,
 ) -> Result<Vec<u32>, ApiError> {
-    tokio::task::spawn_blocking(move || work(g.as_ref()))
+    crate::cpu::run(move || work(g.as_ref()))
         .await
         .map_err(|e| ApiError::internal(&e))?
 }

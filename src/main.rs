@@ -133,6 +133,10 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write each question's outcome (retriever, question, answers, recall@5, prediction, EM, F1) to
+        /// this file, one JSON object per line.
+        #[arg(long)]
+        predictions: Option<PathBuf>,
     },
 }
 
@@ -226,6 +230,7 @@ async fn main() -> Result<()> {
             retriever,
             qa,
             json,
+            predictions,
         } => {
             let flags = EvalFlags {
                 model,
@@ -235,6 +240,7 @@ async fn main() -> Result<()> {
                 retriever,
                 qa,
                 json,
+                predictions,
             };
             run_eval(config_file, storage, flags).await
         }
@@ -286,6 +292,7 @@ struct EvalFlags {
     retriever: String,
     qa: bool,
     json: bool,
+    predictions: Option<PathBuf>,
 }
 
 /// `engram eval`: ingests the corpus (into a temporary data directory unless one is given), evaluates each
@@ -329,6 +336,9 @@ async fn run_eval(
             .then(|| engram::qa::Answerer::new(app.generator.clone()));
         reports.push(eval::evaluate(&app.store, r.as_ref(), &qs, style, reader).await?);
     }
+    if let Some(path) = &flags.predictions {
+        write_predictions(path, &reports)?;
+    }
     if flags.json {
         for report in &reports {
             println!("{}", serde_json::to_string(report)?);
@@ -337,6 +347,21 @@ async fn run_eval(
         print_eval_table(&reports, flags.qa);
     }
     app.store.close().await;
+    Ok(())
+}
+
+/// Each report's per-question outcomes as JSON lines, with the retriever's name.
+fn write_predictions(path: &Path, reports: &[eval::EvalReport]) -> Result<()> {
+    let mut out = String::new();
+    for report in reports {
+        for outcome in &report.per_question {
+            let mut line = serde_json::to_value(outcome)?;
+            line["retriever"] = report.retriever.clone().into();
+            out.push_str(&serde_json::to_string(&line)?);
+            out.push('\n');
+        }
+    }
+    fs_err::write(path, out)?;
     Ok(())
 }
 

@@ -38,6 +38,11 @@ async fn run_with(
         (0.0..=100.0).contains(&em) && (em..=100.0).contains(&f1),
         "{report:?}"
     );
+    // The per-question outcomes are the summary's parts.
+    assert_eq!(report.per_question.len(), qs.len());
+    let mean_f1 = report.per_question.iter().map(|o| o.f1).sum::<f64>() / qs.len() as f64;
+    assert!((100.0 * mean_f1 - f1).abs() < 0.01, "{mean_f1} vs {f1}");
+    assert!(report.per_question.iter().all(|o| o.prediction.is_some()));
     assert_eq!(report.reader.as_deref(), Some("extractive"));
     report
 }

@@ -81,6 +81,27 @@ pub struct EvalReport {
     /// context (they score 0 in `exact_match` and `f1`); 0 for the extractive reader.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub over_context: Option<usize>,
+    /// Each question's outcome, in the questions' order (`engram eval --predictions FILE` writes them).
+    #[serde(skip)]
+    pub per_question: Vec<QuestionOutcome>,
+}
+
+/// One question's outcome: what was retrieved and, with a reader, what it answered and how that scored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuestionOutcome {
+    /// The question.
+    pub question: String,
+    /// The accepted answers (the answer and its aliases).
+    pub answers: Vec<String>,
+    /// Recall@5 of this question, 0 to 1.
+    #[serde(rename = "recall@5")]
+    pub recall_at_5: f64,
+    /// The reader's answer; `None` without a reader, or when the prompt did not fit.
+    pub prediction: Option<String>,
+    /// Exact match of the prediction, 0 or 1 (0 without one).
+    pub exact_match: f64,
+    /// F1 of the prediction, 0 to 1 (0 without one).
+    pub f1: f64,
 }
 
 /// |top-k ∩ gold| / |gold| for one ranked list of keys (duplicates in the ranking count once).
@@ -111,6 +132,7 @@ pub async fn evaluate(
         .collect();
     let (mut r2, mut r5, mut latency, mut em, mut f) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut over_context = 0;
+    let mut per_question = Vec::with_capacity(questions.len());
     for q in questions {
         let started = Instant::now();
         let hits = retriever.retrieve(&q.question, 5).await?;
@@ -120,18 +142,30 @@ pub async fn evaluate(
             .filter_map(|h| keys.get(&h.passage.document_id).cloned())
             .collect();
         r2 += recall_at(&ranked, &q.gold, 2);
-        r5 += recall_at(&ranked, &q.gold, 5);
+        let recall_at_5 = recall_at(&ranked, &q.gold, 5);
+        r5 += recall_at_5;
+        let mut outcome = QuestionOutcome {
+            question: q.question.clone(),
+            answers: q.answers.clone(),
+            recall_at_5,
+            prediction: None,
+            exact_match: 0.0,
+            f1: 0.0,
+        };
         if let Some(reader) = &reader {
             match reader.answer(&q.question, &hits, |_| {}).await {
                 Ok(answered) => {
                     let (e, f1) = best_scores(answered.text(), &q.answers);
                     em += e;
                     f += f1;
+                    outcome.prediction = Some(answered.text().to_string());
+                    (outcome.exact_match, outcome.f1) = (e, f1);
                 }
                 Err(AnswerError::OverContext { .. }) => over_context += 1,
                 Err(e) => return Err(EvalError::Generation(e)),
             }
         }
+        per_question.push(outcome);
     }
     let n = questions.len().max(1) as f64;
     let round = |x: f64| (x * 100.0).round() / 100.0;
@@ -145,6 +179,7 @@ pub async fn evaluate(
         exact_match: reader.is_some().then(|| round(100.0 * em / n)),
         f1: reader.is_some().then(|| round(100.0 * f / n)),
         over_context: reader.is_some().then_some(over_context),
+        per_question,
     })
 }
 

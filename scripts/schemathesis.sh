@@ -39,17 +39,36 @@ if [ "$quick" = 1 ]; then
 else
     budget=(--max-examples 300)
 fi
-status=0
 # Excluded checks, and why:
 # - positive_data_acceptance: the spec cannot say every semantic rule (a document id that exists, a retriever
 #   the build has, a prompt that fits the model's context); those valid-looking requests get a documented 4xx.
-"$venv/bin/st" run "http://127.0.0.1:$port/openapi.json" \
-    --header "Authorization: Bearer $key" \
-    --checks all --exclude-checks positive_data_acceptance \
-    --workers 2 --seed 20261206 --request-timeout 60 --no-color \
-    --suppress-health-check all --generation-database none \
-    --report junit --report-junit-path "$out/junit.xml" \
-    "${budget[@]}" > "$out/schemathesis.txt" 2>&1 || status=$?
+run_schemathesis() { # seed report
+    "$venv/bin/st" run "http://127.0.0.1:$port/openapi.json" \
+        --header "Authorization: Bearer $key" \
+        --checks all --exclude-checks positive_data_acceptance \
+        --workers 2 --seed "$1" --request-timeout 60 --no-color \
+        --suppress-health-check all --generation-database none \
+        --report junit --report-junit-path "$out/junit.xml" \
+        "${budget[@]}" > "$2" 2>&1
+}
+# The summary's own kinds of error other than schemathesis's internal one ("Runtime Error": an exception inside
+# the tool, not an answer of the server; seen once in CI's coverage phase, not reproduced with the same seed).
+server_problems() { # report
+    grep -q '^Failures:' "$1" && return 0
+    sed -n '/^Errors:/,/^$/p' "$1" | grep -v '^Errors:' | grep -v 'Runtime Error' | grep -q .
+}
+status=0
+run_schemathesis 20261206 "$out/schemathesis.txt" || status=$?
+if [ "$status" != 0 ]; then
+    sed -n '/= ERRORS =/,/= SUMMARY =/p' "$out/schemathesis.txt" | head -80
+    if ! server_problems "$out/schemathesis.txt"; then
+        echo "schemathesis: an internal error of the tool only; running once more with another seed"
+        status=0
+        run_schemathesis 20261207 "$out/schemathesis-rerun.txt" || status=$?
+        cp "$out/schemathesis-rerun.txt" "$out/schemathesis.txt"
+        [ "$status" = 0 ] || sed -n '/= ERRORS =/,/= SUMMARY =/p' "$out/schemathesis.txt" | head -80
+    fi
+fi
 tail -40 "$out/schemathesis.txt"
 if ! kill -0 $server 2>/dev/null; then
     echo "schemathesis: THE SERVER DIED"; tail -20 "$out/server.log"; exit 1

@@ -51,8 +51,8 @@ run_schemathesis() { # seed report
         --report junit --report-junit-path "$out/junit.xml" \
         "${budget[@]}" > "$2" 2>&1
 }
-# One worker: with two, CPython 3.11's ast module (whose recursion counter is shared by threads) failed inside
-# hypothesis while it built coverage cases ("SystemError: AST constructor recursion depth mismatch", reported as a
+# One worker: with two, CPython 3.11's ast module failed inside hypothesis (a thread-safety fault, as far as we can
+# tell: the same operation alone never failed) while it built coverage cases ("SystemError: AST constructor recursion depth mismatch", reported as a
 # "Runtime Error" of the tool, twice in a row here and once in CI), whatever the seed.
 # The summary's kinds of error other than the tool's own "Runtime Error" (an exception inside schemathesis, not
 # an answer of the server): only when there are none is the run repeated once, with another seed.

@@ -130,7 +130,7 @@ pub async fn evaluate(
         .into_iter()
         .map(|(id, title, text)| (id, style.key(&title, &text)))
         .collect();
-    let (mut r2, mut r5, mut latency, mut em, mut f) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut r2, mut latency) = (0.0, 0.0);
     let mut over_context = 0;
     let mut per_question = Vec::with_capacity(questions.len());
     for q in questions {
@@ -142,12 +142,10 @@ pub async fn evaluate(
             .filter_map(|h| keys.get(&h.passage.document_id).cloned())
             .collect();
         r2 += recall_at(&ranked, &q.gold, 2);
-        let recall_at_5 = recall_at(&ranked, &q.gold, 5);
-        r5 += recall_at_5;
         let mut outcome = QuestionOutcome {
             question: q.question.clone(),
             answers: q.answers.clone(),
-            recall_at_5,
+            recall_at_5: recall_at(&ranked, &q.gold, 5),
             prediction: None,
             exact_match: 0.0,
             f1: 0.0,
@@ -155,11 +153,8 @@ pub async fn evaluate(
         if let Some(reader) = &reader {
             match reader.answer(&q.question, &hits, |_| {}).await {
                 Ok(answered) => {
-                    let (e, f1) = best_scores(answered.text(), &q.answers);
-                    em += e;
-                    f += f1;
+                    (outcome.exact_match, outcome.f1) = best_scores(answered.text(), &q.answers);
                     outcome.prediction = Some(answered.text().to_string());
-                    (outcome.exact_match, outcome.f1) = (e, f1);
                 }
                 Err(AnswerError::OverContext { .. }) => over_context += 1,
                 Err(e) => return Err(EvalError::Generation(e)),
@@ -169,15 +164,18 @@ pub async fn evaluate(
     }
     let n = questions.len().max(1) as f64;
     let round = |x: f64| (x * 100.0).round() / 100.0;
+    let mean_percent = |of: fn(&QuestionOutcome) -> f64| {
+        round(100.0 * per_question.iter().map(of).sum::<f64>() / n)
+    };
     Ok(EvalReport {
         retriever: retriever.name().to_string(),
         questions: questions.len(),
         recall_at_2: round(100.0 * r2 / n),
-        recall_at_5: round(100.0 * r5 / n),
+        recall_at_5: mean_percent(|o| o.recall_at_5),
         mean_latency_ms: round(latency / n),
         reader: reader.as_ref().map(Answerer::name),
-        exact_match: reader.is_some().then(|| round(100.0 * em / n)),
-        f1: reader.is_some().then(|| round(100.0 * f / n)),
+        exact_match: reader.is_some().then(|| mean_percent(|o| o.exact_match)),
+        f1: reader.is_some().then(|| mean_percent(|o| o.f1)),
         over_context: reader.is_some().then_some(over_context),
         per_question,
     })

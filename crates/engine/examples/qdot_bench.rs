@@ -84,7 +84,7 @@ fn gemm_rate() {
 }
 
 fn crossover() {
-    use engram_engine::internals::backend::qdot::dequantize;
+    use engram_engine::internals::backend::qgemm;
     let (n, k) = (9728usize, 896usize);
     let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
     let q = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();
@@ -96,16 +96,13 @@ fn crossover() {
             std::hint::black_box(matmul_t(QKind::Q5_0, &data, n, k, &x));
         }
         let a = t.elapsed().as_secs_f64() / 5.0;
-        let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
         let t = Instant::now();
         for _ in 0..5 {
-            let d = Tensor::from_vec(dequantize(QKind::Q5_0, &data, n, k), (n, k), &Device::Cpu)
-                .unwrap();
-            std::hint::black_box(xt.matmul(&d.t().unwrap()).unwrap());
+            std::hint::black_box(qgemm::matmul_t(GgmlDType::Q5_0, &data, n, k, &x).unwrap());
         }
         let b = t.elapsed().as_secs_f64() / 5.0;
         println!(
-            "m={m}: int8 {:.2} ms, dequantize+GEMM {:.2} ms",
+            "m={m}: int8 {:.2} ms, dequantized panels + GEMM {:.2} ms",
             a * 1e3,
             b * 1e3
         );

@@ -7,10 +7,11 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, Q
 use candle_core::{Device, Module, Tensor};
 
 use super::qdot::{self, QKind};
+use super::qgemm;
 use super::BackendError;
 
-/// From this many rows of activations on, a quantized product dequantizes the weight and runs the dense GEMM: a
-/// prefill's or a scoring pass's products are then exact in the weights, and the GEMM is as fast or faster.
+/// From this many rows of activations on, a quantized product dequantizes the weight (a panel at a time, [`qgemm`])
+/// and runs the dense GEMM: a prefill's or a scoring pass's products are then exact in the weights, and faster.
 pub const DENSE_PRODUCT_ROWS: usize = 16;
 
 /// A tensor of the CPU backend.
@@ -68,12 +69,15 @@ impl CpuTensor {
             Self::Quantized(parts) => {
                 let x = x.contiguous().map_err(&err)?;
                 // candle's quantized product walks the whole weight once per row of `x`: right for decode, slow
-                // for a prefill of hundreds of rows, where dequantizing once and running the dense GEMM wins.
+                // for a prefill of hundreds of rows, where dequantizing panels of the weight into cache and
+                // running the dense GEMM on them wins (`qgemm`).
                 let rows = x.dims().first().copied().unwrap_or(1);
                 let outs = parts
                     .iter()
                     .map(|q| {
-                        if let Some(kind) = QKind::of(q.dtype()) {
+                        if rows >= DENSE_PRODUCT_ROWS && qgemm::supports(q.dtype()) {
+                            panel_product(q, &x)
+                        } else if let Some(kind) = QKind::of(q.dtype()) {
                             quantized_product(kind, q, &x)
                         } else if rows >= DENSE_PRODUCT_ROWS {
                             let w = q.dequantize(&Device::Cpu)?;
@@ -153,14 +157,20 @@ impl CpuTensor {
     }
 }
 
-/// `x @ q^T` through [`qdot`], for the block types candle multiplies with scalar loops.
+/// `x @ q^T` for many rows of `x`, through [`qgemm`]'s cached panels and f32 GEMM.
+fn panel_product(q: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = q.shape().dims2()?;
+    let rows = x.elem_count() / k.max(1);
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let out = qgemm::matmul_t(q.dtype(), &q.data()?, n, k, &xs)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Tensor::from_vec(out, (rows, n), &Device::Cpu)
+}
+
+/// `x @ q^T` through [`qdot`], for the block types candle multiplies with scalar loops (few rows of `x`).
 fn quantized_product(kind: QKind, q: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = q.shape().dims2()?;
     let rows = x.elem_count() / k.max(1);
-    if rows >= DENSE_PRODUCT_ROWS {
-        let w = qdot::dequantize(kind, &q.data()?, n, k);
-        return x.matmul(&Tensor::from_vec(w, (n, k), &Device::Cpu)?.t()?);
-    }
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let out = qdot::matmul_t(kind, &q.data()?, n, k, &xs);
     Tensor::from_vec(out, (rows, n), &Device::Cpu)

@@ -8,6 +8,7 @@ pub mod cpu_tensor;
 pub mod cuda;
 pub mod probe;
 pub mod qdot;
+pub mod qgemm;
 
 /// Errors of a backend.
 #[derive(Debug, thiserror::Error)]

@@ -432,21 +432,6 @@ pub fn dequantize_row(kind: QKind, row: &[u8], out: &mut [f32]) {
     simd::dequantize_row(kind, row, out)
 }
 
-/// The quantized `[n, k]` weight `w` of `kind` as f32, row-major, rows split over the cores.
-pub fn dequantize(kind: QKind, w: &[u8], n: usize, k: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    let row_bytes = k / BLOCK * kind.block_bytes();
-    let mut out = vec![0f32; n * k];
-    out.par_chunks_mut(k * ROWS_PER_TASK)
-        .zip(w.par_chunks(row_bytes * ROWS_PER_TASK))
-        .for_each(|(out, w)| {
-            for (o, r) in out.chunks_exact_mut(k).zip(w.chunks_exact(row_bytes)) {
-                dequantize_row(kind, r, o);
-            }
-        });
-    out
-}
-
 /// Rows of weights per parallel task.
 const ROWS_PER_TASK: usize = 128;
 
@@ -559,29 +544,6 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(worst < 1e-6, "{dtype:?}: {worst}");
-        }
-    }
-
-    #[test]
-    fn dequantized_weights_equal_candles() {
-        let (n, k) = (5, 96);
-        let t = ramp(n, k, 0.7);
-        for dtype in [GgmlDType::Q5_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let q = QTensor::quantize(&t, dtype).unwrap();
-            let want: Vec<f32> = q
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let got = dequantize(QKind::of(dtype).unwrap(), &q.data().unwrap(), n, k);
-            let worst = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-5, "{dtype:?}: {worst}");
         }
     }
 

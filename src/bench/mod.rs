@@ -104,6 +104,20 @@ pub struct SpeculativeArgs {
     /// Timed repetitions per run, after the warm-up (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Real prompts instead of the synthetic ones: `/v1/qa`'s prompt over each question's passages in an
+    /// `engram eval --predictions` file (the first `--qa-prompts-limit` lines); `--prompt-len` is then unused.
+    #[arg(long)]
+    qa_prompts: Option<PathBuf>,
+    /// Most questions taken from `--qa-prompts`.
+    #[arg(long, default_value_t = 20)]
+    qa_prompts_limit: usize,
+    /// A real draft model (same tokenizer as the target), run adaptive and with k = 4 fixed.
+    #[arg(long)]
+    draft: Option<String>,
+    /// Only these runs besides `plain`, comma-separated: forced, replay, copy-draft, reject-draft, draft,
+    /// prompt-lookup (default: all that apply).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// `engram bench h2o`.
@@ -259,6 +273,13 @@ fn speculative<B: Backend + DeviceProbe>(
         ks: a.k.clone(),
         copy_draft: !a.no_copy_draft,
         reps: a.reps,
+        qa_prompts: a
+            .qa_prompts
+            .as_deref()
+            .map(|path| speculative::read_qa_prompts(path, a.qa_prompts_limit))
+            .transpose()?,
+        draft: a.draft.clone(),
+        only: a.only.clone(),
     };
     let r = speculative::bench_speculative(backend, &cfg)?;
     report::speculative(&r);

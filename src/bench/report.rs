@@ -72,9 +72,15 @@ pub fn decode(r: &DecodeReport) {
 
 /// `engram bench speculative`'s table.
 pub fn speculative(report: &SpecReport) {
+    let (sequences, longest) = report
+        .runs
+        .first()
+        .map_or((report.batch, report.prompt_len), |r| {
+            (r.sequences, r.longest_prompt)
+        });
     println!(
-        "device {} | model {} | batch {} | prompt {} | {} new tokens | greedy",
-        report.device, report.model, report.batch, report.prompt_len, report.tokens
+        "device {} | model {} | batch {} | {sequences} sequences, prompts up to {longest} tokens | {} new tokens | greedy",
+        report.device, report.model, report.batch, report.tokens
     );
     println!("| run | s | tokens/s | vs plain | tokens per target step | acceptance | identical outputs | agreeing prefix |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -88,7 +94,7 @@ pub fn speculative(report: &SpecReport) {
             r.tokens_per_target_step,
             r.acceptance_rate,
             r.identical_outputs,
-            report.batch,
+            r.sequences,
             r.agreeing_prefix
         );
     }

@@ -58,6 +58,48 @@ pub struct SpecBenchConfig {
     pub copy_draft: bool,
     /// Timed repetitions per run (the median is reported).
     pub reps: usize,
+    /// Real QA prompts (the target's `/v1/qa` prompt over each one's passages) instead of synthetic ones.
+    pub qa_prompts: Option<Vec<QaPrompt>>,
+    /// A real draft model, run adaptive and with k = 4 fixed.
+    pub draft: Option<String>,
+    /// Only these kinds of run besides `plain` (empty: all).
+    pub only: Vec<String>,
+}
+
+/// A question and its retrieved passages (title, text), as `engram eval --predictions` records them.
+#[derive(Debug, Clone)]
+pub struct QaPrompt {
+    /// The question.
+    pub question: String,
+    /// The passages, in rank order.
+    pub passages: Vec<(String, String)>,
+}
+
+/// What the benchmark reads of a line of `engram eval --predictions`.
+#[derive(serde::Deserialize)]
+struct PredictionLine {
+    question: String,
+    passages: Vec<engram::eval::EvalPassage>,
+}
+
+/// The first `limit` questions of an `engram eval --predictions` file.
+pub fn read_qa_prompts(path: &std::path::Path, limit: usize) -> Result<Vec<QaPrompt>, BenchError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(limit)
+        .enumerate()
+        .map(|(i, line)| {
+            let o: PredictionLine = serde_json::from_str(line).map_err(|e| {
+                BenchError::Setup(format!("{} line {}: {e}", path.display(), i + 1))
+            })?;
+            Ok(QaPrompt {
+                question: o.question,
+                passages: o.passages.into_iter().map(|p| (p.title, p.text)).collect(),
+            })
+        })
+        .collect()
 }
 
 /// One run's result.
@@ -83,6 +125,10 @@ pub struct SpecRun {
     pub identical_outputs: usize,
     /// Mean number of leading tokens each sequence shares with the plain run's output.
     pub agreeing_prefix: f64,
+    /// Sequences generated (the batch, or the number of QA prompts).
+    pub sequences: usize,
+    /// Tokens of the longest prompt.
+    pub longest_prompt: usize,
 }
 
 /// `engram bench speculative`'s report.
@@ -127,14 +173,15 @@ pub fn bench_speculative<B: Backend + DeviceProbe>(
     eprintln!("plain: {:.1} tokens/s", plain.tokens_per_s);
     let base_rate = plain.tokens_per_s;
     let mut runs = vec![plain];
+    let wanted = |kind: &str| cfg.only.is_empty() || cfg.only.iter().any(|o| o == kind);
     let mut modes: Vec<(String, Mode<'_>)> = Vec::new();
-    for &k in &cfg.ks {
+    for &k in cfg.ks.iter().filter(|_| wanted("forced")) {
         modes.push((format!("forced k={k}"), Mode::Forced(k, &reference)));
     }
-    for &k in &cfg.ks {
+    for &k in cfg.ks.iter().filter(|_| wanted("replay")) {
         modes.push((format!("replay k={k}"), Mode::Replay(k, &reference)));
     }
-    if cfg.copy_draft {
+    if cfg.copy_draft && wanted("copy-draft") {
         for &k in &cfg.ks {
             modes.push((
                 format!("copy-draft k={k}"),
@@ -146,23 +193,29 @@ pub fn bench_speculative<B: Backend + DeviceProbe>(
             ));
         }
     }
-    modes.push((
-        "reject-draft adaptive".into(),
-        Mode::Draft {
-            spec: &cfg.reject_draft,
-            k: 4,
-            adaptive: true,
-        },
-    ));
-    modes.push((
-        "reject-draft k=4 fixed".into(),
-        Mode::Draft {
-            spec: &cfg.reject_draft,
-            k: 4,
-            adaptive: false,
-        },
-    ));
-    modes.push(("prompt-lookup adaptive".into(), Mode::Lookup));
+    let mut drafts = Vec::new();
+    if wanted("reject-draft") {
+        drafts.push(("reject-draft", cfg.reject_draft.as_str()));
+    }
+    if let Some(draft) = cfg.draft.as_deref().filter(|_| wanted("draft")) {
+        drafts.push(("draft", draft));
+    }
+    for (name, spec) in drafts {
+        for adaptive in [true, false] {
+            let label = if adaptive { "adaptive" } else { "k=4 fixed" };
+            modes.push((
+                format!("{name} {label}"),
+                Mode::Draft {
+                    spec,
+                    k: 4,
+                    adaptive,
+                },
+            ));
+        }
+    }
+    if wanted("prompt-lookup") {
+        modes.push(("prompt-lookup adaptive".into(), Mode::Lookup));
+    }
     // Plain decoding once more, last: how much the same run varies within the process.
     modes.push(("plain (again)".into(), Mode::Plain));
     for (label, mode) in modes {
@@ -209,9 +262,29 @@ fn bench_prompts(cfg: &SpecBenchConfig, vocab: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// MiB of KV cache `model` needs for the benchmark's sequences (with room for guesses), with a margin.
-fn kv_mib<B: Backend>(model: &LlamaModel<B>, cfg: &SpecBenchConfig, block_size: usize) -> usize {
-    let per_seq = (cfg.prompt_len + cfg.tokens + 40).div_ceil(block_size) + 1;
+/// `/v1/qa`'s prompt (every passage) for each question, in the target's tokenizer.
+fn qa_prompt_tokens(
+    qa: &[QaPrompt],
+    tokenizer: &engram_engine::ModelTokenizer,
+) -> Result<Vec<Vec<u32>>, BenchError> {
+    qa.iter()
+        .map(|q| {
+            let all = engram::attribution::all_players(q.passages.len());
+            engram::qa::generated::prompt_ids_with(tokenizer, &q.question, &q.passages, all)
+                .map_err(BenchError::Setup)
+        })
+        .collect()
+}
+
+/// MiB of KV cache `model` needs for the benchmark's sequences of prompts up to `longest` tokens (with room for
+/// guesses), with a margin.
+fn kv_mib<B: Backend>(
+    model: &LlamaModel<B>,
+    cfg: &SpecBenchConfig,
+    longest: usize,
+    block_size: usize,
+) -> usize {
+    let per_seq = (longest + cfg.tokens + 40).div_ceil(block_size) + 1;
     let bytes = model.kv_layout(cfg.batch * per_seq, block_size).bytes_f32();
     (bytes * 5 / 4).div_ceil(1 << 20).max(1)
 }
@@ -224,13 +297,17 @@ fn run<B: Backend + DeviceProbe>(
     reference: Option<&[Vec<u32>]>,
 ) -> Result<(SpecRun, Vec<Vec<u32>>), BenchError> {
     let (model, tokenizer, name) = load_model(backend()?, &cfg.model)?;
-    let prompts = &bench_prompts(cfg, model.config().vocab_size);
+    let prompts = &match &cfg.qa_prompts {
+        Some(qa) => qa_prompt_tokens(qa, &tokenizer)?,
+        None => bench_prompts(cfg, model.config().vocab_size),
+    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(cfg.prompt_len);
     let mut engine_config = EngineConfig {
         max_sequences: cfg.batch.max(1),
-        token_budget: (cfg.batch * 16).max(cfg.prompt_len + 64).max(512),
+        token_budget: (cfg.batch * 16).max(longest + 64).max(512),
         ..EngineConfig::default()
     };
-    engine_config.kv_cache_mib = kv_mib(&model, cfg, engine_config.block_size);
+    engine_config.kv_cache_mib = kv_mib(&model, cfg, longest, engine_config.block_size);
     let spec_config = |k: usize, adaptive: bool, method| SpeculativeConfig {
         method,
         k,
@@ -264,7 +341,7 @@ fn run<B: Backend + DeviceProbe>(
                 draft_model: Some(spec.to_string()),
                 ..spec_config(k, adaptive, SpeculationMethod::Draft)
             };
-            let mib = kv_mib(&draft, cfg, engine_config.block_size);
+            let mib = kv_mib(&draft, cfg, longest, engine_config.block_size);
             let mut draft = DraftModel::new(draft, mib, engine_config.block_size)?;
             draft.warm_up(engine_config.token_budget.max(2048))?;
             Speculator::from_config(&config, Some(draft)).map_err(BenchError::Setup)?
@@ -323,6 +400,8 @@ fn run<B: Backend + DeviceProbe>(
             proposed,
             identical_outputs: identical,
             agreeing_prefix: agreeing as f64 / outputs.len().max(1) as f64,
+            sequences: outputs.len(),
+            longest_prompt: longest,
         },
         outputs,
     ))
@@ -372,4 +451,36 @@ fn collect(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qa_prompts_come_from_prediction_lines_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("predictions.jsonl");
+        let line = |q: &str| {
+            format!(
+                r#"{{"question":"{q}","answers":["x"],"recall@5":1.0,"prediction":null,"exact_match":0.0,"f1":0.0,"passages":[{{"title":"T","text":"Body of {q}."}}],"retriever":"bm25"}}"#
+            )
+        };
+        std::fs::write(
+            &path,
+            format!("{}\n\n{}\n", line("first?"), line("second?")),
+        )
+        .unwrap();
+        let all = read_qa_prompts(&path, 10).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].question, "second?");
+        assert_eq!(
+            all[0].passages,
+            vec![("T".to_string(), "Body of first?.".to_string())]
+        );
+        assert_eq!(read_qa_prompts(&path, 1).unwrap().len(), 1);
+        std::fs::write(&path, format!("{}\nnot json\n", line("q"))).unwrap();
+        let err = read_qa_prompts(&path, 10).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
 }

@@ -17,7 +17,7 @@ pub use dataset::{load_corpus, load_questions, EvalQuestion, GoldStyle};
 use crate::qa::{AnswerError, Answerer};
 use crate::retrieve::{RetrieveError, Retriever};
 use crate::store::{Store, StoreError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -102,6 +102,18 @@ pub struct QuestionOutcome {
     pub exact_match: f64,
     /// F1 of the prediction, 0 to 1 (0 without one).
     pub f1: f64,
+    /// The top 5 passages the reader was given, in rank order (so the run's prompts can be replayed, e.g. by
+    /// `engram bench speculative --qa-prompts`).
+    pub passages: Vec<EvalPassage>,
+}
+
+/// A retrieved passage as `--predictions` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalPassage {
+    /// Its document's title.
+    pub title: String,
+    /// Its text.
+    pub text: String,
 }
 
 /// |top-k ∩ gold| / |gold| for one ranked list of keys (duplicates in the ranking count once).
@@ -149,6 +161,13 @@ pub async fn evaluate(
             prediction: None,
             exact_match: 0.0,
             f1: 0.0,
+            passages: hits
+                .iter()
+                .map(|h| EvalPassage {
+                    title: h.passage.title.clone(),
+                    text: h.passage.text.clone(),
+                })
+                .collect(),
         };
         if let Some(reader) = &reader {
             match reader.answer(&q.question, &hits, |_| {}).await {

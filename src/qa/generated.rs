@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::attribution::{Coalition, Scorer, SeparatePrompt};
 use crate::retrieve::ScoredPassage;
 use engram_engine::ChatMessage;
+use engram_engine::ModelTokenizer;
 use engram_engine::SamplingParams;
 use engram_engine::Scores;
 use engram_engine::SegmentedScoring;
@@ -74,6 +75,16 @@ pub fn prompt_ids(
     passages: &[(String, String)],
     coalition: Coalition,
 ) -> Result<Vec<u32>, String> {
+    prompt_ids_with(g.tokenizer(), question, passages, coalition)
+}
+
+/// [`prompt_ids`] with the model's tokenizer alone (the benchmarks build `/v1/qa`'s prompts without an engine).
+pub fn prompt_ids_with(
+    tokenizer: &ModelTokenizer,
+    question: &str,
+    passages: &[(String, String)],
+    coalition: Coalition,
+) -> Result<Vec<u32>, String> {
     let mut user = String::from(INSTRUCTION);
     for (i, (title, text)) in passages.iter().enumerate() {
         if coalition & (1 << i) != 0 {
@@ -85,7 +96,6 @@ pub fn prompt_ids(
         role: "user".into(),
         content: user.clone(),
     }];
-    let tokenizer = g.tokenizer();
     let ids = match tokenizer.apply_chat_template(&messages, true) {
         Ok(text) => tokenizer.encode(&text, false),
         Err(_) => tokenizer.encode(&user, true),

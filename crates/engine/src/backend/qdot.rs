@@ -488,12 +488,13 @@ pub fn matmul_t(kind: QKind, w: &[u8], n: usize, k: usize, x: &[f32]) -> Vec<f32
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
-    fn ramp(rows: usize, cols: usize, shift: f32) -> Tensor {
+    /// A `[rows, cols]` test weight or activation: a sine ramp whose magnitude varies, so blocks get unlike scales.
+    pub(crate) fn ramp(rows: usize, cols: usize, shift: f32) -> Tensor {
         let data: Vec<f32> = (0..rows * cols)
             .map(|i| (i as f32 * 0.37 + shift).sin() * (1.0 + (i % 7) as f32))
             .collect();

@@ -190,16 +190,10 @@ fn gemm_nt(out: &mut [f32], x: &[f32], w: &[f32], m: usize, p: usize, k: usize) 
 
 #[cfg(test)]
 mod tests {
+    use super::super::qdot::tests::ramp;
     use super::*;
     use candle_core::quantized::QTensor;
-    use candle_core::{Device, Tensor};
-
-    fn ramp(rows: usize, cols: usize, shift: f32) -> Tensor {
-        let data: Vec<f32> = (0..rows * cols)
-            .map(|i| (i as f32 * 0.37 + shift).sin() * (1.0 + (i % 5) as f32))
-            .collect();
-        Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()
-    }
+    use candle_core::Device;
 
     #[test]
     fn panel_products_equal_the_dequantized_weights_product() {

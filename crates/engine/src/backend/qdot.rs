@@ -493,6 +493,35 @@ pub(crate) mod tests {
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
+    /// `w` quantized to `dtype`, and `x @ w^T` with the dequantized weight (the reference of the fast products).
+    pub(crate) fn quantized_and_reference_product(
+        w: &Tensor,
+        dtype: GgmlDType,
+        x: &Tensor,
+    ) -> (QTensor, Vec<f32>) {
+        let q = QTensor::quantize(w, dtype).unwrap();
+        let deq = q.dequantize(&Device::Cpu).unwrap();
+        let want = x
+            .matmul(&deq.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (q, want)
+    }
+
+    /// The largest |want − got| and the largest |want|.
+    pub(crate) fn worst_gap(want: &[f32], got: &[f32]) -> (f32, f32) {
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let worst = want
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        (worst, scale)
+    }
+
     /// A `[rows, cols]` test weight or activation: a sine ramp whose magnitude varies, so blocks get unlike scales.
     pub(crate) fn ramp(rows: usize, cols: usize, shift: f32) -> Tensor {
         let data: Vec<f32> = (0..rows * cols)
@@ -577,23 +606,10 @@ pub(crate) mod tests {
             let x = ramp(m, k, 1.0);
             let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
             for dtype in [GgmlDType::Q5_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-                let q = QTensor::quantize(&w, dtype).unwrap();
-                let deq = q.dequantize(&Device::Cpu).unwrap();
-                let want: Vec<f32> = x
-                    .matmul(&deq.t().unwrap())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let (q, want) = quantized_and_reference_product(&w, dtype, &x);
                 let got = matmul_t(QKind::of(dtype).unwrap(), &q.data().unwrap(), n, k, &xs);
                 assert_eq!(got.len(), m * n);
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let worst = want
-                    .iter()
-                    .zip(&got)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let (worst, scale) = worst_gap(&want, &got);
                 // Only the activations' 8-bit rounding separates the two.
                 assert!(worst < 0.02 * scale, "{dtype:?} m={m}: {worst} of {scale}");
             }

@@ -190,10 +190,9 @@ fn gemm_nt(out: &mut [f32], x: &[f32], w: &[f32], m: usize, p: usize, k: usize) 
 
 #[cfg(test)]
 mod tests {
-    use super::super::qdot::tests::ramp;
+    use super::super::qdot::tests::{quantized_and_reference_product, ramp, worst_gap};
     use super::*;
     use candle_core::quantized::QTensor;
-    use candle_core::Device;
 
     #[test]
     fn panel_products_equal_the_dequantized_weights_product() {
@@ -212,23 +211,10 @@ mod tests {
                 GgmlDType::Q5K,
                 GgmlDType::Q6K,
             ] {
-                let q = QTensor::quantize(&w, dtype).unwrap();
-                let deq = q.dequantize(&Device::Cpu).unwrap();
-                let want: Vec<f32> = x
-                    .matmul(&deq.t().unwrap())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let (q, want) = quantized_and_reference_product(&w, dtype, &x);
                 let got = matmul_t(dtype, &q.data().unwrap(), n, k, &xs).unwrap();
                 assert_eq!(got.len(), m * n);
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let worst = want
-                    .iter()
-                    .zip(&got)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let (worst, scale) = worst_gap(&want, &got);
                 // Both are exact in the weights: only the order of f32 sums separates them.
                 assert!(worst <= 1e-4 * scale, "{dtype:?} m={m}: {worst} of {scale}");
             }

@@ -1,9 +1,10 @@
 //! Prefill-sized products with quantized weights (random, Qwen2.5-0.5B and -1.5B shapes): the panel GEMM of
-//! `backend::qgemm` against dequantizing the whole weight and running candle's f32 matmul, in the same run.
+//! `backend::qgemm` (f32 kernels, and AMX bf16 tiles where the CPU has them) against dequantizing the whole weight
+//! and running candle's f32 matmul, in the same run.
 //! `cargo run --release -p engram-engine --example qgemm_bench`
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use engram_engine::internals::backend::qgemm;
+use engram_engine::internals::backend::qgemm::{self, PanelKernel};
 use std::time::Instant;
 
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -34,17 +35,31 @@ fn main() {
             let deq = q.dequantize(&Device::Cpu).unwrap();
             std::hint::black_box(x.matmul(&deq.t().unwrap()).unwrap());
         });
-        let panels = time(5, || {
-            std::hint::black_box(qgemm::matmul_t(dtype, &data, n, k, &xs).unwrap());
-        });
+        let panels = |kernel| {
+            time(5, || {
+                let out = qgemm::matmul_t_with(kernel, dtype, &data, n, k, &xs).unwrap();
+                std::hint::black_box(out);
+            })
+        };
+        let f32_panels = panels(PanelKernel::F32);
         let gmac = (m * n * k) as f64 / 1e9;
-        println!(
-            "{dtype:?} [{n}x{k}] m={m}: whole-weight dequantize + matmul {:.2} ms ({:.1} GMAC/s), panels {:.2} ms ({:.1} GMAC/s), {:.2}x",
+        print!(
+            "{dtype:?} [{n}x{k}] m={m}: whole-weight dequantize + matmul {:.2} ms ({:.1} GMAC/s), f32 panels {:.2} ms ({:.1} GMAC/s, {:.2}x)",
             whole * 1e3,
             gmac / whole,
-            panels * 1e3,
-            gmac / panels,
-            whole / panels
+            f32_panels * 1e3,
+            gmac / f32_panels,
+            whole / f32_panels
         );
+        if PanelKernel::best(k) == PanelKernel::Tiles {
+            let tiles = panels(PanelKernel::Tiles);
+            print!(
+                ", AMX tiles {:.2} ms ({:.1} GMAC/s, {:.2}x the f32 panels)",
+                tiles * 1e3,
+                gmac / tiles,
+                f32_panels / tiles
+            );
+        }
+        println!();
     }
 }

@@ -3,6 +3,7 @@
 //! padding) described by [`AttentionBatch`]. The CPU backend ([`cpu`]) runs on candle-core; the CUDA backend
 //! implements the same operations with NVRTC kernels and cuBLASLt.
 
+pub mod amx;
 pub mod cpu;
 pub mod cpu_tensor;
 pub mod cuda;

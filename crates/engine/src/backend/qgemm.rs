@@ -13,6 +13,7 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
+use super::amx;
 use super::qdot::{self, QKind};
 
 /// Weight rows per panel: 128 rows of a 4,864-wide layer are 2.4 MB of f32, about one core's L2.
@@ -27,6 +28,9 @@ pub enum QgemmError {
     /// The raw bytes are not whole, aligned blocks of the type.
     #[error("{0:?} weight bytes are not whole aligned blocks")]
     Layout(GgmlDType),
+    /// AMX tiles were asked for where the CPU, the kernel or the shape does not allow them.
+    #[error("AMX bf16 tiles are not available for this product")]
+    NoTiles,
     /// The shapes do not agree with the buffers.
     #[error("shape mismatch: {0}")]
     Shape(String),
@@ -48,8 +52,28 @@ pub fn supports(dtype: GgmlDType) -> bool {
         )
 }
 
+/// Which kernel multiplies the dequantized panels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanelKernel {
+    /// The `gemm` crate's f32 kernels (AVX-512 or AVX2).
+    F32,
+    /// The AMX bf16 tiles ([`amx`]), where the CPU has them and `k` is a multiple of 32.
+    Tiles,
+}
+
+impl PanelKernel {
+    /// The fastest kernel this process can use for rows of `k` values.
+    pub fn best(k: usize) -> Self {
+        if k % amx::TILE_K == 0 && amx::available() {
+            Self::Tiles
+        } else {
+            Self::F32
+        }
+    }
+}
+
 /// `x @ w^T` for `x` of `[m, k]` (row-major f32) and `w` the raw blocks of a quantized `[n, k]` weight of `dtype`,
-/// as `[m, n]` row-major.
+/// as `[m, n]` row-major, with the best [`PanelKernel`].
 pub fn matmul_t(
     dtype: GgmlDType,
     w: &[u8],
@@ -57,6 +81,21 @@ pub fn matmul_t(
     k: usize,
     x: &[f32],
 ) -> Result<Vec<f32>, QgemmError> {
+    matmul_t_with(PanelKernel::best(k), dtype, w, n, k, x)
+}
+
+/// [`matmul_t`] with the given kernel; [`PanelKernel::Tiles`] is refused where [`PanelKernel::best`] is not it.
+pub fn matmul_t_with(
+    kernel: PanelKernel,
+    dtype: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+) -> Result<Vec<f32>, QgemmError> {
+    if kernel == PanelKernel::Tiles && PanelKernel::best(k) != PanelKernel::Tiles {
+        return Err(QgemmError::NoTiles);
+    }
     if !supports(dtype) {
         return Err(QgemmError::Unsupported(dtype));
     }
@@ -70,15 +109,24 @@ pub fn matmul_t(
     }
     let m = x.len() / k;
     let row_bytes = k / block * bytes;
+    let tiles = kernel == PanelKernel::Tiles;
+    let mut activations = Vec::new();
+    if tiles {
+        amx::pack_activations(x, k, &mut activations);
+    }
     let panels: Vec<Vec<f32>> = w
         .par_chunks(PANEL_ROWS * row_bytes)
         .map(|raw| {
             let rows = raw.len() / row_bytes;
+            let mut out = vec![0f32; m * rows];
+            if tiles {
+                tile_product(&mut out, &activations, m, dtype, raw, rows, k)?;
+                return Ok(out);
+            }
             PANEL.with(|panel| {
                 let mut panel = panel.borrow_mut();
                 panel.resize(rows * k, 0.0);
                 dequantize_rows(dtype, raw, k, &mut panel)?;
-                let mut out = vec![0f32; m * rows];
                 gemm_nt(&mut out, x, &panel, m, rows, k);
                 Ok(out)
             })
@@ -94,9 +142,51 @@ pub fn matmul_t(
     Ok(out)
 }
 
+/// `out[m, rows] = x @ w^T` on the matrix unit for one panel: `raw` holds `rows` quantized weight rows of `k`
+/// values, each dequantized and rounded to bf16 in turn; `x_packed` is the activations from
+/// [`amx::pack_activations`].
+fn tile_product(
+    out: &mut [f32],
+    x_packed: &[u16],
+    m: usize,
+    dtype: GgmlDType,
+    raw: &[u8],
+    rows: usize,
+    k: usize,
+) -> Result<(), QgemmError> {
+    TILES.with(|cell| {
+        let (row, weights, product) = &mut *cell.borrow_mut();
+        row.resize(k, 0.0);
+        let p_pad = rows.next_multiple_of(amx::STEP_ROWS);
+        weights.resize(p_pad * k, 0);
+        // Every row below `rows` is overwritten; the padding rows must be zero.
+        weights[rows * k..].fill(0);
+        for (r, dst) in raw
+            .chunks_exact(raw.len() / rows)
+            .zip(weights.chunks_exact_mut(k))
+        {
+            dequantize_rows(dtype, r, k, row)?;
+            amx::to_bf16(row, dst);
+        }
+        let m_pad = x_packed.len() / k;
+        product.resize(p_pad * m_pad, 0.0);
+        amx::product(weights, x_packed, k, product);
+        // The unit's rows are weight rows; `out`'s are activation rows.
+        for (j, column) in product.chunks_exact(m_pad).take(rows).enumerate() {
+            for (i, &v) in column[..m].iter().enumerate() {
+                out[i * rows + j] = v;
+            }
+        }
+        Ok(())
+    })
+}
+
 thread_local! {
     /// Each thread's dequantized panel, kept between products so it is allocated once.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's buffers for the matrix unit: one dequantized row, the panel's bf16 rows, the padded product.
+    static TILES: RefCell<(Vec<f32>, Vec<u16>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Dequantizes whole rows of `k` values of `dtype` from `raw` into `out` (its length rows × k).
@@ -212,11 +302,21 @@ mod tests {
                 GgmlDType::Q6K,
             ] {
                 let (q, want) = quantized_and_reference_product(&w, dtype, &x);
-                let got = matmul_t(dtype, &q.data().unwrap(), n, k, &xs).unwrap();
+                let data = q.data().unwrap();
+                let got = matmul_t_with(PanelKernel::F32, dtype, &data, n, k, &xs).unwrap();
                 assert_eq!(got.len(), m * n);
                 let (worst, scale) = worst_gap(&want, &got);
                 // Both are exact in the weights: only the order of f32 sums separates them.
                 assert!(worst <= 1e-4 * scale, "{dtype:?} m={m}: {worst} of {scale}");
+                if PanelKernel::best(k) == PanelKernel::Tiles {
+                    let got = matmul_t_with(PanelKernel::Tiles, dtype, &data, n, k, &xs).unwrap();
+                    let (worst, scale) = worst_gap(&want, &got);
+                    // bf16 operands (8 significant bits) summed in f32.
+                    assert!(
+                        worst <= 4e-3 * scale,
+                        "tiles {dtype:?} m={m}: {worst} of {scale}"
+                    );
+                }
             }
         }
     }

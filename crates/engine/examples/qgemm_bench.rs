@@ -2,8 +2,11 @@
 //! `backend::qgemm` (f32 kernels, and AMX bf16 tiles where the CPU has them) against dequantizing the whole weight
 //! and running candle's f32 matmul, in the same run.
 //! `cargo run --release -p engram-engine --example qgemm_bench`
+use candle_core::quantized::QMatMul;
 use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Module;
 use candle_core::{Device, Tensor};
+use engram_engine::internals::backend::kdot;
 use engram_engine::internals::backend::qgemm::{self, PanelKernel};
 use std::time::Instant;
 
@@ -58,6 +61,22 @@ fn main() {
                 tiles * 1e3,
                 gmac / tiles,
                 f32_panels / tiles
+            );
+        }
+        if m < 16 && kdot::supports(dtype) {
+            let qm = QMatMul::from_arc(std::sync::Arc::new(QTensor::quantize(&w, dtype).unwrap()))
+                .unwrap();
+            let candle = time(20, || {
+                std::hint::black_box(qm.forward(&x).unwrap());
+            });
+            let ours = time(20, || {
+                std::hint::black_box(kdot::matmul_t(dtype, &data, n, k, &xs).unwrap());
+            });
+            print!(
+                "; decode: candle QMatMul {:.2} ms, kdot {:.2} ms ({:.2}x)",
+                candle * 1e3,
+                ours * 1e3,
+                candle / ours
             );
         }
         println!();

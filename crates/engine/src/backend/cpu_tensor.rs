@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use super::kdot;
 use super::qdot::{self, QKind};
 use super::qgemm;
 use super::BackendError;
@@ -79,6 +80,8 @@ impl CpuTensor {
                             panel_product(q, &x)
                         } else if let Some(kind) = QKind::of(q.dtype()) {
                             quantized_product(kind, q, &x)
+                        } else if kdot::supports(q.dtype()) {
+                            k_quant_product(q, &x)
                         } else if rows >= DENSE_PRODUCT_ROWS {
                             let w = q.dequantize(&Device::Cpu)?;
                             x.matmul(&w.t()?)
@@ -165,6 +168,17 @@ fn panel_product(q: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
     let out = qgemm::matmul_t(q.dtype(), &q.data()?, n, k, &xs)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     Tensor::from_vec(out, (rows, n), &Device::Cpu)
+}
+
+/// `x @ q^T` through [`kdot`] (few rows of `x`, K-quant weights), or candle's product where `kdot` declines.
+fn k_quant_product(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = q.shape().dims2()?;
+    let rows = x.elem_count() / k.max(1);
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    match kdot::matmul_t(q.dtype(), &q.data()?, n, k, &xs) {
+        Some(out) => Tensor::from_vec(out, (rows, n), &Device::Cpu),
+        None => QMatMul::QTensor(q.clone()).forward(x),
+    }
 }
 
 /// `x @ q^T` through [`qdot`], for the block types candle multiplies with scalar loops (few rows of `x`).

@@ -7,6 +7,8 @@ pub mod amx;
 pub mod cpu;
 pub mod cpu_tensor;
 pub mod cuda;
+pub mod kdequant;
+pub mod kdot;
 pub mod probe;
 pub mod qdot;
 pub mod qgemm;

@@ -14,6 +14,7 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 use super::amx;
+use super::kdequant;
 use super::qdot::{self, QKind};
 
 /// Weight rows per panel: 128 rows of a 4,864-wide layer are 2.4 MB of f32, about one core's L2.
@@ -165,8 +166,10 @@ fn tile_product(
             .chunks_exact(raw.len() / rows)
             .zip(weights.chunks_exact_mut(k))
         {
-            dequantize_rows(dtype, r, k, row)?;
-            amx::to_bf16(row, dst);
+            if !kdequant::row_to_bf16(dtype, r, dst) {
+                dequantize_rows(dtype, r, k, row)?;
+                amx::to_bf16(row, dst);
+            }
         }
         let m_pad = x_packed.len() / k;
         product.resize(p_pad * m_pad, 0.0);
@@ -233,7 +236,7 @@ fn to_float<T: GgmlType>(raw: &[u8], out: &mut [f32]) -> Result<(), QgemmError> 
 
 /// `raw` as blocks of `T`, when its length is a whole number of blocks and its address is aligned for `T`.
 #[allow(unsafe_code)]
-fn as_blocks<T: GgmlType>(raw: &[u8]) -> Option<&[T]> {
+pub(super) fn as_blocks<T: GgmlType>(raw: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
     if size == 0
         || raw.len() % size != 0

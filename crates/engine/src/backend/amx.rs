@@ -152,7 +152,7 @@ mod tiles {
 
     /// `k` values per chunk: the chunk's weight rows and activations stay in L2 while every pair of tile rows
     /// runs over them; the accumulators go back to `c` between chunks.
-    const CHUNK_K: usize = 1024;
+    const CHUNK_K: usize = 512;
 
     /// The product of [`super::product`], its shapes already checked by it.
     pub(super) fn product(

@@ -6,6 +6,8 @@
 Takes the first N questions of DATA_DIR/questions.json and, as the corpus, every paragraph those questions carry
 (their supporting paragraphs and their distractors, de-duplicated by title and text), in the `{title, text}` form
 of DATA_DIR/corpus.json. Writes OUT_DIR/questions.json and OUT_DIR/corpus.json; the data stays outside the repo.
+Also writes OUT_DIR/prompts.jsonl: per question one line `{question, passages: [{title, text}, ...]}` with all
+its paragraphs, the long real prompts `engram bench h2o --qa-prompts` reads.
 """
 
 import json
@@ -29,6 +31,10 @@ def main():
         json.dump(questions, f)
     with open(os.path.join(out_dir, "corpus.json"), "w") as f:
         json.dump(corpus, f)
+    with open(os.path.join(out_dir, "prompts.jsonl"), "w") as f:
+        for q in questions:
+            passages = [{"title": p["title"], "text": p["paragraph_text"]} for p in q["paragraphs"]]
+            f.write(json.dumps({"question": q["question"], "passages": passages}) + "\n")
     print(json.dumps({"questions": len(questions), "passages": len(corpus)}))
 
 

@@ -7,6 +7,7 @@
 use serde::Serialize;
 
 use super::engine::BenchError;
+use super::speculative::{qa_prompt_tokens, QaPrompt};
 use engram_engine::internals::backend::probe::DeviceProbe;
 use engram_engine::internals::backend::Backend;
 use engram_engine::internals::h2o::KvBudget;
@@ -33,6 +34,9 @@ pub struct H2oBenchConfig {
     pub slack: usize,
     /// Prompt tokens per prefill pass.
     pub chunk: usize,
+    /// Real QA prompts (the `/v1/qa` prompt over each question's passages) instead of `sequences` random prompts
+    /// of `prompt_len` tokens.
+    pub qa_prompts: Option<Vec<QaPrompt>>,
 }
 
 /// One run: the full cache or a budget.
@@ -54,6 +58,8 @@ pub struct H2oRun {
     pub kl_max: f64,
     /// Share of steps whose greedy token equals the full cache's.
     pub top1_agreement: f64,
+    /// Share of sequences whose greedy tokens equal the full cache's at every step (the same answer).
+    pub sequence_agreement: f64,
     /// Eviction during decoding: rounds, sequences and seconds by phase (included in the steps' time).
     pub eviction: EvictionTimes,
 }
@@ -67,8 +73,10 @@ pub struct H2oReport {
     pub model: String,
     /// Sequences.
     pub sequences: usize,
-    /// Prompt tokens per sequence.
+    /// Prompt tokens per sequence (the longest, for real prompts).
     pub prompt_len: usize,
+    /// Whether the prompts are real QA prompts.
+    pub real_prompts: bool,
     /// Decode steps.
     pub steps: usize,
     /// The runs, the full cache first.
@@ -119,17 +127,19 @@ pub fn bench_h2o<B: Backend + DeviceProbe>(
     backend: B,
     cfg: &H2oBenchConfig,
 ) -> Result<H2oReport, BenchError> {
-    let (model, _, _) = load_model(backend, &cfg.model)?;
+    let (model, tokenizer, _) = load_model(backend, &cfg.model)?;
     let c = model.config().clone();
     let vocab = c.vocab_size;
-    let lens = vec![cfg.prompt_len; cfg.sequences];
-    let prompts = prompt_tokens(&lens, vocab);
+    let prompts = match &cfg.qa_prompts {
+        Some(qa) => qa_prompt_tokens(qa, &tokenizer)?,
+        None => prompt_tokens(&vec![cfg.prompt_len; cfg.sequences], vocab),
+    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let block_size = 16;
     let token_bytes = (2 * c.num_layers * c.num_kv_heads * c.head_dim * 2) as u64;
     let cache_cfg = KvCacheConfig {
         block_size,
-        num_blocks: cfg.sequences * (cfg.prompt_len + cfg.steps + 1).div_ceil(block_size)
-            + cfg.sequences,
+        num_blocks: prompts.len() * (longest + cfg.steps + 1).div_ceil(block_size) + prompts.len(),
     };
     let mut kv = model.backend_kv(&cache_cfg)?;
     let block_bytes = token_bytes * block_size as u64;
@@ -173,10 +183,11 @@ pub fn bench_h2o<B: Backend + DeviceProbe>(
             Ok(())
         },
     )?;
-    let mut runs = vec![summary("full", &full, block_bytes, 0.0, 0.0, 1.0)];
+    let mut runs = vec![summary("full", &full, block_bytes, 0.0, 0.0, 1.0, 1.0)];
     for budget in &cfg.budgets {
         let mut cache = KvCache::new(cache_cfg);
         let (mut kl_sum, mut kl_max, mut agree, mut count) = (0.0f64, 0.0f64, 0usize, 0usize);
+        let mut same_answer = vec![true; prompts.len()];
         let run = decode(
             &model,
             &mut kv,
@@ -196,11 +207,13 @@ pub fn bench_h2o<B: Backend + DeviceProbe>(
                     kl_sum += d;
                     kl_max = kl_max.max(d);
                     count += 1;
-                    if step + 1 < cfg.steps {
-                        agree += usize::from(argmax(q) as u32 == full.tokens[s][step + 1]);
+                    let same = if step + 1 < cfg.steps {
+                        argmax(q) as u32 == full.tokens[s][step + 1]
                     } else {
-                        agree += usize::from(argmax(q) == argmax(p));
-                    }
+                        argmax(q) == argmax(p)
+                    };
+                    agree += usize::from(same);
+                    same_answer[s] &= same;
                 }
                 Ok(())
             },
@@ -213,13 +226,15 @@ pub fn bench_h2o<B: Backend + DeviceProbe>(
             kl_sum / count.max(1) as f64,
             kl_max,
             agree as f64 / count.max(1) as f64,
+            same_answer.iter().filter(|&&s| s).count() as f64 / same_answer.len().max(1) as f64,
         ));
     }
     Ok(H2oReport {
         device: model.backend().device(),
         model: cfg.model.clone(),
-        sequences: cfg.sequences,
-        prompt_len: cfg.prompt_len,
+        sequences: prompts.len(),
+        prompt_len: longest,
+        real_prompts: cfg.qa_prompts.is_some(),
         steps: cfg.steps,
         runs,
     })
@@ -232,6 +247,7 @@ fn summary(
     kl_mean: f64,
     kl_max: f64,
     top1_agreement: f64,
+    sequence_agreement: f64,
 ) -> H2oRun {
     let seconds: f64 = run.step_seconds.iter().sum();
     let tokens = run.tokens.len() * run.step_seconds.len();
@@ -244,6 +260,7 @@ fn summary(
         kl_mean,
         kl_max,
         top1_agreement,
+        sequence_agreement,
         eviction: run.eviction.clone(),
     }
 }
@@ -278,6 +295,7 @@ mod tests {
             ],
             slack: 4,
             chunk: 32,
+            qa_prompts: None,
         };
         let r = bench_h2o(CpuBackend, &cfg).unwrap();
         assert_eq!(r.runs.len(), 3);
@@ -287,6 +305,45 @@ mod tests {
         // A budget covering the sequence is the full cache: no divergence.
         assert!(covering.kl_max < 1e-6, "{covering:?}");
         assert_eq!(covering.top1_agreement, 1.0);
+        assert_eq!(covering.sequence_agreement, 1.0);
         assert_eq!(covering.kv_bytes_peak, full.kv_bytes_peak);
+    }
+
+    #[test]
+    fn real_prompts_replace_the_random_ones() {
+        let passage = |i: usize| {
+            (
+                format!("Title {i}"),
+                format!("Passage {i} says that {i} is a number. ").repeat(6),
+            )
+        };
+        let qa = (0..3)
+            .map(|q| QaPrompt {
+                question: format!("Which number is question {q} about?"),
+                passages: (0..4).map(|i| passage(q * 4 + i)).collect(),
+            })
+            .collect();
+        let cfg = H2oBenchConfig {
+            model: "synthetic:tiny".into(),
+            sequences: 9,
+            prompt_len: 9999,
+            steps: 4,
+            budgets: vec![KvBudget {
+                heavy: BudgetPart::Tokens(16),
+                recent: BudgetPart::Tokens(16),
+            }],
+            slack: 4,
+            chunk: 64,
+            qa_prompts: Some(qa),
+        };
+        let r = bench_h2o(CpuBackend, &cfg).unwrap();
+        assert!(r.real_prompts);
+        assert_eq!(r.sequences, 3);
+        assert!(
+            r.prompt_len > 100 && r.prompt_len < 9999,
+            "{}",
+            r.prompt_len
+        );
+        assert!(r.runs[1].kv_bytes_after_prefill < r.runs[0].kv_bytes_after_prefill);
     }
 }

@@ -146,6 +146,13 @@ pub struct H2oArgs {
     /// Prompt tokens per prefill pass.
     #[arg(long, default_value_t = 8192)]
     chunk: usize,
+    /// Real prompts instead of random ones: `/v1/qa`'s prompt over each question's passages, from the JSON lines
+    /// of `engram eval --predictions` (or `scripts/musique_subset.py --prompts`: every paragraph of a question).
+    #[arg(long)]
+    qa_prompts: Option<PathBuf>,
+    /// Questions read from --qa-prompts (one sequence each; replaces --sequences and --prompt-len).
+    #[arg(long, default_value_t = 8)]
+    qa_prompts_limit: usize,
 }
 
 /// `engram bench attribution`.
@@ -311,6 +318,11 @@ fn h2o<B: Backend + DeviceProbe>(backend: B, a: &H2oArgs) -> Result<()> {
         budgets,
         slack: a.slack,
         chunk: a.chunk,
+        qa_prompts: a
+            .qa_prompts
+            .as_deref()
+            .map(|path| speculative::read_qa_prompts(path, a.qa_prompts_limit))
+            .transpose()?,
     };
     let r = h2o::bench_h2o(backend, &cfg)?;
     report::h2o(&r);

@@ -102,15 +102,20 @@ pub fn speculative(report: &SpecReport) {
 
 /// `engram bench h2o`'s table and eviction times.
 pub fn h2o(report: &H2oReport) {
+    let prompts = if report.real_prompts {
+        "QA prompts of up to"
+    } else {
+        "random prompts of"
+    };
     println!(
-        "device {} | model {} | {} sequences | prompts of {} tokens | {} steps (teacher-forced on the full cache's tokens)",
+        "device {} | model {} | {} sequences | {prompts} {} tokens | {} steps (teacher-forced on the full cache's tokens)",
         report.device, report.model, report.sequences, report.prompt_len, report.steps
     );
-    println!("| run | KV after prefill (GB) | KV peak (GB) | tokens/s | step ms | KL mean | KL max | top-1 agreement |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| run | KV after prefill (GB) | KV peak (GB) | tokens/s | step ms | KL mean | KL max | top-1 agreement | same answer |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &report.runs {
         println!(
-            "| {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.4} | {:.4} | {:.3} |",
+            "| {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.4} | {:.4} | {:.3} | {:.3} |",
             r.label,
             r.kv_bytes_after_prefill as f64 / 1e9,
             r.kv_bytes_peak as f64 / 1e9,
@@ -118,7 +123,8 @@ pub fn h2o(report: &H2oReport) {
             r.step_ms_median,
             r.kl_mean,
             r.kl_max,
-            r.top1_agreement
+            r.top1_agreement,
+            r.sequence_agreement
         );
     }
     for r in report.runs.iter().filter(|r| r.eviction.rounds > 0) {

@@ -263,7 +263,7 @@ fn bench_prompts(cfg: &SpecBenchConfig, vocab: usize) -> Vec<Vec<u32>> {
 }
 
 /// `/v1/qa`'s prompt (every passage) for each question, in the target's tokenizer.
-fn qa_prompt_tokens(
+pub fn qa_prompt_tokens(
     qa: &[QaPrompt],
     tokenizer: &engram_engine::ModelTokenizer,
 ) -> Result<Vec<Vec<u32>>, BenchError> {

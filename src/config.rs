@@ -251,12 +251,15 @@ pub struct QaConfig {
     /// Coalition prompts scored per engine call in the joint attribution mode (each call's sequences are released
     /// before the next); 1 scores every coalition prompt alone and in full, the separate-scoring baseline.
     pub coalitions_per_call: usize,
+    /// Random ablations the `contextcite` estimator fits its surrogate to (2 to 4096).
+    pub contextcite_ablations: usize,
 }
 
 impl Default for QaConfig {
     fn default() -> Self {
         Self {
             coalitions_per_call: 16,
+            contextcite_ablations: crate::attribution::contextcite::DEFAULT_ABLATIONS,
         }
     }
 }
@@ -604,6 +607,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "qa.coalitions_per_call",
                 message: "must be at least 1".into(),
+            });
+        }
+        if !(2..=4096).contains(&self.qa.contextcite_ablations) {
+            return Err(ConfigError::Invalid {
+                key: "qa.contextcite_ablations",
+                message: format!(
+                    "must be between 2 and 4096, got {}",
+                    self.qa.contextcite_ablations
+                ),
             });
         }
         Ok(())

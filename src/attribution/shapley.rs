@@ -82,13 +82,13 @@ pub struct Attribution {
 }
 
 /// Values of coalitions, each asked of the game once.
-struct Cache<'g, G: Game + ?Sized> {
+pub(super) struct Cache<'g, G: Game + ?Sized> {
     game: &'g mut G,
     known: HashMap<Coalition, f64>,
 }
 
 impl<'g, G: Game + ?Sized> Cache<'g, G> {
-    fn new(game: &'g mut G) -> Self {
+    pub(super) fn new(game: &'g mut G) -> Self {
         Self {
             game,
             known: HashMap::new(),
@@ -96,7 +96,7 @@ impl<'g, G: Game + ?Sized> Cache<'g, G> {
     }
 
     /// Values `coalitions` the game has not been asked yet, in one batch.
-    fn fill(&mut self, coalitions: &[Coalition]) -> Result<(), ShapleyError> {
+    pub(super) fn fill(&mut self, coalitions: &[Coalition]) -> Result<(), ShapleyError> {
         let mut missing: Vec<Coalition> = Vec::new();
         for &c in coalitions {
             if !self.known.contains_key(&c) && !missing.contains(&c) {
@@ -117,12 +117,17 @@ impl<'g, G: Game + ?Sized> Cache<'g, G> {
         Ok(())
     }
 
-    fn get(&self, c: Coalition) -> f64 {
+    pub(super) fn get(&self, c: Coalition) -> f64 {
         self.known[&c]
     }
 
     /// The result over `n` players (the cache holds the empty and the full coalition).
-    fn attribution(&self, n: usize, values: Vec<f64>, std_errors: Vec<f64>) -> Attribution {
+    pub(super) fn attribution(
+        &self,
+        n: usize,
+        values: Vec<f64>,
+        std_errors: Vec<f64>,
+    ) -> Attribution {
         Attribution {
             values,
             std_errors,
@@ -142,7 +147,11 @@ pub fn all_players(n: usize) -> Coalition {
     }
 }
 
-fn check_players(n: usize, most: usize, estimator: &'static str) -> Result<(), ShapleyError> {
+pub(super) fn check_players(
+    n: usize,
+    most: usize,
+    estimator: &'static str,
+) -> Result<(), ShapleyError> {
     if n > most {
         return Err(ShapleyError::TooManyPlayers {
             players: n,
@@ -178,7 +187,7 @@ pub fn exact_shapley<G: Game + ?Sized>(game: &mut G) -> Result<Attribution, Shap
 }
 
 /// A small deterministic generator (splitmix64) for the samplers.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 /// splitmix64's finaliser: a bijective 64-bit mix of `z` plus the golden-ratio increment.
 fn mix64(mut z: u64) -> u64 {
@@ -195,7 +204,7 @@ impl Rng {
     }
 
     /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
+    pub(super) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 

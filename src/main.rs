@@ -1,6 +1,7 @@
 //! The `engram` command: serve, ingest, reindex, eval.
 
 mod bench;
+mod eval_attribution;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -130,6 +131,11 @@ enum Command {
         /// extractive reader without one) and report exact match and F1 against the answer and its aliases.
         #[arg(long)]
         qa: bool,
+        /// Instead of retrieval and answers, score the passage-attribution methods (Shapley over joint and
+        /// separate prompts, ContextCite, leave-one-out, retrieval order, random) on the model's answers from the
+        /// top 5 passages: top-k log-probability drops and the linear datamodeling score. Needs a model.
+        #[arg(long, conflicts_with = "qa")]
+        attribution: bool,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -229,6 +235,7 @@ async fn main() -> Result<()> {
             openie,
             retriever,
             qa,
+            attribution,
             json,
             predictions,
         } => {
@@ -239,6 +246,7 @@ async fn main() -> Result<()> {
                 openie,
                 retriever,
                 qa,
+                attribution,
                 json,
                 predictions,
             };
@@ -291,6 +299,7 @@ struct EvalFlags {
     openie: Option<PathBuf>,
     retriever: String,
     qa: bool,
+    attribution: bool,
     json: bool,
     predictions: Option<PathBuf>,
 }
@@ -328,6 +337,11 @@ async fn run_eval(
             .map(|s| s.trim().to_string())
             .collect()
     };
+    if flags.attribution {
+        eval_attribution::run(&app, &names, &qs, flags.json, flags.predictions.as_deref()).await?;
+        app.store.close().await;
+        return Ok(());
+    }
     let mut reports = Vec::new();
     for name in &names {
         let r = app.retrievers.get(name)?;

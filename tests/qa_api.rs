@@ -16,6 +16,19 @@ fn demo_corpus() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The element of the array `items` with the largest `value`.
+fn most_valued(items: &Value) -> &Value {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by(|a, b| {
+            let v = |x: &Value| x["value"].as_f64().unwrap();
+            v(a).total_cmp(&v(b))
+        })
+        .unwrap()
+}
+
 fn attribution_sum(body: &Value) -> f64 {
     body["passages"]
         .as_array()
@@ -303,7 +316,7 @@ async fn qa_attributes_with_passages_encoded_once() {
         }
         q
     };
-    // Past 5 passages `auto` encodes each passage once: 2^8 coalitions, each costing its tail only.
+    // `auto` encodes each passage once: 2^8 coalitions, each costing its tail only.
     let (s, body) = t.post_json("/v1/qa", &ask(8, None)).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let info = &body["attribution"];
@@ -325,8 +338,14 @@ async fn qa_attributes_with_passages_encoded_once() {
     );
     assert!(computed * 4 < written, "{info}");
     assert!(info["forward_passes"].as_u64().unwrap() >= 1);
-    // Up to 5 passages `auto` computes every coalition prompt; either can be asked for.
-    let (_, joint) = t.post_json("/v1/qa", &ask(3, None)).await;
+    // On the CPU `auto` encodes each passage once even for 3 passages (a GPU would compute every coalition
+    // prompt up to 5); either can be asked for.
+    let (_, auto) = t.post_json("/v1/qa", &ask(3, None)).await;
+    assert_eq!(
+        auto["attribution"]["passage_encoding"], "separate",
+        "{auto}"
+    );
+    let (_, joint) = t.post_json("/v1/qa", &ask(3, Some("joint"))).await;
     assert_eq!(joint["attribution"]["passage_encoding"], "joint", "{joint}");
     let (s, sep) = t.post_json("/v1/qa", &ask(3, Some("separate"))).await;
     assert_eq!(s, StatusCode::OK, "{sep}");
@@ -357,6 +376,34 @@ async fn qa_attributes_with_passages_encoded_once() {
         perm["attribution"]["method"], "permutation_shapley",
         "{perm}"
     );
+    // ContextCite: at most its 32 random ablations plus the empty and full prompts, no standard errors.
+    let mut q = ask(6, Some("separate"));
+    q["estimator"] = json!("contextcite");
+    let (s, cc) = t.post_json("/v1/qa", &q).await;
+    assert_eq!(s, StatusCode::OK, "{cc}");
+    assert_eq!(cc["attribution"]["method"], "contextcite", "{cc}");
+    assert!(cc["attribution"]["evaluations"].as_u64().unwrap() <= 34);
+    assert_eq!(cc["passages"].as_array().unwrap().len(), 6, "{cc}");
+    assert!(
+        cc["passages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["attribution"]["std_error"] == 0.0),
+        "{cc}"
+    );
+    // Sentences as the players, in both encodings: each passage's value is the sum of its sentences'.
+    for encoding in ["separate", "joint"] {
+        let mut q = ask(3, Some(encoding));
+        q["attribution"] = json!("sentences");
+        let (s, body) = t.post_json("/v1/qa", &q).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        check_sentence_values(&body);
+        assert_eq!(
+            body["sentence_attribution"]["attribution"]["passage_encoding"], encoding,
+            "{body}"
+        );
+    }
     // Passages that cannot fit the model's window: a 400 that says to lower top_k.
     t.ingest(&demo_corpus()).await;
     let (s, err) = t
@@ -554,17 +601,7 @@ async fn qa_attributes_the_words_of_the_top_passage() {
     let p = ta["passage"].as_u64().unwrap() as usize;
     assert_eq!(body["answer"]["passage"], p as u64, "{body}");
     let text = body["passages"][p]["text"].as_str().unwrap();
-    let best = ta["spans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .max_by(|a, b| {
-            a["value"]
-                .as_f64()
-                .unwrap()
-                .total_cmp(&b["value"].as_f64().unwrap())
-        })
-        .unwrap();
+    let best = most_valued(&ta["spans"]);
     let run = &text[best["start_byte"].as_u64().unwrap() as usize
         ..best["end_byte"].as_u64().unwrap() as usize];
     assert!(best["value"].as_f64().unwrap() > 0.0, "{ta}");
@@ -577,6 +614,84 @@ async fn qa_attributes_the_words_of_the_top_passage() {
         .await;
     assert!(plain["token_attribution"].is_null());
     eprintln!("most valuable run: {run:?}");
+    t.finish().await;
+}
+
+/// `sentence_attribution`: sentences inside their passages, in text order, and each passage's value the sum of its
+/// sentences'.
+fn check_sentence_values(body: &Value) {
+    let sa = &body["sentence_attribution"];
+    let sentences = sa["sentences"].as_array().expect("sentence_attribution");
+    let passages = body["passages"].as_array().unwrap();
+    assert!(sentences.len() >= passages.len(), "{sa}");
+    let mut sums = vec![0.0; passages.len()];
+    let mut last_end = vec![0u64; passages.len()];
+    for s in sentences {
+        let p = s["passage"].as_u64().unwrap() as usize;
+        let (a, b) = (
+            s["start_byte"].as_u64().unwrap(),
+            s["end_byte"].as_u64().unwrap(),
+        );
+        let text = passages[p]["text"].as_str().unwrap();
+        assert!(a >= last_end[p] && a < b && b as usize <= text.len(), "{s}");
+        last_end[p] = b;
+        sums[p] += s["value"].as_f64().unwrap();
+    }
+    for (p, sum) in passages.iter().zip(sums) {
+        let v = p["attribution"]["value"].as_f64().unwrap();
+        assert!((v - sum).abs() < 1e-9, "{v} vs {sum}");
+    }
+    assert_eq!(body["attribution"]["method"], sa["attribution"]["method"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_attributes_sentences() {
+    let t = TestApp::start(Db::Sqlite, |_| {}).await;
+    t.ingest(&demo_corpus()).await;
+    let ask = json!({"question": "Which company did Ida Fernsworth found in 1874?", "top_k": 5, "attribution": "sentences"});
+    let (s, body) = t.post_json("/v1/qa", &ask).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    check_sentence_values(&body);
+    let count = body["sentence_attribution"]["sentences"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        count > 10,
+        "the demo passages have several sentences each: {count}"
+    );
+    // Past 10 sentences `auto` fits ContextCite; the reader's answer sentence carries the most value.
+    assert_eq!(body["attribution"]["method"], "contextcite", "{body}");
+    let best = most_valued(&body["sentence_attribution"]["sentences"]).clone();
+    let p = best["passage"].as_u64().unwrap() as usize;
+    let text = body["passages"][p]["text"].as_str().unwrap();
+    let sentence = &text[best["start_byte"].as_u64().unwrap() as usize
+        ..best["end_byte"].as_u64().unwrap() as usize];
+    assert!(
+        sentence.contains(body["answer"]["text"].as_str().unwrap())
+            || body["answer"]["text"].as_str().unwrap().contains(sentence),
+        "{sentence:?} vs {}",
+        body["answer"]
+    );
+    // Exact Shapley values on request are efficient: they sum to v(all) - v(none).
+    let mut exact = ask.clone();
+    exact["top_k"] = json!(2);
+    let (s, body) = t.post_json("/v1/qa", &exact).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let info = &body["attribution"];
+    if body["sentence_attribution"]["sentences"]
+        .as_array()
+        .unwrap()
+        .len()
+        <= 10
+    {
+        assert_eq!(info["method"], "exact_shapley", "{info}");
+        let full_minus_empty = info["full"].as_f64().unwrap() - info["empty"].as_f64().unwrap();
+        assert!(
+            (attribution_sum(&body) - full_minus_empty).abs() < 1e-9,
+            "{body}"
+        );
+    }
     t.finish().await;
 }
 

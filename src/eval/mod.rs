@@ -5,13 +5,17 @@
 //! come from `/v1/qa`'s [`Answerer`] over the top 5 passages: the generation model (greedy, the `/v1/qa` prompt)
 //! or, without one, the extractive reader. A model prompt that does not fit with all 5 passages is not answered,
 //! as `/v1/qa` refuses it ([`crate::qa::AnswerError::OverContext`]): the question scores 0 and is counted in
-//! [`EvalReport::over_context`].
+//! [`EvalReport::over_context`]. With `--attribution`, [`evaluate_attribution`] scores the passage-attribution
+//! methods on the model's answers instead ([`attribution`]).
 
 mod answers;
+pub mod attribution;
+pub mod attribution_report;
 mod dataset;
 
 pub use answers::{best_scores, exact_match, f1, normalize_answer};
 
+pub use attribution_report::{evaluate_attribution, AttributionReport};
 pub use dataset::{load_corpus, load_questions, EvalQuestion, GoldStyle};
 
 use crate::qa::{AnswerError, Answerer};
@@ -51,6 +55,12 @@ pub enum EvalError {
     /// The generation model failed to answer.
     #[error("the model failed to answer: {0}")]
     Generation(#[source] AnswerError),
+    /// `--attribution` without a generation model.
+    #[error("--attribution needs a generation model (--model FILE.gguf or a model directory)")]
+    NeedsModel,
+    /// An attribution method failed.
+    #[error("attribution failed: {0}")]
+    Attribution(String),
 }
 
 /// The summary `engram eval --json` prints.

@@ -5,18 +5,22 @@
 //! extractive one by the reader's own game ([`crate::qa::extractive::ReaderGame`]).
 
 use crate::attribution::{
-    all_players, banzhaf, exact_shapley, permutation_shapley, Game, LogProbGame, Scorer, Value,
-    MAX_EXACT_PLAYERS,
+    all_players, banzhaf, contextcite, exact_shapley, logit_of_log_prob, permutation_shapley, Game,
+    LogProbGame, Scorer, Value, MAX_EXACT_PLAYERS,
 };
 use crate::config::QaConfig;
 use crate::qa::answerer::{Answered, Basis};
 use crate::qa::error::QaError;
 use crate::qa::extractive::{ReaderGame, Reading};
 use crate::qa::generated::{prompt_ids, separate_prompt, titles_and_texts, EngineScorer};
+use crate::qa::sentences::{
+    kept_passages, sentence_players, sentence_segments, ReaderSentenceGame, SentencePlayer,
+    MAX_SENTENCES,
+};
 use crate::qa::spans::{keep_runs, top_passage, word_runs, ReaderRunGame, SPAN_PLAYERS};
 use crate::qa::types::{
     AttributionInfo, AttributionLevel, Estimator, PassageAttribution, PassageEncoding,
-    SpanAttribution, TokenAttribution, ValueFunction,
+    SentenceAttribution, SentenceValue, SpanAttribution, TokenAttribution, ValueFunction,
 };
 use crate::retrieve::ScoredPassage;
 use engram_engine::Generator;
@@ -58,6 +62,8 @@ pub struct Attributions {
     pub info: Option<AttributionInfo>,
     /// Token level: the values of runs of words of the passage with the largest value.
     pub tokens: Option<TokenAttribution>,
+    /// Sentence level: the values of the passages' sentences.
+    pub sentences: Option<SentenceAttribution>,
 }
 
 /// Values of a game's players, their standard errors, and how they were computed.
@@ -78,20 +84,20 @@ pub async fn attribute(
     if options.level == AttributionLevel::None || passages.is_empty() {
         return Ok(Attributions::default());
     }
+    if options.level == AttributionLevel::Sentences {
+        return sentence_level(question, passages, answered, options, config).await;
+    }
     let want_tokens = options.level == AttributionLevel::Tokens;
     let (scored, tokens) = match &answered.basis {
         Basis::Generated { tokens, .. } if tokens.is_empty() => return Ok(Attributions::default()),
         Basis::Generated { generator, tokens } => {
             let pairs = titles_and_texts(passages);
-            let game = Generated {
-                generator,
-                question,
-                passages: &pairs,
-                answer: tokens,
-                value: options.value,
-                coalitions_per_call: config.coalitions_per_call,
+            let game = Generated::new(generator, question, &pairs, tokens, options.value, config);
+            let estimator = EstimatorChoice {
+                estimator: options.estimator,
+                ablations: config.contextcite_ablations,
             };
-            let scored = game.passages(options.encoding, options.estimator).await?;
+            let scored = game.passages(options.encoding, estimator).await?;
             let tokens = match top_passage(&scored.values) {
                 Some(p) if want_tokens => Some(game.tokens(p).await?),
                 _ => None,
@@ -99,7 +105,11 @@ pub async fn attribute(
             (scored, tokens)
         }
         Basis::Extractive(reading) => {
-            extractive(question, passages, reading, options.estimator, want_tokens)?
+            let estimator = EstimatorChoice {
+                estimator: options.estimator,
+                ablations: config.contextcite_ablations,
+            };
+            extractive(question, passages, reading, estimator, want_tokens)?
         }
     };
     let attributions = scored
@@ -112,6 +122,83 @@ pub async fn attribute(
         passages: Some(attributions),
         info: Some(scored.info),
         tokens,
+        sentences: None,
+    })
+}
+
+/// Sentence-level attribution: the sentences of `passages` are the players; each passage's value is the sum of
+/// its sentences' (standard errors added in quadrature). `auto` estimates beyond 10 sentences with ContextCite.
+async fn sentence_level(
+    question: &str,
+    passages: &[ScoredPassage],
+    answered: &Answered,
+    options: AttributionOptions,
+    config: &QaConfig,
+) -> Result<Attributions, QaError> {
+    let pairs = titles_and_texts(passages);
+    let texts: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
+    let players =
+        sentence_players(&texts, MAX_SENTENCES).ok_or(QaError::TooManySentencePassages {
+            passages: texts.iter().filter(|t| !t.trim().is_empty()).count(),
+            most: MAX_SENTENCES,
+        })?;
+    if players.is_empty() {
+        return Ok(Attributions::default());
+    }
+    let estimator = EstimatorChoice {
+        estimator: match options.estimator {
+            Estimator::Auto if players.len() > MAX_EXACT_PLAYERS => Estimator::ContextCite,
+            other => other,
+        },
+        ablations: config.contextcite_ablations,
+    };
+    let scored = match &answered.basis {
+        Basis::Generated { tokens, .. } if tokens.is_empty() => return Ok(Attributions::default()),
+        Basis::Generated { generator, tokens } => {
+            let game = Generated::new(generator, question, &pairs, tokens, options.value, config);
+            game.sentences(&players, options.encoding, estimator)
+                .await?
+        }
+        Basis::Extractive(_) => {
+            let mut game = ReaderSentenceGame {
+                question,
+                texts: texts.clone(),
+                players: &players,
+            };
+            shapley(&mut game, READER_VALUE, estimator, identity)?
+        }
+    };
+    let mut sums = vec![(0.0, 0.0); passages.len()];
+    let sentences = players
+        .iter()
+        .zip(scored.values.iter().zip(&scored.errors))
+        .map(|(p, (&value, &std_error))| {
+            sums[p.passage].0 += value;
+            sums[p.passage].1 += std_error * std_error;
+            SentenceValue {
+                passage: p.passage,
+                start_byte: p.start_byte,
+                end_byte: p.end_byte,
+                value,
+                std_error,
+            }
+        })
+        .collect();
+    Ok(Attributions {
+        passages: Some(
+            sums.into_iter()
+                .map(|(value, var)| PassageAttribution {
+                    value,
+                    std_error: var.sqrt(),
+                })
+                .collect(),
+        ),
+        info: Some(scored.info.clone()),
+        tokens: None,
+        sentences: Some(SentenceAttribution {
+            sentences,
+            attribution: scored.info,
+        }),
     })
 }
 
@@ -121,7 +208,7 @@ fn extractive(
     question: &str,
     passages: &[ScoredPassage],
     reading: &Reading,
-    estimator: Estimator,
+    estimator: EstimatorChoice,
     want_tokens: bool,
 ) -> Result<(Scored, Option<TokenAttribution>), QaError> {
     let texts: Vec<&str> = passages.iter().map(|p| p.passage.text.as_str()).collect();
@@ -129,7 +216,7 @@ fn extractive(
         passages: texts.len(),
         reading,
     };
-    let scored = shapley(&mut game, READER_VALUE, estimator)?;
+    let scored = shapley(&mut game, READER_VALUE, estimator, identity)?;
     let tokens = match top_passage(&scored.values) {
         Some(p) if want_tokens => {
             let runs = word_runs(texts[p], SPAN_PLAYERS);
@@ -139,7 +226,7 @@ fn extractive(
                 passage: p,
                 runs: runs.clone(),
             };
-            let r = shapley(&mut game, READER_VALUE, estimator)?;
+            let r = shapley(&mut game, READER_VALUE, estimator, identity)?;
             Some(token_attribution(p, &runs, r))
         }
         _ => None,
@@ -159,7 +246,25 @@ struct Generated<'a> {
     coalitions_per_call: usize,
 }
 
-impl Generated<'_> {
+impl<'a> Generated<'a> {
+    fn new(
+        generator: &'a Arc<dyn Generator>,
+        question: &'a str,
+        passages: &'a [(String, String)],
+        answer: &'a [u32],
+        value: ValueFunction,
+        config: &QaConfig,
+    ) -> Self {
+        Self {
+            generator,
+            question,
+            passages,
+            answer,
+            value,
+            coalitions_per_call: config.coalitions_per_call,
+        }
+    }
+
     fn scorer(&self) -> EngineScorer {
         EngineScorer {
             generator: self.generator.clone(),
@@ -171,12 +276,22 @@ impl Generated<'_> {
     async fn passages(
         &self,
         encoding: PassageEncoding,
-        estimator: Estimator,
+        estimator: EstimatorChoice,
     ) -> Result<Scored, QaError> {
-        let n = self.passages.len();
-        let encoding = encoding.resolve(n);
+        let encoding = encoding.resolve(self.passages.len(), self.generator.device());
+        let mut game = self.game(encoding)?;
+        let value = self.value;
+        tokio::task::spawn_blocking(move || model_shapley(&mut game, encoding, value, estimator))
+            .await?
+    }
+
+    /// The passage game with prompts computed as `encoding` says (`Separate`, or joint for anything else).
+    fn game(
+        &self,
+        encoding: PassageEncoding,
+    ) -> Result<LogProbGame<'static, EngineScorer>, QaError> {
         let value = game_value(self.value);
-        let mut game = match encoding {
+        Ok(match encoding {
             PassageEncoding::Separate => {
                 let prompt = separate_prompt(self.generator.as_ref(), self.question, self.passages)
                     .map_err(QaError::AttributionPrompt)?;
@@ -187,8 +302,46 @@ impl Generated<'_> {
                 let passages = self.passages.to_vec();
                 LogProbGame::new(
                     self.scorer(),
-                    n,
+                    passages.len(),
                     Box::new(move |c| prompt_ids(g.as_ref(), &question, &passages, c)),
+                    self.answer.to_vec(),
+                    value,
+                )
+            }
+        })
+    }
+
+    /// The values of sentence `players`, their prompts computed as `encoding` says (resolved for their number).
+    async fn sentences(
+        &self,
+        players: &[SentencePlayer],
+        encoding: PassageEncoding,
+        estimator: EstimatorChoice,
+    ) -> Result<Scored, QaError> {
+        let encoding = encoding.resolve(players.len(), self.generator.device());
+        let value = game_value(self.value);
+        let mut game = match encoding {
+            PassageEncoding::Separate => {
+                let g = self.generator.as_ref();
+                let prompt = separate_prompt(g, self.question, self.passages)
+                    .and_then(|p| {
+                        sentence_segments(p, self.passages, players, |s| {
+                            g.tokenizer().encode(s, false).map_err(|e| e.to_string())
+                        })
+                    })
+                    .map_err(QaError::AttributionPrompt)?;
+                LogProbGame::separate(self.scorer(), prompt, self.answer.to_vec(), value)
+            }
+            _ => {
+                let (g, question) = (self.generator.clone(), self.question.to_string());
+                let (passages, kept) = (self.passages.to_vec(), players.to_vec());
+                LogProbGame::new(
+                    self.scorer(),
+                    kept.len(),
+                    Box::new(move |c| {
+                        let (reduced, with) = kept_passages(&passages, &kept, c);
+                        prompt_ids(g.as_ref(), &question, &reduced, with)
+                    }),
                     self.answer.to_vec(),
                     value,
                 )
@@ -220,24 +373,75 @@ impl Generated<'_> {
             game_value(self.value),
         );
         let value = self.value;
+        let estimator = EstimatorChoice {
+            estimator: Estimator::Auto,
+            ablations: 0,
+        };
         let r = tokio::task::spawn_blocking(move || {
-            model_shapley(&mut game, PassageEncoding::Joint, value, Estimator::Auto)
+            model_shapley(&mut game, PassageEncoding::Joint, value, estimator)
         })
         .await??;
         Ok(token_attribution(p, &runs, r))
     }
 }
 
-/// Values of `game`'s players by `estimator`; `value` names the game's value function.
-fn shapley<G: Game>(game: &mut G, value: &str, estimator: Estimator) -> Result<Scored, QaError> {
+/// An estimator and, for `contextcite`, its number of random ablations.
+#[derive(Debug, Clone, Copy)]
+struct EstimatorChoice {
+    estimator: Estimator,
+    ablations: usize,
+}
+
+/// A value as it is (ContextCite's fit target for values that are not log-probabilities).
+fn identity(v: f64) -> f64 {
+    v
+}
+
+/// The two passage games of a generated `answer` (its tokens) to `question` from `passages`, valued by the
+/// answer's log-probability: prompts written out in full, then passages encoded once (`engram eval
+/// --attribution` compares the estimators over both).
+pub fn answer_games(
+    generator: &Arc<dyn Generator>,
+    question: &str,
+    passages: &[ScoredPassage],
+    answer: &[u32],
+    config: &QaConfig,
+) -> Result<[LogProbGame<'static, EngineScorer>; 2], QaError> {
+    let pairs = titles_and_texts(passages);
+    let game = Generated::new(
+        generator,
+        question,
+        &pairs,
+        answer,
+        ValueFunction::LogProb,
+        config,
+    );
+    Ok([
+        game.game(PassageEncoding::Joint)?,
+        game.game(PassageEncoding::Separate)?,
+    ])
+}
+
+/// Values of `game`'s players by `estimator`; `value` names the game's value function, `target` is what
+/// ContextCite fits in place of a coalition's value.
+fn shapley<G: Game>(
+    game: &mut G,
+    value: &str,
+    estimator: EstimatorChoice,
+    target: fn(f64) -> f64,
+) -> Result<Scored, QaError> {
     let n = game.players();
-    let (method, result) = match estimator {
+    let (method, result) = match estimator.estimator {
         Estimator::Auto if n <= MAX_EXACT_PLAYERS => ("exact_shapley", exact_shapley(game)),
         Estimator::Auto | Estimator::Permutation => (
             "permutation_shapley",
             permutation_shapley(game, PERMUTATION_PAIRS, 0),
         ),
         Estimator::Banzhaf => ("banzhaf", banzhaf(game, BANZHAF_SAMPLES, 0.5, 0)),
+        Estimator::ContextCite => (
+            "contextcite",
+            contextcite(game, estimator.ablations, 0, target),
+        ),
     };
     let a = result?;
     let info = AttributionInfo {
@@ -273,13 +477,13 @@ fn model_shapley<S: Scorer>(
     game: &mut LogProbGame<'_, S>,
     encoding: PassageEncoding,
     value: ValueFunction,
-    estimator: Estimator,
+    estimator: EstimatorChoice,
 ) -> Result<Scored, QaError> {
-    let name = match value {
-        ValueFunction::LogProb => "answer_log_prob",
-        ValueFunction::AnswerKept => "answer_kept",
+    let (name, target): (_, fn(f64) -> f64) = match value {
+        ValueFunction::LogProb => ("answer_log_prob", logit_of_log_prob),
+        ValueFunction::AnswerKept => ("answer_kept", identity),
     };
-    let mut scored = shapley(game, name, estimator)?;
+    let mut scored = shapley(game, name, estimator, target)?;
     let info = &mut scored.info;
     info.passage_encoding = Some(encoding.name().into());
     info.forward_passes = Some(game.passes);

@@ -17,6 +17,16 @@ pub enum QaError {
         /// `retrieval.max_top_k`.
         max: usize,
     },
+    /// `attribution: "sentences"` over more passages than sentence players can cover.
+    #[error(
+        "{passages} passages with text: sentence attribution covers at most {most}; lower top_k"
+    )]
+    TooManySentencePassages {
+        /// Passages with text.
+        passages: usize,
+        /// The most there can be.
+        most: usize,
+    },
     /// `iterations` is outside 1 to [`MAX_ITERATIONS`].
     #[error("`iterations` is {0}: ask for 1 to {MAX_ITERATIONS} rounds of retrieval")]
     InvalidIterations(usize),

@@ -20,6 +20,7 @@ pub mod extractive;
 pub mod generated;
 pub mod iterative;
 pub mod relations;
+pub mod sentences;
 pub mod service;
 pub mod spans;
 pub mod types;
@@ -30,5 +31,6 @@ pub use generated::AnswerError;
 pub use service::{QaOutcome, QaQuery, QaService};
 pub use types::{
     Answer, AttributionInfo, AttributionLevel, Estimator, PassageAttribution, PassageEncoding,
-    QaRelation, QaRequest, QaTimings, SpanAttribution, TokenAttribution, ValueFunction,
+    QaRelation, QaRequest, QaTimings, SentenceAttribution, SentenceValue, SpanAttribution,
+    TokenAttribution, ValueFunction,
 };

@@ -8,13 +8,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Estimator {
-    /// Exact Shapley values up to 10 players, permutation sampling beyond.
+    /// Exact Shapley values up to 10 players; beyond, permutation sampling for passages and ContextCite for
+    /// sentences (whose dozens of players would need thousands of permutation prompts).
     #[default]
     Auto,
     /// Permutation sampling (128 permutations in antithetic pairs), whatever the number of players.
     Permutation,
     /// Banzhaf values from 1,024 random coalitions (each player in with probability 1/2).
     Banzhaf,
+    /// ContextCite: a LASSO surrogate fitted to `qa.contextcite_ablations` random ablations (each player in with
+    /// probability 1/2), on the logit of the answer's probability for the `log_prob` value.
+    #[serde(rename = "contextcite")]
+    ContextCite,
 }
 
 /// What a passage subset is worth for a generated answer.
@@ -40,6 +45,9 @@ pub enum AttributionLevel {
     Passages,
     /// Passage values, then values for runs of words of the passage with the largest value (`token_attribution`).
     Tokens,
+    /// Values of the passages' sentences (`sentence_attribution`; ContextCite's granularity); each passage's
+    /// value is the sum of its sentences'.
+    Sentences,
 }
 
 /// A question.
@@ -73,11 +81,11 @@ pub struct QaRequest {
     /// written out and computed in full: exact, about one prefill per coalition), `separate` (each passage encoded
     /// once after the instruction and question, a coalition's answer attending to its passages only: the
     /// Fusion-in-Decoder approximation, a coalition costs its answer's tokens) or `auto` (the default: `joint` up
-    /// to 5 passages, `separate` beyond).
+    /// to 5 players on a GPU, `separate` on the CPU or beyond).
     #[serde(default)]
     pub passage_encoding: PassageEncoding,
-    /// The estimator: `auto` (default: exact Shapley up to 10 passages, permutation sampling beyond),
-    /// `permutation` or `banzhaf`.
+    /// The estimator: `auto` (default: exact Shapley up to 10 players; beyond, permutation sampling for passages
+    /// and ContextCite for sentences), `permutation`, `banzhaf` or `contextcite`.
     #[serde(default)]
     pub estimator: Estimator,
     /// For generated answers, what a passage subset is worth: `log_prob` (default, the answer's teacher-forced
@@ -91,7 +99,9 @@ pub struct QaRequest {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PassageEncoding {
-    /// `joint` up to [`JOINT_MAX_PASSAGES`] passages, `separate` beyond.
+    /// `joint` up to [`JOINT_MAX_PASSAGES`] players when the model runs on a GPU, `separate` otherwise (the CPU
+    /// computes the 32 joint prompts of 5 passages in about six times the separate mode's time, for a linear
+    /// datamodeling score 0.08 higher and the same top-k drops: BENCHMARKS.md, attribution faithfulness).
     #[default]
     Auto,
     /// Each coalition's prompt computed in full.
@@ -100,14 +110,14 @@ pub enum PassageEncoding {
     Separate,
 }
 
-/// Most passages for which `auto` computes every coalition prompt in full (2^5 = 32 prompts).
+/// Most players for which `auto` computes every coalition prompt in full on a GPU (2^5 = 32 prompts).
 pub const JOINT_MAX_PASSAGES: usize = 5;
 
 impl PassageEncoding {
-    /// `joint` or `separate` for `passages` passages.
-    pub fn resolve(self, passages: usize) -> Self {
+    /// `joint` or `separate` for `players` players, the model running on `device` (`cpu`, `cuda`).
+    pub fn resolve(self, players: usize, device: &str) -> Self {
         match self {
-            Self::Auto if passages <= JOINT_MAX_PASSAGES => Self::Joint,
+            Self::Auto if players <= JOINT_MAX_PASSAGES && device != "cpu" => Self::Joint,
             Self::Auto => Self::Separate,
             other => other,
         }
@@ -150,7 +160,7 @@ pub struct PassageAttribution {
 }
 
 /// How the attributions were computed.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttributionInfo {
     /// `exact_shapley` or `permutation_shapley`.
     pub method: String,
@@ -199,6 +209,31 @@ pub struct TokenAttribution {
     pub spans: Vec<SpanAttribution>,
     /// How the values were computed.
     pub attribution: AttributionInfo,
+}
+
+/// Sentence-level attribution: every sentence of the retrieved passages is a player (runs of consecutive
+/// sentences of one passage past 64), the value function the passages' would have.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SentenceAttribution {
+    /// The sentences, passage by passage, in text order.
+    pub sentences: Vec<SentenceValue>,
+    /// How the values were computed.
+    pub attribution: AttributionInfo,
+}
+
+/// One sentence (or run of sentences) of a retrieved passage and its value.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SentenceValue {
+    /// Index (in `passages`) of its passage.
+    pub passage: usize,
+    /// First byte of the sentence in the passage text.
+    pub start_byte: usize,
+    /// One past its last byte.
+    pub end_byte: usize,
+    /// Its value.
+    pub value: f64,
+    /// Standard error (0 for exact values and ContextCite's).
+    pub std_error: f64,
 }
 
 /// One run of words of the attributed passage and its Shapley value.

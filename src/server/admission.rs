@@ -68,6 +68,10 @@ impl Generator for Admitted {
         self.inner.max_context()
     }
 
+    fn device(&self) -> &str {
+        self.inner.device()
+    }
+
     /// Admits the request (or answers `QueueFull`), then forwards its events until it ends or the caller drops
     /// the stream (which drops the engine's stream, cancelling the request); the slot is held until then.
     fn submit(

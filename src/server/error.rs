@@ -187,6 +187,9 @@ impl From<QaError> for ApiError {
             QaError::InvalidTopK { .. } => {
                 ApiError::bad_request("invalid_field", e.to_string()).param("top_k")
             }
+            QaError::TooManySentencePassages { .. } => {
+                ApiError::bad_request("invalid_field", e.to_string()).param("top_k")
+            }
             QaError::InvalidIterations(_) => {
                 ApiError::bad_request("invalid_iterations", e.to_string()).param("iterations")
             }

@@ -14,7 +14,7 @@ use crate::qa::iterative::Round;
 pub use crate::qa::relations::RELATIONS_PER_PASSAGE;
 use crate::qa::{
     Answer, Answerer, AttributionInfo, PassageAttribution, QaOutcome, QaRelation, QaRequest,
-    QaService, QaTimings, TokenAttribution,
+    QaService, QaTimings, SentenceAttribution, TokenAttribution,
 };
 use crate::retrieve::Seed;
 use axum::extract::{Request, State};
@@ -56,6 +56,8 @@ pub struct QaResponse {
     pub attribution: Option<AttributionInfo>,
     /// With `attribution: "tokens"`: the values of runs of words of the passage with the largest value.
     pub token_attribution: Option<TokenAttribution>,
+    /// With `attribution: "sentences"`: the values of the passages' sentences.
+    pub sentence_attribution: Option<SentenceAttribution>,
     /// The retrieval rounds: the question first, then each reasoning step used as a query.
     pub rounds: Vec<Round>,
     /// Per-stage timings.
@@ -82,6 +84,7 @@ impl From<QaOutcome> for QaResponse {
             relations: o.relations,
             attribution: o.attributions.info,
             token_attribution: o.attributions.tokens,
+            sentence_attribution: o.attributions.sentences,
             rounds: o.rounds,
             timings: o.timings,
         }
@@ -134,6 +137,7 @@ pub async fn qa(State(app): State<Arc<App>>, req: Request) -> Result<Response, A
                     "attribution": response.attribution,
                     "passages": response.passages.iter().map(|p| &p.attribution).collect::<Vec<_>>(),
                     "tokens": response.token_attribution,
+                    "sentences": response.sentence_attribution,
                 });
                 let _ = tx.send(sse_event("attribution", &attribution));
                 let _ = tx.send(sse_event("done", &response));

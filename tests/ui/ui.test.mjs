@@ -170,6 +170,31 @@ await check('ask: answer with citation, passages with attributions, seeds and gr
   });
   await page.screenshot({ path: join(shots, 'ask-tokens.png'), fullPage: true });
 
+  // Sentence level: every attributed sentence is marked in its passage, scaled by the largest over all passages,
+  // and the meta line names the method.
+  const { body: sen } = await api('POST', '/v1/qa',
+    { question: QUESTION, top_k: 5, retriever: 'hipporag', attribution: 'sentences' });
+  const sa = sen.sentence_attribution;
+  assert.ok(sa && sa.sentences.length > 5, 'sentence attribution in the response');
+  await page.selectOption('#ask-attribution', 'sentences');
+  await page.click('#ask-btn');
+  await page.waitForFunction(() => document.querySelectorAll('mark.sent-attr').length > 0, null, WAIT);
+  assert.equal(await page.locator('mark.sent-attr').count(), sa.sentences.length);
+  const smax = Math.max(...sa.sentences.map((x) => Math.abs(x.value)));
+  for (let p = 0; p < 5; p++) {
+    const want = sa.sentences.filter((x) => x.passage === p);
+    const got = await page.$$eval(`#qa-passage-${p + 1} mark.sent-attr`, (ms) => ms.map((m) => ({
+      title: m.getAttribute('title'), t: Number(m.style.getPropertyValue('--t')) })));
+    assert.equal(got.length, want.length, `passage ${p + 1}`);
+    got.forEach((m, i) => {
+      const [v] = m.title.split('±').map((x) => num(x.trim()));
+      assert.ok(Math.abs(v - want[i].value) <= 0.006 * Math.max(1, Math.abs(want[i].value)), `sentence ${i}: ${m.title}`);
+      assert.ok(Math.abs(m.t - (smax > 0 ? Math.abs(want[i].value) / smax : 0)) < 0.002, `sentence ${i}: intensity ${m.t}`);
+    });
+  }
+  assert.match(await page.textContent('#answer-meta'), new RegExp(sa.attribution.method.replace('_', ' ')));
+  await page.screenshot({ path: join(shots, 'ask-sentences.png'), fullPage: true });
+
   // Settings are per question: bm25 without attribution shows no bars and says why there are no seeds.
   await page.selectOption('#ask-retriever', 'bm25');
   await page.selectOption('#ask-attribution', 'none');

@@ -156,6 +156,10 @@ pub trait Generator: Send + Sync + std::fmt::Debug {
     fn tokenizer(&self) -> &ModelTokenizer;
     /// The context window in tokens.
     fn max_context(&self) -> usize;
+    /// The backend the model runs on (`cpu`, `cuda`).
+    fn device(&self) -> &str {
+        "cpu"
+    }
     /// Queues a request; events arrive on the returned stream. Dropping the stream cancels the request.
     fn submit(
         &self,

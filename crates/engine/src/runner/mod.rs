@@ -127,6 +127,7 @@ pub const H2O_SLACK: usize = 64;
 /// The running engine; cheap to share.
 pub struct Engine {
     name: String,
+    device: &'static str,
     tokenizer: Arc<ModelTokenizer>,
     max_context: usize,
     kv_tokens: usize,
@@ -220,6 +221,7 @@ impl Engine {
             );
         }
         let max_context = model.config().max_position_embeddings;
+        let device = model.backend().name();
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(EngineStats {
             kv_blocks_total: num_blocks,
@@ -252,6 +254,7 @@ impl Engine {
             .map_err(StartError::Thread)?;
         Ok(Self {
             name,
+            device,
             tokenizer,
             max_context,
             kv_tokens: num_blocks * config.block_size,
@@ -282,6 +285,10 @@ impl Generator for Engine {
 
     fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    fn device(&self) -> &str {
+        self.device
     }
 
     fn submit(

@@ -63,6 +63,13 @@ pub static KV_EVICTED_TOKENS: LazyLock<IntCounter> = LazyLock::new(|| {
         "Cached tokens evicted by H2O budgets (kv_budget)",
     )
 });
+/// Sequences sent back to be recomputed because the KV cache could not hold their next token.
+pub static PREEMPTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "generation_preemptions_total",
+        "Sequences preempted (KV released, recomputed later) because the KV cache was full",
+    )
+});
 /// Target-model passes that produced tokens, counted per sequence (tokens per target step =
 /// `generation_tokens_total` / this; above 1 with speculative decoding).
 pub static TARGET_STEPS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -95,6 +102,7 @@ pub fn gather() -> Vec<MetricFamily> {
     LazyLock::force(&KV_BLOCKS_TOTAL);
     LazyLock::force(&TOKENS_GENERATED);
     LazyLock::force(&KV_EVICTED_TOKENS);
+    LazyLock::force(&PREEMPTIONS);
     LazyLock::force(&TARGET_STEPS);
     LazyLock::force(&SPECULATIVE_PROPOSED);
     LazyLock::force(&SPECULATIVE_ACCEPTED);

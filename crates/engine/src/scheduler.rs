@@ -166,6 +166,11 @@ impl Scheduler {
         }
     }
 
+    /// The running sequences, oldest admission first.
+    pub fn running_seqs(&self) -> &[SeqState] {
+        &self.running
+    }
+
     /// Sends a running sequence back to the front of the queue to be recomputed (when its KV cannot grow): the
     /// caller releases its KV; the prompt to prefill becomes the prompt plus the tokens generated so far, whose
     /// final chunk yields the next token. True when it was running.

@@ -2,6 +2,8 @@
 //! (continuous batching with Dynamic SplitFuse). Requests arrive over a channel; tokens leave on each request's own
 //! stream; a request whose stream is dropped is cancelled and its KV blocks freed at the next step.
 
+use std::borrow::Cow;
+
 use super::backend::Backend;
 use super::constrain::JsonState;
 use super::device::CudaConfig;
@@ -118,6 +120,27 @@ struct Active {
     accepted: usize,
     /// H2O eviction under the request's `kv_budget`.
     h2o: Option<H2oState>,
+}
+
+impl Active {
+    /// `len` tokens from `start` of what the sequence prefills: its prompt, then (after a preemption) the tokens
+    /// it generated before.
+    fn context(&self, start: usize, len: usize) -> Cow<'_, [u32]> {
+        let prompt = &self.request.prompt;
+        if start + len <= prompt.len() {
+            Cow::Borrowed(&prompt[start..start + len])
+        } else {
+            Cow::Owned(
+                prompt
+                    .iter()
+                    .chain(&self.generated)
+                    .skip(start)
+                    .take(len)
+                    .copied()
+                    .collect(),
+            )
+        }
+    }
 }
 
 /// Tokens an H2O sequence may hold past its budget before it evicts (four blocks of 16: evicting in rounds frees
@@ -563,15 +586,17 @@ impl LoopState {
         spec: &mut Option<Speculator<B>>,
     ) -> Result<(), String> {
         let began = Instant::now();
+        // Blocks the decoding sequences grow into this step are kept from new admissions.
+        let growth = self.make_room(spec) * self.cache.block_size();
         let (cache, active) = (&mut self.cache, &self.active);
         let plan = self.scheduler.plan(&mut |id, len| {
             active.get(&id).is_some_and(|a| {
                 // A sequence under H2O owns its blocks: they are compacted in place, so never shared.
-                cache.can_admit(len)
+                cache.can_admit(len + growth)
                     && if a.h2o.is_some() {
-                        cache.reserve(id, a.request.prompt.len()).is_ok()
+                        cache.reserve(id, len).is_ok()
                     } else {
-                        cache.admit(id, &a.request.prompt).is_ok()
+                        cache.admit(id, &a.context(0, len)).is_ok()
                     }
             })
         });
@@ -596,8 +621,8 @@ impl LoopState {
             let a = &self.active[&item.seq];
             match item.kind {
                 ChunkKind::Prefill { start, len, last } => {
-                    let tokens = &a.request.prompt[start..start + len];
-                    push_chunk(&mut batch, &self.cache, item.seq, tokens, start, last)
+                    let tokens = a.context(start, len);
+                    push_chunk(&mut batch, &self.cache, item.seq, &tokens, start, last)
                         .map_err(|e| e.to_string())?;
                     if a.h2o.is_some() {
                         batch.tracked.push(batch.seqs.len() - 1);
@@ -644,6 +669,56 @@ impl LoopState {
         self.scheduler.complete(&plan, &ids);
         self.finish(finished, spec);
         self.evict(model, kv)
+    }
+
+    /// Makes room for every decoding sequence's next token: while they need more new blocks than are free, the
+    /// most recently admitted running sequence is preempted (its KV released; the scheduler recomputes it later
+    /// from its prompt and what it generated, so its output is unchanged). A sequence that cannot grow even alone
+    /// fails by itself, never the step. Returns the new blocks the decoding sequences take this step.
+    fn make_room<B: Backend>(&mut self, spec: &mut Option<Speculator<B>>) -> usize {
+        loop {
+            let bs = self.cache.block_size();
+            let needed = self
+                .scheduler
+                .running_seqs()
+                .iter()
+                .filter(|s| s.prefilled >= s.prompt_len)
+                .filter_map(|s| self.cache.table(s.id))
+                .filter(|t| t.len >= t.blocks.len() * bs)
+                .count();
+            let usage = self.cache.usage();
+            if needed <= usage.total_blocks - usage.used_blocks {
+                return needed;
+            }
+            let Some(victim) = self.scheduler.running_seqs().last().map(|s| s.id) else {
+                return needed;
+            };
+            self.cache.release(victim);
+            if let Some(s) = spec.as_mut() {
+                s.release(victim);
+            }
+            if self.scheduler.running() == 1 {
+                // Alone and still no room: the cache is smaller than this sequence.
+                self.scheduler.cancel(victim);
+                if let Some(a) = self.active.remove(&victim) {
+                    let _ = a.events.send(GenerationEvent::Failed(format!(
+                        "the KV cache cannot hold this sequence's {} tokens",
+                        a.request.prompt.len() + a.generated.len()
+                    )));
+                }
+                continue;
+            }
+            self.scheduler.preempt(victim);
+            metrics::PREEMPTIONS.inc();
+            if let Some(a) = self.active.get_mut(&victim) {
+                let len = a.request.prompt.len() + a.generated.len();
+                a.h2o = a
+                    .request
+                    .kv_budget
+                    .map(|b| H2oState::new(b.resolve(len), H2O_SLACK));
+            }
+            tracing::debug!(seq = victim, "KV cache full: sequence preempted");
+        }
     }
 
     /// Adds a decoding sequence's chunk to `batch`: its last token, plus `proposal`'s guesses when the cache has

@@ -193,6 +193,10 @@ await check('ask: answer with citation, passages with attributions, seeds and gr
     });
   }
   assert.match(await page.textContent('#answer-meta'), new RegExp(sa.attribution.method.replace('_', ' ')));
+  if (sa.attribution.method === 'contextcite') {
+    assert.match(await page.textContent('#evidence-meta'), /ContextCite weights/);
+    assert.equal(await page.locator('#qa-passages .attr .muted').count(), 0, 'ContextCite values are not marked exact');
+  }
   await page.screenshot({ path: join(shots, 'ask-sentences.png'), fullPage: true });
 
   // Settings are per question: bm25 without attribution shows no bars and says why there are no seeds.

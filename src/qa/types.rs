@@ -100,8 +100,8 @@ pub struct QaRequest {
 #[serde(rename_all = "lowercase")]
 pub enum PassageEncoding {
     /// `joint` up to [`JOINT_MAX_PASSAGES`] players when the model runs on a GPU, `separate` otherwise (the CPU
-    /// computes the 32 joint prompts of 5 passages in about six times the separate mode's time, for a linear
-    /// datamodeling score 0.08 higher and the same top-k drops: BENCHMARKS.md, attribution faithfulness).
+    /// computes the 32 joint prompts of 5 passages in about 6.6 times the separate mode's time, for a linear
+    /// datamodeling score 0.12 higher and top-k drops within 3%: BENCHMARKS.md, attribution faithfulness).
     #[default]
     Auto,
     /// Each coalition's prompt computed in full.

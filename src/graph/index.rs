@@ -219,7 +219,8 @@ impl GraphIndex {
 
     /// Extractions of `passages`, in order: from the cache when the extractor is [`Extractor::cacheable`] (by
     /// content hash and extractor name), the rest from the extractor in rounds of [`EXTRACT_ROUND`] passages,
-    /// each cached and counted in `job` as it finishes.
+    /// each cached and counted in `job` as it finishes; each then [`Extractor::refine`]d (the cache keeps the
+    /// extractor's own output, so a better refinement needs no new extraction).
     async fn extract(
         &self,
         passages: &[PassageRecord],
@@ -283,7 +284,10 @@ impl GraphIndex {
                 out[i] = Some(e);
             }
         }
-        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+        Ok(out
+            .into_iter()
+            .map(|e| extractor.refine(e.unwrap_or_default()))
+            .collect())
     }
 
     /// Extracts every stored passage that has no extraction yet (documents stored before the graph existed, or

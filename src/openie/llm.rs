@@ -276,6 +276,11 @@ impl Extractor for LlmExtractor {
         true
     }
 
+    /// Anchors each triple end to the passage's named entities ([`super::anchor`]).
+    fn refine(&self, extraction: Extraction) -> Extraction {
+        super::anchor::anchor_to_entities(extraction)
+    }
+
     fn question_entities(&self, question: &str) -> Result<Vec<String>, OpenIeError> {
         let input = PassageInput {
             title: "Question",

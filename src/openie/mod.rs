@@ -5,6 +5,7 @@
 //!   [`import::PrecomputedExtractor`] (extractions computed elsewhere, in HippoRAG's JSON format).
 //! - [`normalize_phrase`] turns an entity into the phrase-node key of the knowledge graph, as HippoRAG does.
 
+pub mod anchor;
 pub mod fallback;
 pub mod import;
 pub mod llm;
@@ -80,6 +81,11 @@ pub trait Extractor: Send + Sync + std::fmt::Debug {
     /// graph index then reuses them for identical passages under the same [`Extractor::name`].
     fn cacheable(&self) -> bool {
         false
+    }
+    /// The extraction the knowledge graph stores, made from one this extractor returned (fresh or from the cache,
+    /// which keeps what [`Extractor::extract`] returned): unchanged by default.
+    fn refine(&self, extraction: Extraction) -> Extraction {
+        extraction
     }
     /// The named entities of a question (query understanding for `hipporag`): by default those `extract` finds
     /// in the question taken as a passage.

@@ -217,6 +217,17 @@ impl<B: Backend> LlamaModel<B> {
         batch: &StepBatch,
         block_size: usize,
     ) -> Result<Option<B::Tensor>, LlamaError> {
+        self.backend
+            .run_step(|| self.forward_logits_here(kv, batch, block_size))
+    }
+
+    /// [`Self::forward_logits`] on the calling thread.
+    fn forward_logits_here(
+        &self,
+        kv: &mut B::Kv,
+        batch: &StepBatch,
+        block_size: usize,
+    ) -> Result<Option<B::Tensor>, LlamaError> {
         let n = batch.tokens.len();
         let described: usize = batch.seqs.iter().map(|s| s.q_len).sum();
         if n == 0 || batch.positions.len() != n || batch.slots.len() != n || described != n {

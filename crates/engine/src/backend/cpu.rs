@@ -44,6 +44,9 @@ fn tensor(
         .map_err(op_err(op))
 }
 
+/// Multiply-adds of an attention call (keys × head width × heads) below which it runs on one thread.
+const PARALLEL_ATTENTION_WORK: usize = 1 << 16;
+
 /// Runs `f(first_row, rows)` over contiguous chunks of `out`'s rows on every core (rayon's pool).
 fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     use rayon::prelude::*;
@@ -73,6 +76,10 @@ fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32) {
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Kv = CpuKv;
+
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        rayon::scope(|_| step())
+    }
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -253,26 +260,36 @@ impl Backend for CpuBackend {
         let kv_width = l.kv_heads * hd;
         let bs = batch.block_size;
         let mut out = vec![0.0f32; tokens * width];
-        par_rows(&mut out, width, |first, rows| {
+        // One unit of work per (token, head), so that a decode step's few rows still spread over the cores.
+        let keys: usize = owner.iter().map(|&(_, pos)| pos + 1).sum();
+        let units_per_task = if keys * hd * heads < PARALLEL_ATTENTION_WORK {
+            tokens * heads
+        } else {
+            (tokens * heads).div_ceil(rayon::current_num_threads() * 4)
+        };
+        let units = |first: usize, out: &mut [f32]| {
             let mut probs = Vec::new();
-            for (i, orow) in rows.chunks_exact_mut(width).enumerate() {
-                let t = first + i;
+            for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
+                let (t, h) = ((first + i) / heads, (first + i) % heads);
                 let (s, pos) = owner[t];
                 let table = &batch.seqs[s].block_table;
-                for h in 0..heads {
-                    let qh = &qd[t * width + h * hd..t * width + (h + 1) * hd];
-                    let off = (h / group) * hd;
-                    row_probabilities(qh, kc, table, bs, kv_width, off, pos, &mut probs);
-                    let oh = &mut orow[h * hd..(h + 1) * hd];
-                    for (j, w) in probs.iter().enumerate() {
-                        let base = slot_of(table, bs, j) * kv_width + off;
-                        for (o, v) in oh.iter_mut().zip(&vc[base..base + hd]) {
-                            *o += w * v;
-                        }
+                let qh = &qd[t * width + h * hd..t * width + (h + 1) * hd];
+                let off = (h / group) * hd;
+                row_probabilities(qh, kc, table, bs, kv_width, off, pos, &mut probs);
+                for (j, w) in probs.iter().enumerate() {
+                    let base = slot_of(table, bs, j) * kv_width + off;
+                    for (o, v) in oh.iter_mut().zip(&vc[base..base + hd]) {
+                        *o += w * v;
                     }
                 }
             }
-        });
+        };
+        {
+            use rayon::prelude::*;
+            out.par_chunks_mut(units_per_task.max(1) * hd)
+                .enumerate()
+                .for_each(|(task, chunk)| units(task * units_per_task, chunk));
+        }
         tensor(out, tokens, width, "attention")
     }
 

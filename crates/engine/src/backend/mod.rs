@@ -256,6 +256,13 @@ pub trait Backend: Send + Sync + 'static {
     fn synchronize(&self) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Runs `step` (one forward pass): on the calling thread by default (a CUDA context stays current there).
+    /// The CPU backend runs it on a worker of rayon's pool instead, so that each parallel operation of the step
+    /// splits from inside the pool: the calling thread then sleeps and wakes once per step rather than once per
+    /// operation.
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        step()
+    }
     /// Whether the backend tunes its products per row count at their first call (cuBLASLt autotuning), so that
     /// the engine should run the row counts it will meet once before serving ([`crate::warmup`]).
     fn tunes_per_shape(&self) -> bool {

@@ -1,5 +1,5 @@
 //! Prefill-sized products with quantized weights (random, Qwen2.5-0.5B and -1.5B shapes): the panel GEMM of
-//! `backend::qgemm` (f32 kernels, and AMX bf16 tiles where the CPU has them) against dequantizing the whole weight
+//! `backend::qgemm` (f32 kernels, and AMX bf16 tiles or AVX512-BF16 dot products where the CPU has them) against dequantizing the whole weight
 //! and running candle's f32 matmul, in the same run.
 //! `cargo run --release -p engram-engine --example qgemm_bench`
 use candle_core::quantized::QMatMul;
@@ -54,14 +54,19 @@ fn main() {
             gmac / f32_panels,
             whole / f32_panels
         );
-        if PanelKernel::best(k) == PanelKernel::Tiles {
-            let tiles = panels(PanelKernel::Tiles);
-            print!(
-                ", AMX tiles {:.2} ms ({:.1} GMAC/s, {:.2}x the f32 panels)",
-                tiles * 1e3,
-                gmac / tiles,
-                f32_panels / tiles
-            );
+        for (kernel, name) in [
+            (PanelKernel::Tiles, "AMX tiles"),
+            (PanelKernel::Bf16, "AVX512-BF16"),
+        ] {
+            if kernel.usable(k) {
+                let t = panels(kernel);
+                print!(
+                    ", {name} {:.2} ms ({:.1} GMAC/s, {:.2}x the f32 panels)",
+                    t * 1e3,
+                    gmac / t,
+                    f32_panels / t
+                );
+            }
         }
         if m < 16 && kdot::supports(dtype) {
             let qm = QMatMul::from_arc(std::sync::Arc::new(QTensor::quantize(&w, dtype).unwrap()))

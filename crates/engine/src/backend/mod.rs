@@ -4,6 +4,7 @@
 //! implements the same operations with NVRTC kernels and cuBLASLt.
 
 pub mod amx;
+pub mod bf16dot;
 pub mod cpu;
 pub mod cpu_tensor;
 pub mod cuda;

@@ -14,6 +14,7 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 use super::amx;
+use super::bf16dot;
 use super::kdequant;
 use super::qdot::{self, QKind};
 
@@ -29,8 +30,9 @@ pub enum QgemmError {
     /// The raw bytes are not whole, aligned blocks of the type.
     #[error("{0:?} weight bytes are not whole aligned blocks")]
     Layout(GgmlDType),
-    /// AMX tiles were asked for where the CPU, the kernel or the shape does not allow them.
-    #[error("AMX bf16 tiles are not available for this product")]
+    /// A bf16 kernel (AMX tiles or AVX512-BF16) was asked for where the CPU, the kernel or the shape does not
+    /// allow it.
+    #[error("the bf16 panel kernel asked for is not available for this product")]
     NoTiles,
     /// The shapes do not agree with the buffers.
     #[error("shape mismatch: {0}")]
@@ -60,15 +62,31 @@ pub enum PanelKernel {
     F32,
     /// The AMX bf16 tiles ([`amx`]), where the CPU has them and `k` is a multiple of 32.
     Tiles,
+    /// AVX-512's bf16 dot products ([`bf16dot`]) on the same bf16 operands, where the CPU has AVX512-BF16 and
+    /// `k` is a multiple of 32.
+    Bf16,
 }
 
 impl PanelKernel {
     /// The fastest kernel this process can use for rows of `k` values.
     pub fn best(k: usize) -> Self {
-        if k % amx::TILE_K == 0 && amx::available() {
+        if k % amx::TILE_K != 0 {
+            Self::F32
+        } else if amx::available() {
             Self::Tiles
+        } else if bf16dot::available() {
+            Self::Bf16
         } else {
             Self::F32
+        }
+    }
+
+    /// Whether this process can use this kernel for rows of `k` values.
+    pub fn usable(self, k: usize) -> bool {
+        match self {
+            Self::F32 => true,
+            Self::Tiles => k % amx::TILE_K == 0 && amx::available(),
+            Self::Bf16 => k % amx::TILE_K == 0 && bf16dot::available(),
         }
     }
 }
@@ -85,7 +103,7 @@ pub fn matmul_t(
     matmul_t_with(PanelKernel::best(k), dtype, w, n, k, x)
 }
 
-/// [`matmul_t`] with the given kernel; [`PanelKernel::Tiles`] is refused where [`PanelKernel::best`] is not it.
+/// [`matmul_t`] with the given kernel, refused where it is not [`PanelKernel::usable`].
 pub fn matmul_t_with(
     kernel: PanelKernel,
     dtype: GgmlDType,
@@ -94,7 +112,7 @@ pub fn matmul_t_with(
     k: usize,
     x: &[f32],
 ) -> Result<Vec<f32>, QgemmError> {
-    if kernel == PanelKernel::Tiles && PanelKernel::best(k) != PanelKernel::Tiles {
+    if !kernel.usable(k) {
         return Err(QgemmError::NoTiles);
     }
     if !supports(dtype) {
@@ -110,7 +128,7 @@ pub fn matmul_t_with(
     }
     let m = x.len() / k;
     let row_bytes = k / block * bytes;
-    let tiles = kernel == PanelKernel::Tiles;
+    let tiles = kernel != PanelKernel::F32;
     let mut activations = Vec::new();
     if tiles {
         amx::pack_activations(x, k, &mut activations);
@@ -121,7 +139,7 @@ pub fn matmul_t_with(
             let rows = raw.len() / row_bytes;
             let mut out = vec![0f32; m * rows];
             if tiles {
-                tile_product(&mut out, &activations, m, dtype, raw, rows, k)?;
+                tile_product(kernel, &mut out, &activations, m, dtype, raw, rows, k)?;
                 return Ok(out);
             }
             PANEL.with(|panel| {
@@ -143,10 +161,12 @@ pub fn matmul_t_with(
     Ok(out)
 }
 
-/// `out[m, rows] = x @ w^T` on the matrix unit for one panel: `raw` holds `rows` quantized weight rows of `k`
-/// values, each dequantized and rounded to bf16 in turn; `x_packed` is the activations from
-/// [`amx::pack_activations`].
+/// `out[m, rows] = x @ w^T` with a bf16 `kernel` (the matrix unit or AVX512-BF16) for one panel: `raw` holds
+/// `rows` quantized weight rows of `k` values, each dequantized and rounded to bf16 in turn; `x_packed` is the
+/// activations from [`amx::pack_activations`].
+#[allow(clippy::too_many_arguments)]
 fn tile_product(
+    kernel: PanelKernel,
     out: &mut [f32],
     x_packed: &[u16],
     m: usize,
@@ -173,7 +193,11 @@ fn tile_product(
         }
         let m_pad = x_packed.len() / k;
         product.resize(p_pad * m_pad, 0.0);
-        amx::product(weights, x_packed, k, product);
+        if kernel == PanelKernel::Tiles {
+            amx::product(weights, x_packed, k, product);
+        } else {
+            bf16dot::product(weights, x_packed, k, product);
+        }
         // The unit's rows are weight rows; `out`'s are activation rows.
         for (j, column) in product.chunks_exact(m_pad).take(rows).enumerate() {
             for (i, &v) in column[..m].iter().enumerate() {
@@ -311,13 +335,16 @@ mod tests {
                 let (worst, scale) = worst_gap(&want, &got);
                 // Both are exact in the weights: only the order of f32 sums separates them.
                 assert!(worst <= 1e-4 * scale, "{dtype:?} m={m}: {worst} of {scale}");
-                if PanelKernel::best(k) == PanelKernel::Tiles {
-                    let got = matmul_t_with(PanelKernel::Tiles, dtype, &data, n, k, &xs).unwrap();
+                for kernel in [PanelKernel::Tiles, PanelKernel::Bf16] {
+                    if !kernel.usable(k) {
+                        continue;
+                    }
+                    let got = matmul_t_with(kernel, dtype, &data, n, k, &xs).unwrap();
                     let (worst, scale) = worst_gap(&want, &got);
                     // bf16 operands (8 significant bits) summed in f32.
                     assert!(
                         worst <= 4e-3 * scale,
-                        "tiles {dtype:?} m={m}: {worst} of {scale}"
+                        "{kernel:?} {dtype:?} m={m}: {worst} of {scale}"
                     );
                 }
             }

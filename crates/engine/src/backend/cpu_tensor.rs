@@ -6,10 +6,10 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use super::kdot;
 use super::qdot::{self, QKind};
 use super::qgemm;
 use super::BackendError;
+use super::{kchoice, kdot};
 
 /// From this many rows of activations on, a quantized product dequantizes the weight (a panel at a time, [`qgemm`])
 /// and runs the dense GEMM: a prefill's or a scoring pass's products are then exact in the weights, and faster.
@@ -170,15 +170,34 @@ fn panel_product(q: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(out, (rows, n), &Device::Cpu)
 }
 
-/// `x @ q^T` through [`kdot`] (few rows of `x`, K-quant weights), or candle's product where `kdot` declines.
+/// `x @ q^T` for few rows of `x` and K-quant weights: through [`kdot`] or candle's product, whichever
+/// [`kchoice`] found faster on this CPU (candle's also where `kdot` declines).
 fn k_quant_product(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (which, timed) = kchoice::next_loop();
+    let started = std::time::Instant::now();
+    let out = match which {
+        kchoice::KLoop::Kdot => kdot_product(q, x)?,
+        kchoice::KLoop::Candle => None,
+    };
+    let out = match out {
+        Some(out) => out,
+        None => QMatMul::QTensor(q.clone()).forward(x)?,
+    };
+    if timed {
+        let nanos = started.elapsed().as_nanos() as f64;
+        kchoice::report(which, nanos, q.storage_size_in_bytes() as f64);
+    }
+    Ok(out)
+}
+
+/// `x @ q^T` through [`kdot`]; `None` where it declines the type, shape or alignment.
+fn kdot_product(q: &QTensor, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let (n, k) = q.shape().dims2()?;
     let rows = x.elem_count() / k.max(1);
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    match kdot::matmul_t(q.dtype(), &q.data()?, n, k, &xs) {
-        Some(out) => Tensor::from_vec(out, (rows, n), &Device::Cpu),
-        None => QMatMul::QTensor(q.clone()).forward(x),
-    }
+    kdot::matmul_t(q.dtype(), &q.data()?, n, k, &xs)
+        .map(|out| Tensor::from_vec(out, (rows, n), &Device::Cpu))
+        .transpose()
 }
 
 /// `x @ q^T` through [`qdot`], for the block types candle multiplies with scalar loops (few rows of `x`).

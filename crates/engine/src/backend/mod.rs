@@ -8,6 +8,7 @@ pub mod bf16dot;
 pub mod cpu;
 pub mod cpu_tensor;
 pub mod cuda;
+pub mod kchoice;
 pub mod kdequant;
 pub mod kdot;
 pub mod probe;

@@ -73,7 +73,7 @@ impl BertConfig {
         if dims.contains(&0) {
             return invalid("a dimension is zero".to_owned());
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return invalid(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

@@ -121,7 +121,7 @@ impl AddLayerNorm<'_> {
     fn run(&self, data: &mut [f32], residual: Option<&[f32]>) -> Result<()> {
         let width = self.weight.len();
         let shapes_ok = width > 0
-            && data.len() % width == 0
+            && data.len().is_multiple_of(width)
             && self.shift.len() == width
             && (self.bias.is_empty() || self.bias.len() == width)
             && residual.is_none_or(|r| r.len() == data.len());

@@ -83,7 +83,7 @@ pub fn to_bf16(x: &[f32], out: &mut [u16]) {
 /// `(g · k / 32 + kb) · 512` and holds, in its row `r`, the pairs `(x[16g + c][32kb + 2r], x[16g + c][32kb + 2r + 1])`
 /// for `c` in 0..16: the layout `tdpbf16ps` reads its second operand in.
 pub fn pack_activations(x: &[f32], k: usize, out: &mut Vec<u16>) {
-    assert!(k > 0 && k % TILE_K == 0, "rows of {k} values");
+    assert!(k > 0 && k.is_multiple_of(TILE_K), "rows of {k} values");
     let rows = x.len() / k;
     let groups = rows.next_multiple_of(STEP_ROWS) / TILE_ROWS;
     let blocks = k / TILE_K;
@@ -110,7 +110,7 @@ pub fn product(w: &[u16], x: &[u16], k: usize, c: &mut [f32]) {
         "AMX bf16 tiles are not available to this process"
     );
     assert!(
-        k > 0 && k % TILE_K == 0,
+        k > 0 && k.is_multiple_of(TILE_K),
         "k = {k} is not a multiple of {TILE_K}"
     );
     let (p_pad, m_pad) = (w.len() / k, x.len() / k);

@@ -35,7 +35,7 @@ fn detect() -> bool {
 pub fn product(w: &[u16], x: &[u16], k: usize, c: &mut [f32]) {
     assert!(available(), "this CPU has no AVX512-BF16");
     assert!(
-        k > 0 && k % TILE_K == 0,
+        k > 0 && k.is_multiple_of(TILE_K),
         "k = {k} is not a multiple of {TILE_K}"
     );
     let (p_pad, m_pad) = (w.len() / k, x.len() / k);

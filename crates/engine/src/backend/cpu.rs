@@ -248,7 +248,7 @@ impl Backend for CpuBackend {
         let (qd, tokens, width) = host(q, "attention")?;
         let l = kv.layout;
         let hd = l.head_dim;
-        if width != heads * hd || heads % l.kv_heads != 0 {
+        if width != heads * hd || !heads.is_multiple_of(l.kv_heads) {
             return Err(BackendError::Shape {
                 op: "attention",
                 reason: format!("query width {width} for {heads} heads of {hd}"),
@@ -328,7 +328,7 @@ impl Backend for CpuBackend {
         let l = kv.layout;
         let hd = l.head_dim;
         if width != heads * hd
-            || heads % l.kv_heads != 0
+            || !heads.is_multiple_of(l.kv_heads)
             || tracked.iter().any(|&s| s >= batch.seqs.len())
         {
             return Err(BackendError::Shape {

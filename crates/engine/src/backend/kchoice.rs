@@ -30,7 +30,7 @@ pub struct Trial {
 impl Trial {
     /// The loop that call number `call` of the trial uses: they alternate.
     pub fn loop_for(call: usize) -> KLoop {
-        if call % 2 == 0 {
+        if call.is_multiple_of(2) {
             KLoop::Kdot
         } else {
             KLoop::Candle

@@ -29,7 +29,7 @@ pub fn row_to_bf16(dtype: GgmlDType, raw: &[u8], out: &mut [u16]) -> bool {
         GgmlDType::Q6K => Q6K_BYTES,
         _ => return false,
     };
-    if raw.len() % bytes != 0 || raw.len() / bytes * QK_K != out.len() {
+    if !raw.len().is_multiple_of(bytes) || raw.len() / bytes * QK_K != out.len() {
         return false;
     }
     for (block, out) in raw.chunks_exact(bytes).zip(out.chunks_exact_mut(QK_K)) {

@@ -37,7 +37,7 @@ fn product<T: GgmlType<VecDotType = BlockQ8K> + Sync>(
     x: &[f32],
 ) -> Option<Vec<f32>> {
     let blocks_per_row = k / T::BLCK_SIZE;
-    if k == 0 || k % T::BLCK_SIZE != 0 || x.len() % k != 0 {
+    if k == 0 || !k.is_multiple_of(T::BLCK_SIZE) || !x.len().is_multiple_of(k) {
         return None;
     }
     let weights = super::qgemm::as_blocks::<T>(w).filter(|b| b.len() == n * blocks_per_row)?;

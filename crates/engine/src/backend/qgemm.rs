@@ -70,7 +70,7 @@ pub enum PanelKernel {
 impl PanelKernel {
     /// The fastest kernel this process can use for rows of `k` values.
     pub fn best(k: usize) -> Self {
-        if k % amx::TILE_K != 0 {
+        if !k.is_multiple_of(amx::TILE_K) {
             Self::F32
         } else if amx::available() {
             Self::Tiles
@@ -85,8 +85,8 @@ impl PanelKernel {
     pub fn usable(self, k: usize) -> bool {
         match self {
             Self::F32 => true,
-            Self::Tiles => k % amx::TILE_K == 0 && amx::available(),
-            Self::Bf16 => k % amx::TILE_K == 0 && bf16dot::available(),
+            Self::Tiles => k.is_multiple_of(amx::TILE_K) && amx::available(),
+            Self::Bf16 => k.is_multiple_of(amx::TILE_K) && bf16dot::available(),
         }
     }
 }
@@ -119,7 +119,11 @@ pub fn matmul_t_with(
         return Err(QgemmError::Unsupported(dtype));
     }
     let (block, bytes) = (dtype.block_size(), dtype.type_size());
-    if k == 0 || k % block != 0 || x.len() % k != 0 || w.len() != n * k / block * bytes {
+    if k == 0
+        || !k.is_multiple_of(block)
+        || !x.len().is_multiple_of(k)
+        || w.len() != n * k / block * bytes
+    {
         return Err(QgemmError::Shape(format!(
             "weight [{n}, {k}] of {dtype:?} in {} bytes, activations of {} values",
             w.len(),
@@ -263,7 +267,7 @@ fn to_float<T: GgmlType>(raw: &[u8], out: &mut [f32]) -> Result<(), QgemmError> 
 pub(super) fn as_blocks<T: GgmlType>(raw: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
     if size == 0
-        || raw.len() % size != 0
+        || !raw.len().is_multiple_of(size)
         || raw.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
     {
         return None;

@@ -312,7 +312,7 @@ impl ModelConfig {
                 format!("num_attention_heads {heads} % num_key_value_heads {kv} != 0"),
             ),
             (
-                self.head_dim % 2 == 0,
+                self.head_dim.is_multiple_of(2),
                 format!("head_dim {} must be even (rope)", self.head_dim),
             ),
             (

@@ -217,7 +217,11 @@ fn check_batch(
         })?;
     let (tokens, width) = q.shape();
     let described: usize = batch.seqs.iter().map(|s| s.q_len).sum();
-    if width != heads * d || heads % l.kv_heads != 0 || described != tokens || layer >= l.layers {
+    if width != heads * d
+        || !heads.is_multiple_of(l.kv_heads)
+        || described != tokens
+        || layer >= l.layers
+    {
         return Err(CudaError::Shape {
             op: "attention",
             reason: format!("{tokens}x{width} queries, {heads} heads, {described} rows described"),

@@ -80,7 +80,7 @@ pub fn accumulate(
     let group = heads / l.kv_heads.max(1);
     let described: usize = batch.seqs.iter().map(|s| s.q_len).sum();
     if width != heads * d
-        || heads % l.kv_heads != 0
+        || !heads.is_multiple_of(l.kv_heads)
         || group > PAIRS
         || described != tokens
         || layer >= l.layers

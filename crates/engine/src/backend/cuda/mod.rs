@@ -325,7 +325,8 @@ const ROW_THREADS: u32 = 256;
 
 /// The vectorised row kernels' block size for `width` (8 elements per thread, whole warps), when they apply.
 fn v8_threads(width: usize) -> Option<u32> {
-    (width % 8 == 0 && width / 8 <= 1024).then(|| ((width / 8).div_ceil(32) * 32).max(32) as u32)
+    (width.is_multiple_of(8) && width / 8 <= 1024)
+        .then(|| ((width / 8).div_ceil(32) * 32).max(32) as u32)
 }
 
 fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
@@ -438,7 +439,9 @@ impl CudaBackend {
 
     /// Whether an `m x k` input takes the skinny-product kernels.
     fn skinny(&self, m: usize, k: usize) -> bool {
-        m >= 1 && m <= self.gemv_rows.load(std::sync::atomic::Ordering::Relaxed) && k % 8 == 0
+        m >= 1
+            && m <= self.gemv_rows.load(std::sync::atomic::Ordering::Relaxed)
+            && k.is_multiple_of(8)
     }
 
     /// Starts (or stops) timing every operation with device events.
@@ -1053,7 +1056,7 @@ impl Backend for CudaBackend {
         let hd = l.head_dim;
         let (n, wk) = qkv.shape();
         let fits = wk == k
-            && hd % 4 == 0
+            && hd.is_multiple_of(4)
             && prologue_fits(l, m, n, layer, heads, positions, slots, inv_freq);
         if !self.skinny(m, k) || !fits {
             let projected = self.linear(x, qkv, bias)?;

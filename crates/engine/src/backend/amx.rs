@@ -109,14 +109,21 @@ pub fn product(w: &[u16], x: &[u16], k: usize, c: &mut [f32]) {
         available(),
         "AMX bf16 tiles are not available to this process"
     );
+    let (p_pad, m_pad) = padded_rows(w, x, k, c);
+    tiles::product(w, x, k, p_pad, m_pad, c);
+}
+
+/// The padded weight and activation row counts `(p_pad, m_pad)` of a bf16 panel product's operands, as
+/// [`product`] takes them; panics unless `k` is a multiple of [`TILE_K`] and the lengths agree.
+pub fn padded_rows(w: &[u16], x: &[u16], k: usize, c: &[f32]) -> (usize, usize) {
     assert!(
         k > 0 && k.is_multiple_of(TILE_K),
         "k = {k} is not a multiple of {TILE_K}"
     );
     let (p_pad, m_pad) = (w.len() / k, x.len() / k);
     assert!(
-        m_pad % STEP_ROWS == 0
-            && p_pad % STEP_ROWS == 0
+        m_pad.is_multiple_of(STEP_ROWS)
+            && p_pad.is_multiple_of(STEP_ROWS)
             && w.len() == p_pad * k
             && x.len() == m_pad * k,
         "operands of {} and {} values for k = {k}",
@@ -124,7 +131,7 @@ pub fn product(w: &[u16], x: &[u16], k: usize, c: &mut [f32]) {
         x.len()
     );
     assert_eq!(c.len(), m_pad * p_pad, "an output of {} values", c.len());
-    tiles::product(w, x, k, p_pad, m_pad, c);
+    (p_pad, m_pad)
 }
 
 #[cfg(target_arch = "x86_64")]

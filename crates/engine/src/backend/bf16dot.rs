@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use super::amx::{STEP_ROWS, TILE_K, TILE_ROWS};
+use super::amx::{TILE_K, TILE_ROWS};
 
 /// Whether this CPU has AVX512-BF16 (checked once).
 pub fn available() -> bool {
@@ -31,24 +31,10 @@ fn detect() -> bool {
 
 /// `c[j, i] = Σ_k w[j, k] · x[i, k]` in the contract of [`super::amx::product`]: `w` holds `p_pad` bf16 rows of `k`
 /// values, `x` the activations packed by [`super::amx::pack_activations`] (`m_pad` rows), `c` is `[p_pad, m_pad]`
-/// f32; `p_pad` and `m_pad` are multiples of [`STEP_ROWS`] and `k` of [`TILE_K`].
+/// f32; `p_pad` and `m_pad` are multiples of [`super::amx::STEP_ROWS`] and `k` of [`TILE_K`].
 pub fn product(w: &[u16], x: &[u16], k: usize, c: &mut [f32]) {
     assert!(available(), "this CPU has no AVX512-BF16");
-    assert!(
-        k > 0 && k.is_multiple_of(TILE_K),
-        "k = {k} is not a multiple of {TILE_K}"
-    );
-    let (p_pad, m_pad) = (w.len() / k, x.len() / k);
-    assert!(
-        m_pad % STEP_ROWS == 0
-            && p_pad % STEP_ROWS == 0
-            && w.len() == p_pad * k
-            && x.len() == m_pad * k,
-        "operands of {} and {} values for k = {k}",
-        w.len(),
-        x.len()
-    );
-    assert_eq!(c.len(), m_pad * p_pad, "an output of {} values", c.len());
+    let (p_pad, m_pad) = super::amx::padded_rows(w, x, k, c);
     kernel::product(w, x, k, p_pad, m_pad, c);
 }
 

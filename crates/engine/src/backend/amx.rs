@@ -262,7 +262,7 @@ mod tiles {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn bf16_value(bits: u16) -> f32 {
@@ -310,6 +310,12 @@ mod tests {
             eprintln!("skipped: no AMX bf16 tiles on this CPU");
             return;
         }
+        check_bf16_product(product);
+    }
+
+    /// Holds a bf16 panel product with [`product`]'s contract (the matrix unit's, or AVX512-BF16's) to the f32 sums
+    /// of the bf16-rounded operands.
+    pub(crate) fn check_bf16_product(product: fn(&[u16], &[u16], usize, &mut [f32])) {
         // k = 2,112: two chunks of k, the second partial.
         let (m, rows, k) = (37, 45, 2112);
         let x: Vec<f32> = (0..m * k)

@@ -111,12 +111,7 @@ mod kernel {
 
 #[cfg(test)]
 mod tests {
-    use super::super::amx::{bf16_bits, pack_activations};
     use super::*;
-
-    fn bf16_value(bits: u16) -> f32 {
-        f32::from_bits(u32::from(bits) << 16)
-    }
 
     #[test]
     fn the_product_equals_the_sums_of_the_rounded_operands() {
@@ -124,35 +119,6 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        let (p, m, k) = (32, 40, 96);
-        let wf: Vec<f32> = (0..p * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-            .collect();
-        let xf: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 13.0)
-            .collect();
-        let w: Vec<u16> = wf.iter().map(|&v| bf16_bits(v)).collect();
-        let mut x = Vec::new();
-        pack_activations(&xf, k, &mut x);
-        let m_pad = x.len() / k;
-        assert_eq!(m_pad, 64);
-        let mut c = vec![0f32; p * m_pad];
-        product(&w, &x, k, &mut c);
-        for j in 0..p {
-            for i in 0..m_pad {
-                let want: f32 = if i < m {
-                    (0..k)
-                        .map(|t| bf16_value(w[j * k + t]) * bf16_value(bf16_bits(xf[i * k + t])))
-                        .sum()
-                } else {
-                    0.0
-                };
-                let got = c[j * m_pad + i];
-                assert!(
-                    (got - want).abs() <= 1e-3 * want.abs().max(1.0),
-                    "c[{j}, {i}] = {got}, want {want}"
-                );
-            }
-        }
+        super::super::amx::tests::check_bf16_product(product);
     }
 }

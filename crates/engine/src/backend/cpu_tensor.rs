@@ -174,7 +174,7 @@ fn panel_product(q: &QTensor, x: &Tensor) -> candle_core::Result<Tensor> {
 /// [`kchoice`] found faster on this CPU (candle's also where `kdot` declines).
 fn k_quant_product(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tensor> {
     let (which, timed) = kchoice::next_loop();
-    let started = std::time::Instant::now();
+    let started = timed.then(std::time::Instant::now);
     let out = match which {
         kchoice::KLoop::Kdot => kdot_product(q, x)?,
         kchoice::KLoop::Candle => None,
@@ -183,7 +183,7 @@ fn k_quant_product(q: &Arc<QTensor>, x: &Tensor) -> candle_core::Result<Tensor> 
         Some(out) => out,
         None => QMatMul::QTensor(q.clone()).forward(x)?,
     };
-    if timed {
+    if let Some(started) = started {
         let nanos = started.elapsed().as_nanos() as f64;
         kchoice::report(which, nanos, q.storage_size_in_bytes() as f64);
     }

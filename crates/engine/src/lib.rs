@@ -21,7 +21,7 @@ use internals::{
 // Starting an engine: its configuration, the device, and why it may fail.
 pub use device::{CudaConfig, DecodeAttention, DeviceParseError, DeviceSpec};
 pub use runner::{Engine, EngineConfig};
-pub use speculative::{SpeculationMethod, SpeculativeConfig};
+pub use speculative::{DraftWeights, SpeculationMethod, SpeculativeConfig};
 pub use start::{open_engine, StartError};
 
 // Generating: the trait the server talks to, its requests, events and errors.
@@ -37,7 +37,7 @@ pub use h2o::{BudgetPart, KvBudget};
 pub use json_schema::{shape_of, SchemaError};
 
 // The model's text side: tokenizer, chat template, load errors.
-pub use model::{ChatMessage, ModelError, ModelTokenizer};
+pub use model::{ChatMessage, ModelConfig, ModelError, ModelFiles, ModelTokenizer};
 
 // Scoring: teacher-forced log-probabilities, with segments encoded once.
 pub use score::Scores;

@@ -17,6 +17,7 @@ use crate::model::synthetic::{
 use crate::model::{ModelFiles, ModelTokenizer, SYNTHETIC_PREFIX};
 use crate::prefill::PrefillError;
 use crate::runner::{Engine, EngineConfig};
+use crate::speculative::DraftWeights;
 use crate::speculative::SpeculationMethod;
 
 /// Why an engine could not start.
@@ -143,12 +144,31 @@ impl BackendTask for OpenEngine<'_> {
         let tokenizer = Arc::new(tokenizer);
         match self.draft {
             Some(d) => {
-                let (draft, _, _) = load_model(backend()?, d).map_err(model_error(d))?;
+                let quantize = self.config.speculative.draft_weights;
+                let (draft, _, _) = load_draft(backend()?, d, quantize).map_err(model_error(d))?;
                 Engine::start_with_draft(model, draft, tokenizer, name, self.config)
             }
             None => Engine::start(model, tokenizer, name, self.config),
         }
     }
+}
+
+/// Loads the draft model `spec` on `backend` as [`load_model`] does, its dense matrices quantized to Q8_0 when
+/// `weights` says so for this backend ([`DraftWeights::quantize_on`]).
+pub fn load_draft<B: Backend>(
+    backend: B,
+    spec: &str,
+    weights: DraftWeights,
+) -> Result<(LlamaModel<B>, ModelTokenizer, String), LlamaError> {
+    if !weights.quantize_on(backend.name()) || spec.starts_with(SYNTHETIC_PREFIX) {
+        return load_model(backend, spec);
+    }
+    let mut files = ModelFiles::load(spec)?;
+    files.weights = files
+        .weights
+        .quantize_dense(candle_core::quantized::GgmlDType::Q8_0)?;
+    let model = LlamaModel::new(backend, &files)?;
+    Ok((model, files.tokenizer, files.name))
 }
 
 /// Loads `spec` on `backend`: a model directory, or `synthetic:NAME[@SEED]` (built on the host and uploaded, or,

@@ -232,6 +232,40 @@ impl ModelTokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+
+    /// Writes the tokenizer as a Hugging Face directory holds it: `tokenizer.json`, `tokenizer_config.json` (the
+    /// special token strings) and `generation_config.json` (the stop ids), so that [`Self::load`] reads back the
+    /// same tokens and stop ids (not the chat template: a directory written here serves as a draft model, which
+    /// never renders one).
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let file = dir.join("tokenizer.json");
+        self.inner
+            .save(&file, false)
+            .map_err(|e| invalid(&file, format!("cannot write: {e}")))?;
+        let s = &self.special;
+        let config: serde_json::Map<String, Value> = [
+            ("bos_token", &s.bos),
+            ("eos_token", &s.eos),
+            ("pad_token", &s.pad),
+            ("unk_token", &s.unk),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), Value::String(v.clone()?))))
+        .collect();
+        let config = Value::Object(config);
+        let generation = serde_json::json!({
+            "bos_token_id": self.generation.bos_token_id,
+            "eos_token_id": self.eos_token_ids(),
+        });
+        for (name, value) in [
+            ("tokenizer_config.json", config),
+            ("generation_config.json", generation),
+        ] {
+            let file = dir.join(name);
+            fs_err::write(&file, value.to_string()).map_err(|e| invalid(&file, e))?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for ModelTokenizer {
@@ -348,6 +382,21 @@ pub fn gpt2_byte_chars() -> [char; 256] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_tokenizer_loads_back_with_the_same_tokens_and_stops() {
+        let t = crate::model::synthetic::synthetic_tokenizer(512);
+        let dir = tempfile::tempdir().unwrap();
+        t.save(dir.path()).unwrap();
+        let back = ModelTokenizer::load(dir.path()).unwrap();
+        let text = "Where was the bridge built?";
+        assert_eq!(
+            back.encode(text, false).unwrap(),
+            t.encode(text, false).unwrap()
+        );
+        assert_eq!(back.eos_token_ids(), t.eos_token_ids());
+        assert_eq!(back.vocab_size(), t.vocab_size());
+    }
 
     #[test]
     fn generation_config_eos_int_or_list() {

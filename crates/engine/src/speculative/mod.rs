@@ -34,6 +34,31 @@ pub enum SpeculationMethod {
     Draft,
 }
 
+/// How a draft model's dense (safetensors) weights are held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DraftWeights {
+    /// 8-bit (Q8_0) on the CPU, where a small draft's step is bound by reading its weights (its vocabulary-wide
+    /// head above all); as stored on a GPU, whose backend runs dense weights only.
+    #[default]
+    Auto,
+    /// As the files hold them (upcast to f32).
+    AsStored,
+    /// Q8_0 blocks (CPU backend only).
+    Q8_0,
+}
+
+impl DraftWeights {
+    /// Whether a draft loaded on the backend called `backend_name` gets its dense matrices quantized.
+    pub fn quantize_on(self, backend_name: &str) -> bool {
+        match self {
+            Self::Auto => backend_name == "cpu",
+            Self::AsStored => false,
+            Self::Q8_0 => true,
+        }
+    }
+}
+
 /// Speculative decoding settings (`[engine.speculative]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -57,6 +82,8 @@ pub struct SpeculativeConfig {
     pub probe_interval: usize,
     /// Memory for the draft model's KV cache, MiB.
     pub draft_kv_cache_mib: usize,
+    /// How the draft's dense weights are held.
+    pub draft_weights: DraftWeights,
 }
 
 impl Default for SpeculativeConfig {
@@ -71,6 +98,7 @@ impl Default for SpeculativeConfig {
             adaptive: true,
             probe_interval: 32,
             draft_kv_cache_mib: 256,
+            draft_weights: DraftWeights::Auto,
         }
     }
 }
@@ -340,6 +368,15 @@ mod tests {
     /// Logits whose softmax is `p`.
     fn logits_of(p: &[f64]) -> Vec<f32> {
         p.iter().map(|&x| x.ln() as f32).collect()
+    }
+
+    #[test]
+    fn draft_weights_parse_and_apply_per_backend() {
+        let c: SpeculativeConfig = serde_json::from_str(r#"{"draft_weights":"q8_0"}"#).unwrap();
+        assert_eq!(c.draft_weights, DraftWeights::Q8_0);
+        assert!(DraftWeights::Auto.quantize_on("cpu") && !DraftWeights::Auto.quantize_on("cuda"));
+        assert!(!DraftWeights::AsStored.quantize_on("cpu"));
+        assert!(serde_json::from_str::<SpeculativeConfig>(r#"{"draft_weights":"int4"}"#).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`openie`]: open information extraction (extractor trait, precomputed import, non-LLM fallback);
 //! - [`graph`]: the knowledge graph (phrase and passage nodes) and Personalized PageRank;
 //! - [`retrieve`]: retrievers behind one trait;
+//! - [`draft`]: `engram draft train` (FastDraft: a draft model trained for the served model; `engram_draft`);
 //! - [`eval`]: the retrieval evaluation harness (MuSiQue and HotpotQA styles);
 //! - [`server`]: the HTTP API (axum);
 //! - [`app`]: wiring of the above into one running application.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod attribution;
 pub mod config;
 pub mod cpu;
+pub mod draft;
 pub mod embed;
 pub mod eval;
 pub mod graph;

@@ -1,6 +1,7 @@
 //! The `engram` command: serve, ingest, reindex, eval.
 
 mod bench;
+mod draft_cli;
 mod eval_attribution;
 
 use anyhow::{bail, Context, Result};
@@ -88,6 +89,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
+    },
+    /// Build models for the server: `engram draft train` trains a speculative-decoding draft for a target.
+    Draft {
+        #[command(subcommand)]
+        what: draft_cli::DraftCommand,
     },
     /// Ingest files or directories (txt, md, html, pdf, json, jsonl) through the ingestion pipeline.
     Ingest {
@@ -200,6 +206,11 @@ async fn main() -> Result<()> {
             // The benchmarks read the CUDA knobs through the same layers as the server (`[engine.cuda]`).
             let config = load_config(config_file, &StorageFlags::default(), Figment::new())?;
             bench::run(what, &config.engine.cuda)
+        }
+        Command::Draft { what } => {
+            let config = load_config(config_file, draft_cli::storage_flags(&what), Figment::new())?;
+            init_logging(&config);
+            draft_cli::run_draft(what, &config).await
         }
         Command::Ingest {
             storage,

@@ -111,9 +111,20 @@ pub struct SpeculativeArgs {
     /// Most questions taken from `--qa-prompts`.
     #[arg(long, default_value_t = 20)]
     qa_prompts_limit: usize,
-    /// A real draft model (same tokenizer as the target), run adaptive and with k = 4 fixed.
+    /// Real draft models (same tokenizer as the target; repeat the flag for several), each run adaptive and with
+    /// k = 4 fixed; on the CPU their dense weights are read as Q8_0 (`engine.speculative.draft_weights = auto`).
     #[arg(long)]
-    draft: Option<String>,
+    draft: Vec<String>,
+    /// Free-text prompts instead of the synthetic ones: the first `--text-prefix-tokens` tokens of each passage
+    /// of a JSON corpus (`[{"title", "text"}]`, the first `--text-prompts-limit`), continued by the target.
+    #[arg(long, conflicts_with = "qa_prompts")]
+    text_prompts: Option<PathBuf>,
+    /// Most passages taken from `--text-prompts`.
+    #[arg(long, default_value_t = 20)]
+    text_prompts_limit: usize,
+    /// Tokens of each passage given as a free-text prompt.
+    #[arg(long, default_value_t = 32)]
+    text_prefix_tokens: usize,
     /// Only these runs besides `plain`, comma-separated: forced, replay, copy-draft, reject-draft, draft,
     /// prompt-lookup (default: all that apply).
     #[arg(long, value_delimiter = ',')]
@@ -285,7 +296,13 @@ fn speculative<B: Backend + DeviceProbe>(
             .as_deref()
             .map(|path| speculative::read_qa_prompts(path, a.qa_prompts_limit))
             .transpose()?,
-        draft: a.draft.clone(),
+        drafts: a.draft.clone(),
+        text_prompts: a
+            .text_prompts
+            .as_deref()
+            .map(|path| speculative::read_text_prompts(path, a.text_prompts_limit))
+            .transpose()?,
+        text_prefix_tokens: a.text_prefix_tokens,
         only: a.only.clone(),
     };
     let r = speculative::bench_speculative(backend, &cfg)?;

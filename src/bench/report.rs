@@ -82,15 +82,17 @@ pub fn speculative(report: &SpecReport) {
         "device {} | model {} | batch {} | {sequences} sequences, prompts up to {longest} tokens | {} new tokens | greedy",
         report.device, report.model, report.batch, report.tokens
     );
-    println!("| run | s | tokens/s | vs plain | tokens per target step | acceptance | identical outputs | agreeing prefix |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| run | s | tokens/s | vs plain | decode tokens/s | decode vs plain | tokens per target step | acceptance | identical outputs | agreeing prefix |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &report.runs {
         println!(
-            "| {} | {:.3} | {:.1} | {:.3} | {:.2} | {:.3} | {}/{} | {:.1} |",
+            "| {} | {:.3} | {:.1} | {:.3} | {:.1} | {:.3} | {:.2} | {:.3} | {}/{} | {:.1} |",
             r.label,
             r.seconds,
             r.tokens_per_s,
             r.speedup,
+            r.decode_tokens_per_s,
+            r.decode_speedup,
             r.tokens_per_target_step,
             r.acceptance_rate,
             r.identical_outputs,

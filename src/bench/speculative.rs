@@ -35,8 +35,9 @@ use engram_engine::internals::sampling::SamplingParams;
 use engram_engine::internals::speculative::draft::DraftModel;
 use engram_engine::internals::speculative::speculator::{Proposer, Speculator};
 use engram_engine::internals::speculative::{SpeculationMethod, SpeculativeConfig};
-use engram_engine::internals::start::load_model;
+use engram_engine::internals::start::{load_draft, load_model};
 use engram_engine::internals::workload::{prompt_lengths, prompt_tokens};
+use engram_engine::DraftWeights;
 use engram_engine::StartError;
 
 /// What to run.
@@ -60,8 +61,12 @@ pub struct SpecBenchConfig {
     pub reps: usize,
     /// Real QA prompts (the target's `/v1/qa` prompt over each one's passages) instead of synthetic ones.
     pub qa_prompts: Option<Vec<QaPrompt>>,
-    /// A real draft model, run adaptive and with k = 4 fixed.
-    pub draft: Option<String>,
+    /// Real draft models, each run adaptive and with k = 4 fixed.
+    pub drafts: Vec<String>,
+    /// Free-text passages whose first `text_prefix_tokens` tokens are the prompts.
+    pub text_prompts: Option<Vec<String>>,
+    /// Tokens of each free-text prompt.
+    pub text_prefix_tokens: usize,
     /// Only these kinds of run besides `plain` (empty: all).
     pub only: Vec<String>,
 }
@@ -115,6 +120,11 @@ pub struct SpecRun {
     pub tokens_per_s: f64,
     /// Against `plain` (above 1: faster).
     pub speedup: f64,
+    /// Tokens after each sequence's first, per second of decoding (from its first token to its last, summed
+    /// over sequences; with one sequence at a time this leaves the prompt's prefill out), median of the reps.
+    pub decode_tokens_per_s: f64,
+    /// `decode_tokens_per_s` against `plain`'s.
+    pub decode_speedup: f64,
     /// Completion tokens per target pass, per sequence.
     pub tokens_per_target_step: f64,
     /// Accepted / proposed guesses (0 when none were proposed).
@@ -172,6 +182,7 @@ pub fn bench_speculative<B: Backend + DeviceProbe>(
     let (plain, reference) = run(backend, cfg, Mode::Plain, None)?;
     eprintln!("plain: {:.1} tokens/s", plain.tokens_per_s);
     let base_rate = plain.tokens_per_s;
+    let base_decode = plain.decode_tokens_per_s;
     let mut runs = vec![plain];
     let wanted = |kind: &str| cfg.only.is_empty() || cfg.only.iter().any(|o| o == kind);
     let mut modes: Vec<(String, Mode<'_>)> = Vec::new();
@@ -197,9 +208,13 @@ pub fn bench_speculative<B: Backend + DeviceProbe>(
     if wanted("reject-draft") {
         drafts.push(("reject-draft", cfg.reject_draft.as_str()));
     }
-    if let Some(draft) = cfg.draft.as_deref().filter(|_| wanted("draft")) {
-        drafts.push(("draft", draft));
-    }
+    let named: Vec<(String, &str)> = cfg
+        .drafts
+        .iter()
+        .filter(|_| wanted("draft"))
+        .map(|d| (format!("draft {}", draft_name(d)), d.as_str()))
+        .collect();
+    drafts.extend(named.iter().map(|(n, d)| (n.as_str(), *d)));
     for (name, spec) in drafts {
         for adaptive in [true, false] {
             let label = if adaptive { "adaptive" } else { "k=4 fixed" };
@@ -222,12 +237,15 @@ pub fn bench_speculative<B: Backend + DeviceProbe>(
         let (mut r, _) = run(backend, cfg, mode, Some(&reference))?;
         r.label = label;
         r.speedup = r.tokens_per_s / base_rate;
+        r.decode_speedup = r.decode_tokens_per_s / base_decode;
         eprintln!(
-            "{}: {:.1} tokens/s ({:.3}x), {:.2} tokens per target step, acceptance {:.3}, identical {}, \
-             agreeing prefix {:.1}",
+            "{}: {:.1} tokens/s ({:.3}x), decode {:.1} tokens/s ({:.3}x), {:.2} tokens per target step, \
+             acceptance {:.3}, identical {}, agreeing prefix {:.1}",
             r.label,
             r.tokens_per_s,
             r.speedup,
+            r.decode_tokens_per_s,
+            r.decode_speedup,
             r.tokens_per_target_step,
             r.acceptance_rate,
             r.identical_outputs,
@@ -244,6 +262,49 @@ pub fn bench_speculative<B: Backend + DeviceProbe>(
         tokens: cfg.tokens,
         runs,
     })
+}
+
+/// A short name for a draft spec: its last two path components (`out/stage1` → `out/stage1`).
+fn draft_name(spec: &str) -> String {
+    let parts: Vec<&str> = spec.trim_end_matches('/').rsplit('/').take(2).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
+}
+
+/// The passages' texts of a JSON corpus (`[{"title", "text"}]`), the first `limit`.
+pub fn read_text_prompts(path: &std::path::Path, limit: usize) -> Result<Vec<String>, BenchError> {
+    #[derive(serde::Deserialize)]
+    struct Passage {
+        #[serde(default)]
+        title: String,
+        text: String,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+    let passages: Vec<Passage> = serde_json::from_str(&text)
+        .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+    Ok(passages
+        .into_iter()
+        .take(limit)
+        .map(|p| format!("{}\n{}", p.title, p.text))
+        .collect())
+}
+
+/// Each text's first `prefix` tokens in the target's tokenizer.
+fn text_prompt_tokens(
+    texts: &[String],
+    prefix: usize,
+    tokenizer: &engram_engine::ModelTokenizer,
+) -> Result<Vec<Vec<u32>>, BenchError> {
+    texts
+        .iter()
+        .map(|t| {
+            let mut ids = tokenizer
+                .encode(t, false)
+                .map_err(|e| BenchError::Setup(e.to_string()))?;
+            ids.truncate(prefix.max(1));
+            Ok(ids)
+        })
+        .collect()
 }
 
 /// The decode benchmark's prompts, cut or padded to `prompt_len`, for a vocabulary of `vocab`.
@@ -297,9 +358,10 @@ fn run<B: Backend + DeviceProbe>(
     reference: Option<&[Vec<u32>]>,
 ) -> Result<(SpecRun, Vec<Vec<u32>>), BenchError> {
     let (model, tokenizer, name) = load_model(backend()?, &cfg.model)?;
-    let prompts = &match &cfg.qa_prompts {
-        Some(qa) => qa_prompt_tokens(qa, &tokenizer)?,
-        None => bench_prompts(cfg, model.config().vocab_size),
+    let prompts = &match (&cfg.qa_prompts, &cfg.text_prompts) {
+        (Some(qa), _) => qa_prompt_tokens(qa, &tokenizer)?,
+        (None, Some(texts)) => text_prompt_tokens(texts, cfg.text_prefix_tokens, &tokenizer)?,
+        (None, None) => bench_prompts(cfg, model.config().vocab_size),
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(cfg.prompt_len);
     let mut engine_config = EngineConfig {
@@ -335,7 +397,7 @@ fn run<B: Backend + DeviceProbe>(
             Some(if forced { s.forcing_acceptance() } else { s })
         }
         Mode::Draft { spec, k, adaptive } => {
-            let (draft, _, _) = load_model(backend()?, spec)?;
+            let (draft, _, _) = load_draft(backend()?, spec, DraftWeights::Auto)?;
             let config = SpeculativeConfig {
                 max_k: if adaptive { 8 } else { k },
                 draft_model: Some(spec.to_string()),
@@ -357,15 +419,24 @@ fn run<B: Backend + DeviceProbe>(
     generate(&engine, prompts, cfg.tokens)?;
     // Timed repetitions on the same engine; the median time, the last repetition's outputs and counts.
     let mut times = Vec::with_capacity(cfg.reps.max(1));
+    let mut decode_times = Vec::with_capacity(cfg.reps.max(1));
     let mut results = Vec::new();
     for _ in 0..cfg.reps.max(1) {
         let t = Instant::now();
-        results = generate(&engine, prompts, cfg.tokens)?;
+        let timed = generate(&engine, prompts, cfg.tokens)?;
         times.push(t.elapsed().as_secs_f64());
+        decode_times.push(timed.iter().map(|r| r.2).sum::<f64>());
+        results = timed.into_iter().map(|r| (r.0, r.1)).collect();
     }
     times.sort_by(f64::total_cmp);
+    decode_times.sort_by(f64::total_cmp);
     let seconds = times[times.len() / 2];
+    let decode_seconds = decode_times[decode_times.len() / 2];
     let tokens: usize = results.iter().map(|r| r.1.completion_tokens).sum();
+    let decode_tokens: usize = results
+        .iter()
+        .map(|r| r.1.completion_tokens.saturating_sub(1))
+        .sum();
     let steps: usize = results.iter().map(|r| r.1.target_steps).sum();
     let proposed: usize = results.iter().map(|r| r.1.proposed_tokens).sum();
     let accepted: usize = results.iter().map(|r| r.1.accepted_tokens).sum();
@@ -391,6 +462,8 @@ fn run<B: Backend + DeviceProbe>(
             tokens,
             tokens_per_s: tokens as f64 / seconds,
             speedup: 1.0,
+            decode_tokens_per_s: decode_tokens as f64 / decode_seconds.max(1e-9),
+            decode_speedup: 1.0,
             tokens_per_target_step: tokens as f64 / steps.max(1) as f64,
             acceptance_rate: if proposed > 0 {
                 accepted as f64 / proposed as f64
@@ -407,12 +480,16 @@ fn run<B: Backend + DeviceProbe>(
     ))
 }
 
-/// Submits every prompt greedily for `max_tokens` and waits for all: each output and usage, in order.
+/// One request's output, usage and seconds from its first token to its end.
+type Timed = (Vec<u32>, Usage, f64);
+
+/// Submits every prompt greedily for `max_tokens` and waits for all: each output, usage and decode time, in
+/// order.
 fn generate(
     engine: &Engine,
     prompts: &[Vec<u32>],
     max_tokens: usize,
-) -> Result<Vec<(Vec<u32>, Usage)>, BenchError> {
+) -> Result<Vec<Timed>, BenchError> {
     let params = SamplingParams {
         temperature: 0.0,
         max_tokens,
@@ -431,18 +508,23 @@ fn generate(
     })
 }
 
-/// Each request's tokens and usage, in order.
+/// Each request's tokens, usage and decode seconds, in order.
 fn collect(
     receivers: Vec<tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>>,
-) -> Result<Vec<(Vec<u32>, Usage)>, BenchError> {
+) -> Result<Vec<Timed>, BenchError> {
     let mut out = Vec::with_capacity(receivers.len());
     for mut rx in receivers {
         let mut tokens = Vec::new();
+        let mut first: Option<Instant> = None;
         loop {
             match rx.blocking_recv() {
-                Some(GenerationEvent::Token(t)) => tokens.push(t.token),
+                Some(GenerationEvent::Token(t)) => {
+                    first.get_or_insert_with(Instant::now);
+                    tokens.push(t.token);
+                }
                 Some(GenerationEvent::Done { usage, .. }) => {
-                    out.push((tokens, usage));
+                    let decode = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+                    out.push((tokens, usage, decode));
                     break;
                 }
                 Some(GenerationEvent::Failed(e)) => return Err(BenchError::Setup(e)),

@@ -50,7 +50,7 @@ pub fn align_examples<G: Generator>(
     plan: &PromptPlan,
 ) -> Result<Vec<Example>, DraftCommandError> {
     let order = permutation(passages.len(), plan.seed);
-    let text_err = |e: String| DraftCommandError::Text(e);
+    let text_err = DraftCommandError::Text;
     let sampled = |max_tokens| {
         [
             SamplingParams {

@@ -56,12 +56,8 @@ impl DraftNet {
         {
             let tensor = if shape.len() == 1 {
                 Tensor::ones(shape, DType::F32, &Device::Cpu)?
-            } else if name == "model.embed_tokens.weight" && target_embedding.is_some() {
-                project(
-                    target_embedding.unwrap_or_else(|| unreachable!()),
-                    shape[1],
-                    seed,
-                )?
+            } else if let (true, Some(e)) = (name == EMBED, target_embedding) {
+                project(e, shape[1], seed)?
             } else {
                 let std = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
                     out_std

@@ -72,17 +72,17 @@ pub fn build_draft(
     let eos = target.config.eos_token_ids.first().copied().unwrap_or(0);
     let pre = Windows::packed(&data.pretrain, eos, plan.window, plan.seed);
     let align = Windows::per_example(&data.align, eos, plan.window, plan.seed ^ 1);
-    let mut stages = Vec::new();
+    let mut report = DraftReport {
+        params: net.param_count(),
+        stages: Vec::new(),
+        windows: (pre.len(), align.len()),
+    };
     if let Some(stage) = &plan.pretrain {
-        let report = train_stage(&net, &pre, stage, out)?;
-        let complete = report.complete;
-        stages.push(report);
+        let done = train_stage(&net, &pre, stage, out)?;
+        let complete = done.complete;
+        report.stages.push(done);
         if !complete {
-            return Ok(DraftReport {
-                params: net.param_count(),
-                stages,
-                windows: (pre.len(), align.len()),
-            });
+            return Ok(report);
         }
         write_model_dir(&net, &target.tokenizer, &out.join("stage1"))?;
     }
@@ -91,23 +91,15 @@ pub fn build_draft(
         if plan.pretrain.is_none() {
             load_stage_params(&net, out, PRETRAIN)?;
         }
-        let report = train_stage(&net, &align, stage, out)?;
-        let complete = report.complete;
-        stages.push(report);
+        let done = train_stage(&net, &align, stage, out)?;
+        let complete = done.complete;
+        report.stages.push(done);
         if !complete {
-            return Ok(DraftReport {
-                params: net.param_count(),
-                stages,
-                windows: (pre.len(), align.len()),
-            });
+            return Ok(report);
         }
     }
     write_model_dir(&net, &target.tokenizer, out)?;
-    Ok(DraftReport {
-        params: net.param_count(),
-        stages,
-        windows: (pre.len(), align.len()),
-    })
+    Ok(report)
 }
 
 /// The untrained draft `plan` describes for `target` (its training vocabulary drawn from `data` when

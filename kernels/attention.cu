@@ -13,12 +13,25 @@
 // row's position with an online softmax. Work items (`work`, pairs of sequence index and 64-row tile index) list
 // the tiles, so prompts of any lengths share one launch.
 //
+// HiP sparse attention (kernels/hip.cu builds the lists): both kernels take an optional list of 64-key tiles per
+// work item (or decode row) and KV head, `lists + (item * kv_heads + kvh) * stride`: entry 0 the tile count, then
+// the tiles in ascending order. A null `lists`, or a count of LIST_DENSE, visits every tile up to the last row.
+//
 // attn_decode_dD + attn_combine: one query row per sequence (decode). A block takes one sequence, one KV head (all
 // its query heads at once, so each key is read once per group) and one split of the context; the combine kernel
 // merges the splits' partial softmax sums (flash-decoding).
 
 #define TILE 64
 #define PAD 8
+#define LIST_DENSE 0xffffffffu
+
+// The tile list of work item `item` and KV head `kvh`, or null when it attends densely.
+__device__ __forceinline__ const u32* tile_list(const u32* __restrict__ lists, int stride, int item, int kv_heads,
+                                                int kvh) {
+    if (lists == nullptr) return nullptr;
+    const u32* l = lists + ((size_t)item * kv_heads + kvh) * stride;
+    return l[0] == LIST_DENSE ? nullptr : l;
+}
 
 // Loads keys and values [first, first + TILE) of one KV head into registers (`fetch_kv`: rows past `last` are
 // zeros), then into shared memory (`store_kv`). Every thread issues all its 16-byte loads before storing any, so a
@@ -97,7 +110,8 @@ __device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16
                                         const u32* __restrict__ work, const u32* __restrict__ row0,
                                         const u32* __restrict__ q_len, const u32* __restrict__ ctx,
                                         const u32* __restrict__ table0, const u32* __restrict__ tables, int heads,
-                                        int kv_heads, int block_size, float scale_log2) {
+                                        int kv_heads, int block_size, float scale_log2,
+                                        const u32* __restrict__ lists, int stride) {
     PDL_ENTER();
     __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
     __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
@@ -129,7 +143,10 @@ __device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
 
     const int last_key = start + tile * TILE + tile_rows - 1;  // the block's last row's position
-    for (int first = 0; first <= last_key; first += TILE) {
+    const u32* list = tile_list(lists, stride, blockIdx.x, kv_heads, kvh);
+    const int tiles = list != nullptr ? (int)list[0] : last_key / TILE + 1;
+    for (int i = 0; i < tiles; ++i) {
+        const int first = list != nullptr ? (int)list[1 + i] * TILE : i * TILE;
         __syncthreads();
         load_kv_tile<D>(ks, vs, kc, vc, table, block_size, kv_width, kvh * D, first, last_key);
         __syncthreads();
@@ -162,7 +179,8 @@ __device__ __forceinline__ void prefill(const bf16_t* __restrict__ q, const bf16
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
         const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-        // Key 0 is visible to every row, so after the first tile the maxima are finite.
+        // A row that sees no key of the tile keeps its maximum (and, before its first visible key, -inf: the
+        // rescale factor exp2(-inf) is then 0 on an empty accumulator).
         const float b0 = n0 == NEG_INF ? 0.0f : n0, b1 = n1 == NEG_INF ? 0.0f : n1;
         const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
         m0 = n0;
@@ -452,7 +470,8 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
                                            const u32* __restrict__ table0, const u32* __restrict__ tables,
                                            int heads, int kv_heads, int block_size, float scale_log2,
                                            int split_len, int splits, bf16_t* __restrict__ out,
-                                           float* __restrict__ raw, int raw_stride, float* __restrict__ lse) {
+                                           float* __restrict__ raw, int raw_stride, float* __restrict__ lse,
+                                           const u32* __restrict__ lists, int stride) {
     PDL_ENTER();
     __shared__ __align__(16) bf16_t ks[TILE][D + PAD];
     __shared__ __align__(16) bf16_t vs[TILE][D + PAD];
@@ -460,8 +479,29 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
     const int seq = blockIdx.x, kvh = blockIdx.y;
     const int group = heads / kv_heads, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2,
               t = lane & 3;
+    // Dense: this split's keys [first_key, end_key) tile by tile. HiP: this split's share of the row's tile list.
+    const u32* list = tile_list(lists, stride, seq, kv_heads, kvh);
     DecodeSplit span;
-    if (!decode_split(span, ctx, table0, tables, heads, group, split_len, splits, part_m, part_l)) return;
+    int tile_begin = 0, tile_end;
+    if (list != nullptr) {
+        const int n = list[0], per = (n + splits - 1) / splits;
+        tile_begin = blockIdx.z * per;
+        tile_end = min(n, tile_begin + per);
+        span.first = 0;
+        span.end = ctx[seq];
+        span.table = tables + table0[seq];
+        span.stat = ((size_t)seq * heads + kvh * group) * splits + blockIdx.z;
+        if (tile_begin >= tile_end) {
+            if (threadIdx.x < group) {
+                part_m[span.stat + threadIdx.x * splits] = NEG_INF;
+                part_l[span.stat + threadIdx.x * splits] = 0.0f;
+            }
+            return;
+        }
+    } else {
+        if (!decode_split(span, ctx, table0, tables, heads, group, split_len, splits, part_m, part_l)) return;
+        tile_end = (span.end - span.first + TILE - 1) / TILE;
+    }
     const int first_key = span.first, end_key = span.end;
     const u32* table = span.table;
     const size_t stat = span.stat;
@@ -482,7 +522,8 @@ __device__ __forceinline__ void decode_mma(const bf16_t* __restrict__ q, const b
     const int key0 = warp * 16;   // this warp's keys within a tile
     // H2O: where row g's scores go (every key of the context, all splits together), if asked for.
     float* raw_g = raw != nullptr && has_row ? raw + ((size_t)seq * heads + kvh * group + g) * raw_stride : nullptr;
-    for (int first = first_key; first < end_key; first += TILE) {
+    for (int i = tile_begin; i < tile_end; ++i) {
+        const int first = list != nullptr ? (int)list[1 + i] * TILE : first_key + i * TILE;
         const int last = min(end_key, first + TILE) - 1;
         __syncthreads();  // every warp is done with the previous tile
         stage_kv<D>(ks, vs, kc, vc, table, block_size, kv_width, kvh * D, first, last);
@@ -570,16 +611,17 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_d##D(                                     \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* out, const u32* work, const u32* row0,  \
         const u32* q_len, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,    \
-        int block_size, float scale_log2) {                                                                  \
+        int block_size, float scale_log2, const u32* lists, int stride) {                                    \
         prefill<D>(q, kc, vc, out, work, row0, q_len, ctx, table0, tables, heads, kv_heads, block_size,      \
-                   scale_log2);                                                                              \
+                   scale_log2, lists, stride);                                                               \
     }                                                                                                        \
-    /* raw, raw_stride, lse: H2O's per-key scores and log2-sum-exp (decode_mma only; null: not wanted). */   \
+    /* raw, raw_stride, lse: H2O's per-key scores and log2-sum-exp; lists, stride: HiP's tile lists (both   \
+       read by decode_mma only; null: not wanted). */                                                        \
     extern "C" __global__ void __launch_bounds__(128) attn_decode_d##D(                                      \
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
         const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
         int block_size, float scale_log2, int split_len, int splits, bf16_t* out, float* raw,               \
-        int raw_stride, float* lse) {                                                                        \
+        int raw_stride, float* lse, const u32* lists, int stride) {                                          \
         decode<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads, block_size, \
                   scale_log2, split_len, splits, out);                                                       \
     }                                                                                                        \
@@ -587,9 +629,9 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
         const bf16_t* q, const bf16_t* kc, const bf16_t* vc, float* part_o, float* part_m, float* part_l,    \
         const u32* row0, const u32* ctx, const u32* table0, const u32* tables, int heads, int kv_heads,      \
         int block_size, float scale_log2, int split_len, int splits, bf16_t* out, float* raw,               \
-        int raw_stride, float* lse) {                                                                        \
+        int raw_stride, float* lse, const u32* lists, int stride) {                                          \
         decode_mma<D>(q, kc, vc, part_o, part_m, part_l, row0, ctx, table0, tables, heads, kv_heads,         \
-                      block_size, scale_log2, split_len, splits, out, raw, raw_stride, lse);                 \
+                      block_size, scale_log2, split_len, splits, out, raw, raw_stride, lse, lists, stride);  \
     }
 
 ATTENTION_KERNELS(16)

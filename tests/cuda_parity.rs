@@ -268,6 +268,7 @@ fn fused_attention_prologue_matches() {
                 q_len: rows,
                 context_len: rows,
                 block_table: table,
+                hip: None,
             }],
             block_size: 16,
         };
@@ -351,6 +352,7 @@ fn fused_decode_projections_match() {
                 q_len: 1,
                 context_len: 64,
                 block_table: vec![0, 1, 2, 3],
+                hip: None,
             }],
             block_size: 16,
         };
@@ -468,6 +470,7 @@ fn attention_case(
             q_len,
             context_len: ctx,
             block_table: table,
+            hip: None,
         });
     }
     let tokens: usize = seqs.iter().map(|s| s.0).sum();
@@ -498,6 +501,7 @@ fn attention_case(
                         c.block_table[j / block_size] * block_size as u32 + (j % block_size) as u32
                     })
                     .collect(),
+                hip: None,
             })
             .collect(),
         block_size: 1,
@@ -765,6 +769,7 @@ fn h2o_scores_and_compaction_match() {
                 q_len,
                 context_len: ctx,
                 block_table: table,
+                hip: None,
             });
         }
         let tokens: usize = seqs.iter().map(|s| s.0).sum();
@@ -859,6 +864,7 @@ fn h2o_scores_and_compaction_match() {
                 q_len: 1,
                 context_len: n,
                 block_table: batch.seqs[0].block_table.clone(),
+                hip: None,
             }],
             block_size,
         };
@@ -952,4 +958,136 @@ fn h2o_decoding_matches_the_cpu_backend() {
         assert_eq!(a.as_ref().unwrap().evicted, b.as_ref().unwrap().evicted);
     }
     assert_eq!(gc.usage().used_blocks, 0);
+}
+
+/// HiP's parameters for the CUDA tests: the kernels' query block (64 rows) and key blocks of 64 or 128 keys.
+fn hip_params(block_k: usize, top_k: usize) -> engram_engine::HipParams {
+    engram_engine::HipParams {
+        block_q: 64,
+        block_k,
+        top_k,
+        sink_tokens: 64,
+        recent_tokens: 256,
+        min_context: 512,
+    }
+}
+
+/// Random chunks `(q_len, context_len, hip)` on a shuffled block pool of both backends (layer 0), and the
+/// queries: the CPU's and the GPU's copies of the same bf16 values.
+#[allow(clippy::type_complexity)]
+fn hip_batch(
+    g: &CudaBackend,
+    r: &mut Rng,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    seqs: &[(usize, usize, Option<engram_engine::HipParams>)],
+) -> (
+    AttentionBatch,
+    (CpuTensor, <CudaBackend as Backend>::Tensor),
+    (<CpuBackend as Backend>::Kv, <CudaBackend as Backend>::Kv),
+) {
+    let block_size = 16;
+    let num_blocks: usize = seqs.iter().map(|s| s.1.div_ceil(block_size)).sum::<usize>() + 3;
+    let layout = KvLayout {
+        layers: 1,
+        num_blocks,
+        block_size,
+        kv_heads,
+        head_dim: hd,
+    };
+    let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
+    for i in (1..pool.len()).rev() {
+        pool.swap(i, r.below(i + 1));
+    }
+    let (mut ckv, mut gkv) = (
+        CpuBackend.alloc_kv(layout).unwrap(),
+        g.alloc_kv(layout).unwrap(),
+    );
+    let kv_width = kv_heads * hd;
+    let (mut chunks, mut next) = (Vec::new(), 0);
+    for &(q_len, ctx, hip) in seqs {
+        let table: Vec<u32> = pool[next..next + ctx.div_ceil(block_size)].to_vec();
+        next += table.len();
+        let slots: Vec<u32> = (0..ctx)
+            .map(|j| table[j / block_size] * block_size as u32 + (j % block_size) as u32)
+            .collect();
+        let (ck, gk) = both(g, &r.vec(ctx * kv_width, 2.0), ctx, kv_width);
+        let (cv, gv) = both(g, &r.vec(ctx * kv_width, 1.0), ctx, kv_width);
+        CpuBackend.write_kv(&mut ckv, 0, &ck, &cv, &slots).unwrap();
+        g.write_kv(&mut gkv, 0, &gk, &gv, &slots).unwrap();
+        let mut chunk = SeqChunk::dense(q_len, ctx, table);
+        chunk.hip = hip;
+        chunks.push(chunk);
+    }
+    let tokens: usize = seqs.iter().map(|s| s.0).sum();
+    let q = both(g, &r.vec(tokens * heads * hd, 2.0), tokens, heads * hd);
+    let batch = AttentionBatch {
+        seqs: chunks,
+        block_size,
+    };
+    (batch, q, (ckv, gkv))
+}
+
+#[test]
+fn hip_masks_and_sparse_attention_match_the_cpu_reference() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(23);
+    // The 8B shape, Qwen2.5-0.5B's, one KV head per query head, and a group past the decode kernel's 8 (its
+    // decode rows go through the prefill kernel).
+    for &(heads, kv_heads, hd) in &[(32, 8, 128), (14, 2, 64), (4, 4, 64), (16, 1, 32)] {
+        for &(block_k, top_k) in &[(64, 8), (128, 4)] {
+            let p = Some(hip_params(block_k, top_k));
+            let seqs = [
+                (200, 3000, p),
+                (1, 5000, p),
+                (70, 700, None),
+                (1, 777, p),
+                (1, 1500, None),
+                (64, 2048, p),
+            ];
+            let (batch, (cq, gq), (ckv, gkv)) = hip_batch(g, &mut r, heads, kv_heads, hd, &seqs);
+            let what =
+                format!("hip heads {heads}/{kv_heads} d{hd} block_k {block_k} top_k {top_k}");
+            let cm = CpuBackend.hip_mask(&cq, &ckv, 0, heads, &batch).unwrap();
+            let gm = g.hip_mask(&gq, &gkv, 0, heads, &batch).unwrap();
+            assert_eq!(cm.len(), gm.len(), "{what}: mask length");
+            let lists = cm.len() / top_k;
+            let same = cm
+                .chunks(top_k)
+                .zip(gm.chunks(top_k))
+                .filter(|(a, b)| a == b)
+                .count();
+            eprintln!("{what}: {same} of {lists} query blocks choose the same key blocks");
+            // Scores summed in another order may swap a near-tie; anything more is a bug.
+            assert!(same * 100 >= lists * 97, "{what}: masks differ");
+            if same == lists {
+                let co = CpuBackend.attention(&cq, &ckv, 0, heads, &batch).unwrap();
+                let go = g.attention(&gq, &gkv, 0, heads, &batch).unwrap();
+                cmp(g, &co, &go, 1.5e-2, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn hip_with_every_block_kept_is_dense_attention_on_the_gpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(24);
+    let every = Some(engram_engine::HipParams {
+        top_k: 256,
+        ..hip_params(64, 256)
+    });
+    let seqs = [(300, 4000, every), (1, 6000, every), (1, 900, every)];
+    let (mut batch, (_, gq), (_, gkv)) = hip_batch(g, &mut r, 32, 8, 128, &seqs);
+    let sparse = g.attention(&gq, &gkv, 0, 32, &batch).unwrap();
+    for c in &mut batch.seqs {
+        c.hip = None;
+    }
+    let dense = g.attention(&gq, &gkv, 0, 32, &batch).unwrap();
+    let (a, _, _) = g.to_host(&sparse).unwrap();
+    let (b, _, _) = g.to_host(&dense).unwrap();
+    let e = rel_err(&a, &b);
+    eprintln!("hip with every block kept vs dense on the GPU: relative error {e:.2e}");
+    assert!(e < 1e-3, "relative error {e:.3e}");
 }

@@ -115,6 +115,7 @@ fn check(name: &str, prompts_key: Option<&str>) {
                 q_len: n,
                 context_len: n,
                 block_table: c3.table(99).unwrap().blocks.clone(),
+                hip: None,
             }],
             logits_rows: (0..n as u32).collect(),
             tracked: Vec::new(),

@@ -2,6 +2,7 @@
 
 use super::constrain::JsonConstraint;
 use super::h2o::KvBudget;
+use super::hip::{AttentionMode, HipError};
 use super::model::ModelTokenizer;
 use super::sampling::{SamplingError, SamplingParams};
 use super::score::Scores;
@@ -23,6 +24,9 @@ pub struct GenerationRequest {
     /// An H2O KV budget ([`crate::h2o`]): past it, the sequence keeps only its heavy hitters and recent
     /// tokens (not shared with other sequences, never speculated).
     pub kv_budget: Option<KvBudget>,
+    /// How the request attends (`None`: the engine's `attention` default). HiP requests are not speculated,
+    /// and HiP cannot be combined with a `kv_budget`.
+    pub attention: Option<AttentionMode>,
 }
 
 impl GenerationRequest {
@@ -33,6 +37,7 @@ impl GenerationRequest {
             params,
             constraint: None,
             kv_budget: None,
+            attention: None,
         }
     }
 }
@@ -130,6 +135,9 @@ pub enum EngineError {
         /// Fewest tokens of a complete value.
         needed: usize,
     },
+    /// The request's attention is refused (bad HiP parameters, or HiP with a KV budget).
+    #[error(transparent)]
+    Attention(#[from] HipError),
     /// A scoring call failed (for example: its prompts do not fit the KV cache).
     #[error("scoring failed: {0}")]
     Scoring(String),

@@ -13,6 +13,8 @@ pub mod generator;
 pub mod h2o;
 #[path = "h2o_decode.rs"]
 pub mod h2o_decode;
+#[path = "hip.rs"]
+pub mod hip;
 #[path = "json_schema.rs"]
 pub mod json_schema;
 #[path = "kv_cache.rs"]

@@ -14,7 +14,7 @@ pub mod metrics;
 #[cfg(test)]
 use internals::prepack;
 use internals::{
-    backend, constrain, device, generator, h2o, json_schema, kv_cache, llama, model, prefill,
+    backend, constrain, device, generator, h2o, hip, json_schema, kv_cache, llama, model, prefill,
     runner, sampling, score, score_segments, speculative, start, warmup,
 };
 
@@ -31,9 +31,10 @@ pub use generator::{
 };
 pub use sampling::{SamplingError, SamplingParams};
 
-// Shaping the output and the cache: JSON constraints and H2O budgets.
+// Shaping the output, the cache and attention: JSON constraints, H2O budgets, HiP sparse attention.
 pub use constrain::{ConstraintError, JsonConstraint, JsonShape};
 pub use h2o::{BudgetPart, KvBudget};
+pub use hip::{AttentionMode, HipError, HipParams};
 pub use json_schema::{shape_of, SchemaError};
 
 // The model's text side: tokenizer, chat template, load errors.

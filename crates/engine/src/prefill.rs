@@ -60,6 +60,7 @@ pub fn push_chunk_at(
         q_len: tokens.len(),
         context_len: start + tokens.len(),
         block_table: table,
+        hip: None,
     });
     if want_logits {
         batch.logits_rows.push(batch.tokens.len() as u32 - 1);

@@ -279,6 +279,7 @@ impl<B: Backend> Run<'_, B> {
                 q_len: p.tokens.len(),
                 context_len: p.context.len(),
                 block_table: p.context.clone(),
+                hip: None,
             });
             if let Some(subset) = p.subset {
                 // Rows suffix.len() - 1 .. (the tail's last) predict the continuation.

@@ -49,6 +49,9 @@ pub enum StartError {
         /// The draft's vocabulary size.
         draft: usize,
     },
+    /// `engine.attention` is invalid.
+    #[error("engine.{0}")]
+    Attention(#[source] crate::hip::HipError),
     /// The draft model's cache could not be set up.
     #[error("draft model: {0}")]
     Draft(#[source] LlamaError),

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use super::cpu_attention::{
+    flat_masks, hip_masks, row_owners, row_probabilities, row_spans, slot_of, Operands,
+};
 use super::cpu_tensor::{op_err, CpuTensor};
 use super::{AttentionBatch, Backend, BackendError, KvLayout};
 use candle_core::quantized::QTensor;
@@ -256,6 +259,16 @@ impl Backend for CpuBackend {
         }
         let owner = row_owners(batch, tokens, "attention")?;
         let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
+        let masks = hip_masks(
+            &Operands {
+                q: &qd,
+                k: kc,
+                heads,
+                kv_heads: l.kv_heads,
+                head_dim: hd,
+            },
+            batch,
+        );
         let group = heads / l.kv_heads;
         let kv_width = l.kv_heads * hd;
         let bs = batch.block_size;
@@ -271,12 +284,14 @@ impl Backend for CpuBackend {
             let mut probs = Vec::new();
             for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
                 let (t, h) = ((first + i) / heads, (first + i) % heads);
-                let (s, pos) = owner[t];
+                let (s, _) = owner[t];
                 let table = &batch.seqs[s].block_table;
                 let qh = &qd[t * width + h * hd..t * width + (h + 1) * hd];
                 let off = (h / group) * hd;
-                row_probabilities(qh, kc, table, bs, kv_width, off, pos, &mut probs);
-                for (j, w) in probs.iter().enumerate() {
+                let spans = row_spans(&masks, batch, owner[t], h / group, l.kv_heads);
+                row_probabilities(qh, kc, table, bs, kv_width, off, &spans, &mut probs);
+                let key_slots = spans.iter().flat_map(|r| r.clone());
+                for (w, j) in probs.iter().zip(key_slots) {
                     let base = slot_of(table, bs, j) * kv_width + off;
                     for (o, v) in oh.iter_mut().zip(&vc[base..base + hd]) {
                         *o += w * v;
@@ -291,6 +306,32 @@ impl Backend for CpuBackend {
                 .for_each(|(task, chunk)| units(task * units_per_task, chunk));
         }
         tensor(out, tokens, width, "attention")
+    }
+
+    fn hip_mask(
+        &self,
+        q: &CpuTensor,
+        kv: &CpuKv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+    ) -> Result<Vec<u32>, BackendError> {
+        let (qd, _, width) = host(q, "hip_mask")?;
+        let l = kv.layout;
+        if width != heads * l.head_dim || !heads.is_multiple_of(l.kv_heads) {
+            return Err(BackendError::Shape {
+                op: "hip_mask",
+                reason: format!("query width {width} for {heads} heads of {}", l.head_dim),
+            });
+        }
+        let ops = Operands {
+            q: &qd,
+            k: &kv.k[layer],
+            heads,
+            kv_heads: l.kv_heads,
+            head_dim: l.head_dim,
+        };
+        Ok(flat_masks(&hip_masks(&ops, batch)))
     }
 
     fn supports_h2o(&self) -> bool {
@@ -352,7 +393,9 @@ impl Backend for CpuBackend {
             for h in 0..heads {
                 let qh = &qd[t * width + h * hd..t * width + (h + 1) * hd];
                 let kvh = h / group;
-                row_probabilities(qh, kc, table, bs, kv_width, kvh * hd, pos, &mut probs);
+                let all = 0..pos + 1;
+                let spans = std::slice::from_ref(&all);
+                row_probabilities(qh, kc, table, bs, kv_width, kvh * hd, spans, &mut probs);
                 for (j, p) in probs.iter().enumerate() {
                     scores[slot_of(table, bs, j) * l.kv_heads + kvh] += p;
                 }
@@ -481,101 +524,10 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Cache slot of the `j`-th token of a sequence with `table` (blocks of `bs` tokens).
-fn slot_of(table: &[u32], bs: usize, j: usize) -> usize {
-    table[j / bs] as usize * bs + j % bs
-}
-
-/// Per query row of a packed batch: its chunk and its position in that chunk's context.
-fn row_owners(
-    batch: &AttentionBatch,
-    tokens: usize,
-    op: &'static str,
-) -> Result<Vec<(usize, usize)>, BackendError> {
-    let mut owner = Vec::with_capacity(tokens);
-    for (s, seq) in batch.seqs.iter().enumerate() {
-        let first = seq.context_len - seq.q_len;
-        owner.extend((0..seq.q_len).map(|i| (s, first + i)));
-    }
-    if owner.len() != tokens {
-        return Err(BackendError::Shape {
-            op,
-            reason: format!(
-                "{tokens} query rows but the batch describes {}",
-                owner.len()
-            ),
-        });
-    }
-    Ok(owner)
-}
-
-/// The attention probabilities of one query head `qh` over keys `0..=pos` of a sequence (`kc`'s rows through
-/// `table`, the head's columns from `off`), scaled by `1/sqrt(head_dim)`, into `probs`.
-#[allow(clippy::too_many_arguments)]
-fn row_probabilities(
-    qh: &[f32],
-    kc: &[f32],
-    table: &[u32],
-    bs: usize,
-    kv_width: usize,
-    off: usize,
-    pos: usize,
-    probs: &mut Vec<f32>,
-) {
-    let hd = qh.len();
-    let scale = 1.0 / (hd as f32).sqrt();
-    probs.clear();
-    let mut max = f32::NEG_INFINITY;
-    for j in 0..=pos {
-        let base = slot_of(table, bs, j) * kv_width + off;
-        let sc = dot(qh, &kc[base..base + hd]) * scale;
-        max = max.max(sc);
-        probs.push(sc);
-    }
-    let mut sum = 0.0;
-    for p in probs.iter_mut() {
-        *p = (*p - max).exp();
-        sum += *p;
-    }
-    for p in probs.iter_mut() {
-        *p /= sum;
-    }
-}
-
-/// `Σ a_i · b_i` over 16 independent lanes, so the compiler vectorizes it (a single running f32 sum must stay in
-/// order and cannot be); a head of 64 or 128 is whole chunks, any remainder is added at the end.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::SeqChunk;
-
-    #[test]
-    fn the_lane_dot_equals_the_plain_sum() {
-        for n in [0, 5, 16, 64, 80, 131] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.3).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).cos()).collect();
-            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot(&a, &b) - plain).abs() < 1e-4, "n={n}");
-        }
-    }
 
     fn t(data: &[f32], r: usize, c: usize) -> CpuTensor {
         CpuTensor::Dense(Tensor::from_slice(data, (r, c), &Device::Cpu).unwrap())
@@ -616,6 +568,7 @@ mod tests {
                 q_len: 3,
                 context_len: 3,
                 block_table: vec![2, 0],
+                hip: None,
             }],
             block_size: 2,
         };

@@ -6,6 +6,7 @@
 pub mod amx;
 pub mod bf16dot;
 pub mod cpu;
+mod cpu_attention;
 pub mod cpu_tensor;
 pub mod cuda;
 pub mod kchoice;
@@ -51,6 +52,26 @@ pub struct SeqChunk {
     pub context_len: usize,
     /// Physical KV blocks of the sequence, in order.
     pub block_table: Vec<u32>,
+    /// HiP sparse attention ([`crate::hip`]) for this chunk when its context exceeds the parameters'
+    /// `min_context`; dense attention otherwise.
+    pub hip: Option<crate::hip::HipParams>,
+}
+
+impl SeqChunk {
+    /// A chunk with dense attention.
+    pub fn dense(q_len: usize, context_len: usize, block_table: Vec<u32>) -> Self {
+        Self {
+            q_len,
+            context_len,
+            block_table,
+            hip: None,
+        }
+    }
+
+    /// The HiP parameters when sparse attention engages for this chunk.
+    pub fn sparse(&self) -> Option<&crate::hip::HipParams> {
+        self.hip.as_ref().filter(|p| p.engages(self.context_len))
+    }
 }
 
 /// Shape of attention over a packed batch.
@@ -172,6 +193,18 @@ pub trait Backend: Send + Sync + 'static {
         heads: usize,
         batch: &AttentionBatch,
     ) -> Result<Self::Tensor, BackendError>;
+    /// The HiP masks ([`crate::hip`]) [`Self::attention`] uses for `batch` on `layer`: the chosen key blocks of
+    /// every chunk whose HiP engages, in [`crate::hip::mask_len`]'s layout (for tests and benchmarks).
+    fn hip_mask(
+        &self,
+        _q: &Self::Tensor,
+        _kv: &Self::Kv,
+        _layer: usize,
+        _heads: usize,
+        _batch: &AttentionBatch,
+    ) -> Result<Vec<u32>, BackendError> {
+        Err(unsupported(self.name(), "hip_mask"))
+    }
     /// The rows `rows` of `x`, in that order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor, BackendError>;
     /// Copies a 2-D tensor to the host, row-major, with its shape.

@@ -12,6 +12,7 @@ use super::generator::{
 };
 use super::h2o::H2oState;
 use super::h2o_decode::{evict_due, EvictionTimes};
+use super::hip::{AttentionMode, HipError, HipParams};
 use super::kv_cache::{KvCache, KvCacheConfig};
 use super::llama::{LlamaModel, StepBatch};
 use super::model::ModelTokenizer;
@@ -58,6 +59,9 @@ pub struct EngineConfig {
     pub speculative: SpeculativeConfig,
     /// The CUDA backend's performance knobs (`[engine.cuda]`).
     pub cuda: CudaConfig,
+    /// How requests attend unless they say otherwise (`[engine.attention]`: `kind = "dense"`, or `kind = "hip"`
+    /// with HiP's parameters).
+    pub attention: AttentionMode,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +76,7 @@ impl Default for EngineConfig {
             max_waiting: 256,
             speculative: SpeculativeConfig::default(),
             cuda: CudaConfig::default(),
+            attention: AttentionMode::Dense,
         }
     }
 }
@@ -94,6 +99,13 @@ enum Command {
         reply: mpsc::Sender<Result<Scores, EngineError>>,
     },
     Shutdown,
+}
+
+/// Gives the chunk just pushed to `batch` the request's sparse attention.
+fn set_attention(batch: &mut StepBatch, hip: Option<HipParams>) {
+    if let Some(chunk) = batch.seqs.last_mut() {
+        chunk.hip = hip;
+    }
 }
 
 /// Cache sequence ids of scoring calls start here, far from request ids.
@@ -120,6 +132,8 @@ struct Active {
     accepted: usize,
     /// H2O eviction under the request's `kv_budget`.
     h2o: Option<H2oState>,
+    /// HiP sparse attention for the request's chunks.
+    hip: Option<HipParams>,
 }
 
 impl Active {
@@ -218,6 +232,15 @@ impl Engine {
         name: String,
         config: &EngineConfig,
     ) -> Result<Self, StartError> {
+        config.attention.validate().map_err(StartError::Attention)?;
+        if let Some(p) = config
+            .attention
+            .hip()
+            .filter(|_| model.backend().name() == "cuda")
+        {
+            p.check_cuda().map_err(StartError::Attention)?;
+        }
+        let attention = config.attention;
         let layout = model.kv_layout(1, config.block_size);
         let block_bytes = layout.bytes_f32().max(1);
         let num_blocks = (config.kv_cache_mib * 1024 * 1024 / block_bytes).max(1);
@@ -271,6 +294,7 @@ impl Engine {
                     stats: loop_stats,
                     score_capacity: config_token_budget,
                     token_budget: config_token_budget,
+                    attention,
                 };
                 state.run(&model, &mut kv, &rx, &mut spec);
             })
@@ -325,6 +349,19 @@ impl Generator for Engine {
         request
             .params
             .validate(self.tokenizer.vocab_size(), self.max_context)?;
+        if let Some(mode) = &request.attention {
+            mode.validate()?;
+            if let Some(p) = mode.hip().filter(|_| self.device == "cuda") {
+                p.check_cuda()?;
+            }
+            if mode.hip().is_some() && request.kv_budget.is_some() {
+                return Err(HipError(
+                    "HiP attention cannot be combined with an H2O kv_budget: drop one of them"
+                        .into(),
+                )
+                .into());
+            }
+        }
         let max_tokens = request.params.max_tokens;
         if let Some(c) = &request.constraint {
             let needed = c.min_tokens();
@@ -410,6 +447,8 @@ struct LoopState {
     eos: Vec<u32>,
     tokenizer: Arc<ModelTokenizer>,
     stats: Arc<Mutex<EngineStats>>,
+    /// The default attention of requests that do not choose one.
+    attention: AttentionMode,
 }
 
 impl LoopState {
@@ -512,6 +551,11 @@ impl LoopState {
                 let h2o = request
                     .kv_budget
                     .map(|b| H2oState::new(b.resolve(request.prompt.len()), H2O_SLACK));
+                // The engine's default applies to requests that do not choose; never together with H2O.
+                let hip = match request.attention {
+                    Some(mode) => mode.hip(),
+                    None => self.attention.hip().filter(|_| h2o.is_none()),
+                };
                 self.scheduler.add(SeqState {
                     id,
                     prompt_len: request.prompt.len(),
@@ -531,14 +575,17 @@ impl LoopState {
                         arrived,
                         last_token: None,
                         // Constrained output is not speculated: its masks follow one token at a time; nor is
-                        // a sequence under H2O, whose cache is compacted between steps.
-                        k: k.filter(|_| json.is_none() && h2o.is_none()),
+                        // a sequence under H2O, whose cache is compacted between steps, nor one under HiP,
+                        // whose verification rows would share one sparse mask where plain decoding has one per
+                        // row.
+                        k: k.filter(|_| json.is_none() && h2o.is_none() && hip.is_none()),
                         json,
                         draft_sampler: Sampler::new(seed ^ 0xD4AF_7000),
                         target_steps: 0,
                         proposed: 0,
                         accepted: 0,
                         h2o,
+                        hip,
                     },
                 );
                 true
@@ -624,6 +671,7 @@ impl LoopState {
                     let tokens = a.context(start, len);
                     push_chunk(&mut batch, &self.cache, item.seq, &tokens, start, last)
                         .map_err(|e| e.to_string())?;
+                    set_attention(&mut batch, a.hip);
                     if a.h2o.is_some() {
                         batch.tracked.push(batch.seqs.len() - 1);
                     }
@@ -751,6 +799,7 @@ impl LoopState {
         let position = a.h2o.as_ref().map_or(start, |h| h.position(start));
         push_chunk_at(batch, &self.cache, seq, &tokens, start, position, false)
             .map_err(|e| e.to_string())?;
+        set_attention(batch, a.hip);
         if a.h2o.is_some() {
             batch.tracked.push(batch.seqs.len() - 1);
         }

@@ -6,7 +6,9 @@
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::launch::PushArg;
-use super::{launch, rows_cfg, CudaBackend, CudaBuf, CudaError, CudaKv, CudaTensor, HEAD_DIMS};
+use super::{
+    hip, launch, rows_cfg, CudaBackend, CudaBuf, CudaError, CudaKv, CudaTensor, HEAD_DIMS,
+};
 use crate::backend::AttentionBatch;
 
 /// Query rows per prefill tile and keys per tile (the kernels' TILE).
@@ -160,31 +162,38 @@ pub fn run_scored(
     emit_scores: bool,
 ) -> Result<(CudaTensor, Option<RawScores>), CudaError> {
     let l = kv.layout;
-    let d = l.head_dim;
     let dim_index = check_batch(q, kv, layer, heads, batch)?;
     let (tokens, width) = q.shape();
     let group = heads / l.kv_heads;
     let p = plan(batch, group <= MAX_GROUP);
     let meta = be.upload("attention", &p.data)?;
     let mut out = be.alloc_bf16(tokens * width)?;
-    let args = Shared {
-        q: q.bf16("attention")?,
-        k: &kv.k[layer],
-        v: &kv.v[layer],
-        meta: &meta,
-        tables: meta.slice(p.tables..),
-        heads: heads as i32,
-        kv_heads: l.kv_heads as i32,
-        block_size: batch.block_size as i32,
-        scale_log2: std::f32::consts::LOG2_E / (d as f32).sqrt(),
-        head_dim: d,
-        dim_index,
+    let args = Shared::new(q, kv, layer, heads, batch.block_size, &meta, &p, dim_index)?;
+    let sparse = batch.seqs.iter().any(|c| c.sparse().is_some());
+    if sparse && emit_scores {
+        return Err(CudaError::Shape {
+            op: "attention",
+            reason: "HiP sparse attention does not keep H2O scores".into(),
+        });
+    }
+    let (prefill_lists, decode_lists) = if sparse {
+        hip_lists(be, &args, &p, batch, None)?
+    } else {
+        (None, None)
     };
     if p.work.1 > 0 {
-        launch_prefill(be, &args, &p, &mut out)?;
+        launch_prefill(be, &args, &p, prefill_lists.as_ref(), &mut out)?;
     }
     let scored = if p.decode.1 > 0 {
-        launch_decode(be, &args, &p, batch, emit_scores, &mut out)?
+        launch_decode(
+            be,
+            &args,
+            &p,
+            batch,
+            emit_scores,
+            decode_lists.as_ref(),
+            &mut out,
+        )?
     } else {
         None
     };
@@ -196,6 +205,94 @@ pub fn run_scored(
         },
         scored,
     ))
+}
+
+/// HiP's tile lists of one launch, and the keys its longest row visits (what decode splits are sized for).
+pub struct Lists {
+    lists: CudaSlice<u32>,
+    stride: usize,
+    max_keys: usize,
+}
+
+/// HiP's search for the prefill work items and for the decode rows of `p`, each writing its query blocks'
+/// chosen blocks to `mask` when given ([`crate::hip::mask_len`]'s layout).
+fn hip_lists(
+    be: &CudaBackend,
+    s: &Shared<'_>,
+    p: &Plan,
+    batch: &AttentionBatch,
+    mut mask: Option<&mut CudaSlice<u32>>,
+) -> Result<(Option<Lists>, Option<Lists>), CudaError> {
+    hip::check_params(batch)?;
+    let n = p.seqs;
+    let row0 = &p.data[..n];
+    let (offsets, _) = hip::mask_offsets(batch, s.kv_heads as usize);
+    let (table0, tables) = (s.view(3 * n, n), s.meta.slice(p.tables..));
+    let inputs = hip::SearchInputs {
+        q: s.q,
+        k: s.k,
+        table0: &table0,
+        tables: &tables,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        block_size: s.block_size,
+        dim_index: s.dim_index,
+        head_dim: s.head_dim,
+    };
+    let work: Vec<(usize, usize)> = p.data[p.work.0..p.work.0 + 2 * p.work.1]
+        .chunks_exact(2)
+        .map(|w| (w[0] as usize, w[1] as usize))
+        .collect();
+    let decode: Vec<(usize, usize)> = decode_chunks(batch)
+        .into_iter()
+        .filter(|_| p.decode.1 > 0)
+        .map(|c| (c, 0))
+        .collect();
+    let mut run =
+        |units: &[(usize, usize)], key: &'static str| -> Result<Option<Lists>, CudaError> {
+            if !units.iter().any(|&(c, _)| batch.seqs[c].sparse().is_some()) {
+                return Ok(None);
+            }
+            let items = hip::items(batch, row0, units, Some(&offsets), s.kv_heads as usize);
+            let ctx: Vec<usize> = units
+                .iter()
+                .map(|&(c, _)| batch.seqs[c].context_len)
+                .collect();
+            let lists = hip::search(be, &inputs, &items, key, mask.as_deref_mut())?;
+            Ok(Some(Lists {
+                lists,
+                stride: items.stride,
+                max_keys: hip::decode_keys(&items, &ctx),
+            }))
+        };
+    Ok((run(&work, "hip_prefill")?, run(&decode, "hip_decode")?))
+}
+
+/// The chosen key blocks of every HiP query block of `batch` ([`crate::hip::mask_len`]'s layout), from the same
+/// search [`run`] does.
+pub fn hip_mask(
+    be: &CudaBackend,
+    q: &CudaTensor,
+    kv: &CudaKv,
+    layer: usize,
+    heads: usize,
+    batch: &AttentionBatch,
+) -> Result<Vec<u32>, CudaError> {
+    let l = kv.layout;
+    let dim_index = check_batch(q, kv, layer, heads, batch)?;
+    let p = plan(batch, heads / l.kv_heads <= MAX_GROUP);
+    let meta = be.upload("attention", &p.data)?;
+    let args = Shared::new(q, kv, layer, heads, batch.block_size, &meta, &p, dim_index)?;
+    let (_, total) = hip::mask_offsets(batch, l.kv_heads);
+    // SAFETY: every HiP query block writes all its entries before the copy back.
+    let mut mask = unsafe { be.stream.alloc::<u32>(total.max(1)) }
+        .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
+    hip_lists(be, &args, &p, batch, Some(&mut mask))?;
+    let host = be
+        .stream
+        .clone_dtoh(&mask)
+        .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+    Ok(host[..total].to_vec())
 }
 
 /// Checks the queries and the batch against the cache; returns the head dimension's kernel index.
@@ -271,7 +368,35 @@ struct Shared<'a> {
     dim_index: usize,
 }
 
-impl Shared<'_> {
+impl<'a> Shared<'a> {
+    /// The arguments of one attention call on `layer` with the uploaded plan `meta` of `p`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        q: &'a CudaTensor,
+        kv: &'a CudaKv,
+        layer: usize,
+        heads: usize,
+        block_size: usize,
+        meta: &'a CudaSlice<u32>,
+        p: &Plan,
+        dim_index: usize,
+    ) -> Result<Self, CudaError> {
+        let l = kv.layout;
+        Ok(Self {
+            q: q.bf16("attention")?,
+            k: &kv.k[layer],
+            v: &kv.v[layer],
+            meta,
+            tables: meta.slice(p.tables..),
+            heads: heads as i32,
+            kv_heads: l.kv_heads as i32,
+            block_size: block_size as i32,
+            scale_log2: std::f32::consts::LOG2_E / (l.head_dim as f32).sqrt(),
+            head_dim: l.head_dim,
+            dim_index,
+        })
+    }
+
     /// `len` entries of the plan data from `at` (at least one, for an empty list).
     fn view(&self, at: usize, len: usize) -> cudarc::driver::CudaView<'_, u32> {
         self.meta.slice(at..at + len.max(1))
@@ -283,6 +408,7 @@ fn launch_prefill(
     be: &CudaBackend,
     s: &Shared<'_>,
     p: &Plan,
+    lists: Option<&Lists>,
     out: &mut CudaSlice<u16>,
 ) -> Result<(), CudaError> {
     let n = p.seqs;
@@ -309,6 +435,13 @@ fn launch_prefill(
         .arg(&s.kv_heads)
         .arg(&s.block_size)
         .arg(&s.scale_log2);
+    let null = 0u64;
+    let stride = lists.map_or(0, |l| l.stride as i32);
+    match lists {
+        Some(l) => b.arg(&l.lists),
+        None => b.arg(&null),
+    };
+    b.arg(&stride);
     let cfg = LaunchConfig {
         grid_dim: (p.work.1 as u32, s.heads as u32, 1),
         block_dim: (128, 1, 1),
@@ -330,6 +463,7 @@ fn launch_decode(
     p: &Plan,
     batch: &AttentionBatch,
     emit_scores: bool,
+    lists: Option<&Lists>,
     out: &mut CudaSlice<u16>,
 ) -> Result<Option<RawScores>, CudaError> {
     let (nd, d) = (p.decode.1, s.head_dim);
@@ -337,20 +471,25 @@ fn launch_decode(
     let dec_row0 = s.view(p.decode.0, nd);
     let dec_ctx = s.view(p.decode.0 + nd, nd);
     let dec_table0 = s.view(p.decode.0 + 2 * nd, nd);
+    // Under HiP the splits share out the longest row's tile list rather than its context.
+    let max_keys = lists.map_or(p.decode_max_ctx, |l| l.max_keys);
     let split = split_len_for(
-        p.decode_max_ctx,
+        max_keys,
         nd * s.kv_heads as usize,
         be.sm_count,
         be.decode_min_tiles,
         be.decode_blocks_per_sm,
     );
-    let splits = p.decode_max_ctx.div_ceil(split).max(1);
+    let splits = max_keys.div_ceil(split).max(1);
     let parts = nd * heads * splits;
     let mut part_o: CudaSlice<f32> = be.alloc_f32(parts * d)?;
     let mut part_m: CudaSlice<f32> = be.alloc_f32(parts)?;
     let mut part_l: CudaSlice<f32> = be.alloc_f32(parts)?;
     let (sl, sp) = (split as i32, splits as i32);
-    let (f, name) = if emit_scores || be.decode_mma.load(std::sync::atomic::Ordering::Relaxed) {
+    // Only the tensor-core kernel reads HiP's tile lists.
+    let mma =
+        emit_scores || lists.is_some() || be.decode_mma.load(std::sync::atomic::Ordering::Relaxed);
+    let (f, name) = if mma {
         (
             &be.kernels.attn_decode_mma[s.dim_index],
             "attn_decode_mma_d",
@@ -393,6 +532,12 @@ fn launch_decode(
         Some(r) => b.arg(&mut r.raw).arg(&raw_stride).arg(&mut r.lse),
         None => b.arg(&null).arg(&raw_stride).arg(&null),
     };
+    let stride = lists.map_or(0, |l| l.stride as i32);
+    match lists {
+        Some(l) => b.arg(&l.lists),
+        None => b.arg(&null),
+    };
+    b.arg(&stride);
     let cfg = LaunchConfig {
         grid_dim: (nd as u32, s.kv_heads as u32, splits as u32),
         block_dim: (128, 1, 1),
@@ -444,6 +589,7 @@ mod tests {
             q_len,
             context_len,
             block_table: blocks.to_vec(),
+            hip: None,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod gemm;
 mod h2o;
+mod hip;
 mod launch;
 pub mod registry;
 pub mod roofline;
@@ -199,6 +200,8 @@ struct Kernels {
     h2o_gather: CudaFunction,
     h2o_scatter: CudaFunction,
     h2o_from_raw: CudaFunction,
+    /// HiP's mask search and tile lists (per head dimension).
+    hip_search: Vec<CudaFunction>,
 }
 
 impl Kernels {
@@ -250,6 +253,10 @@ impl Kernels {
             h2o_gather: r.function("h2o", "h2o_gather")?,
             h2o_scatter: r.function("h2o", "h2o_scatter")?,
             h2o_from_raw: r.function("h2o", "h2o_from_raw")?,
+            hip_search: HEAD_DIMS
+                .iter()
+                .map(|d| r.function("hip", &format!("hip_search_d{d}")))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -1322,6 +1329,18 @@ impl Backend for CudaBackend {
             )
         });
         Ok(attention::run(self, q, kv, layer, heads, batch)?)
+    }
+
+    fn hip_mask(
+        &self,
+        q: &CudaTensor,
+        kv: &CudaKv,
+        layer: usize,
+        heads: usize,
+        batch: &AttentionBatch,
+    ) -> Result<Vec<u32>, BackendError> {
+        let _span = self.span(|| "hip mask".into());
+        Ok(attention::hip_mask(self, q, kv, layer, heads, batch)?)
     }
 
     fn gather_rows(&self, x: &CudaTensor, rows: &[u32]) -> Result<CudaTensor, BackendError> {

@@ -32,6 +32,7 @@ pub const MODULES: &[(&str, &str)] = &[
         include_str!("../../../../../kernels/sampling.cu"),
     ),
     ("h2o", include_str!("../../../../../kernels/h2o.cu")),
+    ("hip", include_str!("../../../../../kernels/hip.cu")),
 ];
 
 /// Compiled modules of one context, by name.

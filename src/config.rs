@@ -573,7 +573,7 @@ impl Config {
         Ok(())
     }
 
-    /// `[engine]` (with its speculative and CUDA sections) and `[qa]`.
+    /// `[engine]` (with its speculative, CUDA and attention sections) and `[qa]`.
     fn validate_engine(&self) -> Result<(), ConfigError> {
         let e = &self.engine;
         if let Err(err) = e.device.parse::<engram_engine::DeviceSpec>() {
@@ -602,6 +602,10 @@ impl Config {
         e.cuda.validate().map_err(|message| ConfigError::Invalid {
             key: "engine.cuda",
             message,
+        })?;
+        e.attention.validate().map_err(|err| ConfigError::Invalid {
+            key: "engine.attention",
+            message: err.0,
         })?;
         if self.qa.coalitions_per_call == 0 {
             return Err(ConfigError::Invalid {
@@ -768,6 +772,55 @@ mod tests {
             msg.contains("engine.device") && msg.contains("cuda:N"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn engine_attention_reads_from_the_file_and_the_environment() {
+        use engram_engine::{AttentionMode, HipParams};
+        let dense = Config::load(None, &[], Figment::new()).unwrap();
+        assert_eq!(dense.engine.attention, AttentionMode::Dense);
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "[engine.attention]\nkind = \"hip\"\ntop_k = 16\nmin_context = 2048\n",
+        );
+        let cfg = Config::load(Some(&file), &[], Figment::new()).unwrap();
+        assert_eq!(
+            cfg.engine.attention,
+            AttentionMode::Hip(HipParams {
+                top_k: 16,
+                min_context: 2048,
+                ..HipParams::default()
+            })
+        );
+        let cfg = Config::load(
+            None,
+            &env(&[
+                ("ENGRAM__ENGINE__ATTENTION__KIND", "hip"),
+                ("ENGRAM__ENGINE__ATTENTION__BLOCK_K", "32"),
+            ]),
+            Figment::new(),
+        )
+        .unwrap();
+        assert_eq!(cfg.engine.attention.hip().unwrap().block_k, 32);
+        // Bad parameters, unknown kinds and unknown fields name the key.
+        let file = write(
+            dir.path(),
+            "[engine.attention]\nkind = \"hip\"\ntop_k = 0\n",
+        );
+        let err = Config::load(Some(&file), &[], Figment::new()).unwrap_err();
+        assert!(
+            err.to_string().contains("engine.attention") && err.to_string().contains("top_k"),
+            "{err}"
+        );
+        for body in [
+            "[engine.attention]\nkind = \"sparse\"\n",
+            "[engine.attention]\nkind = \"hip\"\ntopk = 8\n",
+        ] {
+            let file = write(dir.path(), body);
+            let err = Config::load(Some(&file), &[], Figment::new()).unwrap_err();
+            assert!(err.to_string().contains("attention"), "{body}: {err}");
+        }
     }
 
     #[test]

@@ -296,6 +296,7 @@ async fn constrained_requests_always_give_json_of_the_shape() {
                 params,
                 constraint: Some(c.clone()),
                 kv_budget: None,
+                attention: None,
             };
             streams.push((max_tokens, g.submit(request).unwrap()));
         }
@@ -344,6 +345,7 @@ async fn constrained_requests_always_give_json_of_the_shape() {
         params,
         constraint: Some(c.clone()),
         kv_budget: None,
+        attention: None,
     };
     assert!(matches!(
         g.submit(request),

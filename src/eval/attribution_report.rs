@@ -78,7 +78,7 @@ pub async fn evaluate_attribution(
     let mut per_question = Vec::new();
     for (index, q) in questions.iter().enumerate() {
         let hits = retriever.retrieve(&q.question, TOP_K).await?;
-        let answered = match reader.answer(&q.question, &hits, |_| {}).await {
+        let answered = match reader.answer(&q.question, &hits, None, |_| {}).await {
             Ok(a) => a,
             Err(AnswerError::OverContext { .. }) => continue,
             Err(e) => return Err(EvalError::Generation(e)),

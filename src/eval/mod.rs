@@ -180,7 +180,7 @@ pub async fn evaluate(
                 .collect(),
         };
         if let Some(reader) = &reader {
-            match reader.answer(&q.question, &hits, |_| {}).await {
+            match reader.answer(&q.question, &hits, None, |_| {}).await {
                 Ok(answered) => {
                     (outcome.exact_match, outcome.f1) = best_scores(answered.text(), &q.answers);
                     outcome.prediction = Some(answered.text().to_string());

@@ -161,6 +161,7 @@ impl LlmExtractor {
                 params,
                 constraint: Some(constraint.clone()),
                 kv_budget: None,
+                attention: None,
             };
             match self.generator.submit(request) {
                 Ok(rx) => streams.push(Some(rx)),

@@ -8,7 +8,7 @@ use crate::qa::generated::{generate_answer, titles_and_texts, AnswerError};
 use crate::qa::iterative::{model_step, reader_step};
 use crate::qa::types::Answer;
 use crate::retrieve::{Retrieval, ScoredPassage};
-use engram_engine::Generator;
+use engram_engine::{AttentionMode, Generator};
 use std::sync::Arc;
 
 /// Who answers questions and writes the reasoning steps of the iterative mode.
@@ -64,20 +64,23 @@ impl Answerer {
         }
     }
 
-    /// Answers `question` from `passages` (best first). `on_token` sees the answer's text as it is made: once
+    /// Answers `question` from `passages` (best first). The model attends as `attention` says (`None`: the
+    /// engine's default); the extractive reader ignores it. `on_token` sees the answer's text as it is made: once
     /// per generated token, or once with the whole extractive answer. A model's prompt holds every passage; when
     /// it does not fit, the question is not answered ([`AnswerError::OverContext`]).
     pub async fn answer(
         &self,
         question: &str,
         passages: &[ScoredPassage],
+        attention: Option<AttentionMode>,
         on_token: impl Fn(&str) + Send + Sync,
     ) -> Result<Answered, AnswerError> {
         match self {
             Self::Model(g) => {
                 let pairs = titles_and_texts(passages);
                 let (text, tokens) =
-                    generate_answer(g.as_ref(), question, &pairs, |t| on_token(t)).await?;
+                    generate_answer(g.as_ref(), question, &pairs, attention, |t| on_token(t))
+                        .await?;
                 let answer = Answer {
                     text,
                     mode: "generated".into(),
@@ -117,16 +120,111 @@ impl Answerer {
     }
 
     /// The next reasoning step of the iterative mode (`steps`: the earlier ones), or `None` when there is nothing
-    /// more to say.
+    /// more to say. The model attends as `attention` says (`None`: the engine's default); the reader ignores it.
     pub async fn next_step(
         &self,
         question: &str,
         evidence: &Retrieval,
         steps: &[&str],
+        attention: Option<AttentionMode>,
     ) -> Result<Option<String>, AnswerError> {
         match self {
-            Self::Model(g) => model_step(g.as_ref(), question, evidence, steps).await,
+            Self::Model(g) => model_step(g.as_ref(), question, evidence, steps, attention).await,
             Self::Extractive => Ok(reader_step(question, evidence, steps)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engram_engine::internals::model::synthetic::synthetic_tokenizer;
+    use engram_engine::{
+        EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, HipParams,
+        ModelTokenizer, Scores, SegmentedScoring, TokenEvent, Usage,
+    };
+    use std::sync::Mutex;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    /// A generator that records each request's attention and answers one token.
+    struct Recording {
+        tokenizer: ModelTokenizer,
+        seen: Mutex<Vec<Option<AttentionMode>>>,
+    }
+
+    impl std::fmt::Debug for Recording {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Recording")
+        }
+    }
+
+    impl Generator for Recording {
+        fn model_name(&self) -> &str {
+            "recording"
+        }
+        fn tokenizer(&self) -> &ModelTokenizer {
+            &self.tokenizer
+        }
+        fn max_context(&self) -> usize {
+            4096
+        }
+        fn submit(
+            &self,
+            request: GenerationRequest,
+        ) -> Result<UnboundedReceiver<GenerationEvent>, EngineError> {
+            self.seen.lock().unwrap().push(request.attention);
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let token = TokenEvent {
+                token: 80,
+                text: "Paris".into(),
+                logprob: -0.1,
+                top_logprobs: Vec::new(),
+            };
+            let done = GenerationEvent::Done {
+                reason: FinishReason::Stop,
+                usage: Usage::default(),
+            };
+            for event in [GenerationEvent::Token(token), done] {
+                let _ = tx.send(event);
+            }
+            Ok(rx)
+        }
+        fn stats(&self) -> EngineStats {
+            EngineStats::default()
+        }
+        fn score(&self, _: Vec<(Vec<u32>, Vec<u32>)>) -> Result<Scores, EngineError> {
+            Err(EngineError::Scoring("not used".into()))
+        }
+        fn score_segmented(&self, _: SegmentedScoring) -> Result<Scores, EngineError> {
+            Err(EngineError::Scoring("not used".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_answer_and_the_steps_are_generated_with_the_requests_attention() {
+        let g = Arc::new(Recording {
+            tokenizer: synthetic_tokenizer(300),
+            seen: Mutex::new(Vec::new()),
+        });
+        let answerer = Answerer::new(Some(g.clone() as Arc<dyn Generator>));
+        let hip = AttentionMode::Hip(HipParams {
+            top_k: 4,
+            ..HipParams::default()
+        });
+        let answered = answerer
+            .answer("Where?", &[], Some(hip), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(answered.text(), "Paris");
+        let step = answerer
+            .next_step("Where?", &Retrieval::default(), &[], Some(hip))
+            .await
+            .unwrap();
+        assert_eq!(step.as_deref(), Some("Paris"));
+        answerer.answer("Where?", &[], None, |_| {}).await.unwrap();
+        assert_eq!(*g.seen.lock().unwrap(), [Some(hip), Some(hip), None]);
+        // The extractive reader has no use for it.
+        let reader = Answerer::Extractive.answer("Where?", &[], Some(hip), |_| {});
+        assert!(reader.await.unwrap().answer.is_none());
     }
 }

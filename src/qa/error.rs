@@ -4,6 +4,7 @@ use crate::attribution::ShapleyError;
 use crate::qa::generated::AnswerError;
 use crate::qa::iterative::{IterativeError, MAX_ITERATIONS};
 use crate::retrieve::RetrieveError;
+use engram_engine::HipError;
 
 /// Errors of question answering.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub enum QaError {
     /// `iterations` is outside 1 to [`MAX_ITERATIONS`].
     #[error("`iterations` is {0}: ask for 1 to {MAX_ITERATIONS} rounds of retrieval")]
     InvalidIterations(usize),
+    /// `attention` asks for HiP with parameters the engine refuses.
+    #[error(transparent)]
+    InvalidAttention(#[from] HipError),
     /// No retriever has the requested name.
     #[error(transparent)]
     UnknownRetriever(RetrieveError),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::attribution::{Coalition, Scorer, SeparatePrompt};
 use crate::retrieve::ScoredPassage;
+use engram_engine::AttentionMode;
 use engram_engine::ChatMessage;
 use engram_engine::ModelTokenizer;
 use engram_engine::SamplingParams;
@@ -139,13 +140,14 @@ pub fn titles_and_texts(passages: &[ScoredPassage]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The model's greedy answer (at most [`ANSWER_TOKENS`] tokens) to the prompt holding every passage: the trimmed
-/// text and the token ids. `on_token` sees each token's text as it is made. A prompt that does not fit is
-/// [`AnswerError::OverContext`].
+/// The model's greedy answer (at most [`ANSWER_TOKENS`] tokens) to the prompt holding every passage, attending as
+/// `attention` says (`None`: the engine's default): the trimmed text and the token ids. `on_token` sees each
+/// token's text as it is made. A prompt that does not fit is [`AnswerError::OverContext`].
 pub async fn generate_answer(
     g: &dyn Generator,
     question: &str,
     passages: &[(String, String)],
+    attention: Option<AttentionMode>,
     mut on_token: impl FnMut(&str),
 ) -> Result<(String, Vec<u32>), AnswerError> {
     let all = crate::attribution::all_players(passages.len());
@@ -156,7 +158,10 @@ pub async fn generate_answer(
         ..SamplingParams::default()
     };
     let mut rx = g
-        .submit(GenerationRequest::new(prompt, params))
+        .submit(GenerationRequest {
+            attention,
+            ..GenerationRequest::new(prompt, params)
+        })
         .map_err(|e| match e {
             EngineError::TooLong { .. } => AnswerError::OverContext {
                 passages: passages.len(),

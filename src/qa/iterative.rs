@@ -12,7 +12,7 @@ use crate::qa::generated::AnswerError;
 use crate::retrieve::{Retrieval, RetrieveError, Retriever};
 use engram_engine::ChatMessage;
 use engram_engine::SamplingParams;
-use engram_engine::{GenerationEvent, GenerationRequest, Generator};
+use engram_engine::{AttentionMode, GenerationEvent, GenerationRequest, Generator};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -42,7 +42,8 @@ pub enum IterativeError {
 }
 
 /// Retrieves for `question` in up to `iterations` rounds of `top_k` passages each (at most `max_passages` in
-/// all); returns the evidence in the order found, with every round's seeds, and the rounds.
+/// all); returns the evidence in the order found, with every round's seeds, and the rounds. A model writes the
+/// steps with `attention` (`None`: the engine's default).
 pub async fn gather(
     retriever: &dyn Retriever,
     answerer: &Answerer,
@@ -50,6 +51,7 @@ pub async fn gather(
     top_k: usize,
     iterations: usize,
     max_passages: usize,
+    attention: Option<AttentionMode>,
 ) -> Result<(Retrieval, Vec<Round>), IterativeError> {
     let mut evidence = Retrieval::default();
     let mut seen = HashSet::new();
@@ -82,7 +84,7 @@ pub async fn gather(
         }
         let steps: Vec<&str> = rounds[1..].iter().map(|r| r.query.as_str()).collect();
         let step = answerer
-            .next_step(question, &evidence, &steps)
+            .next_step(question, &evidence, &steps, attention)
             .await
             .map_err(IterativeError::Step)?;
         match step {
@@ -110,13 +112,15 @@ pub fn reader_step(question: &str, evidence: &Retrieval, steps: &[&str]) -> Opti
         .find(|s| !steps.contains(&s.as_str()))
 }
 
-/// The model's next reasoning step: greedy, one line, at most [`STEP_TOKENS`] tokens; `None` when it writes
-/// nothing or its prompt leaves no room in the context window.
+/// The model's next reasoning step: greedy, one line, at most [`STEP_TOKENS`] tokens, attending as `attention`
+/// says (`None`: the engine's default); `None` when it writes nothing or its prompt leaves no room in the context
+/// window.
 pub async fn model_step(
     g: &dyn Generator,
     question: &str,
     evidence: &Retrieval,
     steps: &[&str],
+    attention: Option<AttentionMode>,
 ) -> Result<Option<String>, AnswerError> {
     let mut user = String::from(
         "Reason towards the answer of the question one step at a time, using the passages.\n\n",
@@ -151,7 +155,10 @@ pub async fn model_step(
         stop_strings: vec!["\n".into()],
         ..SamplingParams::default()
     };
-    let mut rx = g.submit(GenerationRequest::new(prompt, params))?;
+    let mut rx = g.submit(GenerationRequest {
+        attention,
+        ..GenerationRequest::new(prompt, params)
+    })?;
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
         match event {

@@ -63,10 +63,14 @@ pub struct QaOutcome {
 impl QaService<'_> {
     /// Checks `request` before anything runs (so that a streamed request is refused before its stream starts):
     /// a question that is not empty, `top_k` (default `retrieval.default_top_k`) from 1 to `retrieval.max_top_k`,
-    /// `iterations` (default 1) from 1 to [`MAX_ITERATIONS`], and a known retriever (default `bm25`).
+    /// `iterations` (default 1) from 1 to [`MAX_ITERATIONS`], a known retriever (default `bm25`) and HiP
+    /// parameters the engine accepts (checked with or without a model).
     pub fn prepare(&self, request: QaRequest) -> Result<QaQuery, QaError> {
         if request.question.trim().is_empty() {
             return Err(QaError::EmptyQuestion);
+        }
+        if let Some(attention) = &request.attention {
+            attention.validate()?;
         }
         let top_k = request.top_k.unwrap_or(self.retrieval.default_top_k);
         if top_k == 0 || top_k > self.retrieval.max_top_k {
@@ -94,7 +98,8 @@ impl QaService<'_> {
 
     /// Retrieves, answers, attributes and lists the relations of the retrieved passages. `on_token` sees the
     /// answer's text as it is made (once per generated token; an extractive answer at once); `started` is when
-    /// the question arrived (`timings.total_ms` counts from it). A model's prompt holds every retrieved passage:
+    /// the question arrived (`timings.total_ms` counts from it). The model writes the answer and the reasoning steps
+    /// with the request's `attention` (attribution scores densely). A model's prompt holds every retrieved passage:
     /// when it does not fit, the question is not answered ([`crate::qa::generated::AnswerError::OverContext`]).
     pub async fn answer(
         &self,
@@ -119,13 +124,14 @@ impl QaService<'_> {
             top_k,
             iterations,
             max_passages,
+            request.attention,
         )
         .await?;
         let retrieve_ms = ms(t);
         let t = Instant::now();
         let answered = self
             .answerer
-            .answer(question, &found.passages, on_token)
+            .answer(question, &found.passages, request.attention, on_token)
             .await?;
         let read_ms = ms(t);
         let t = Instant::now();

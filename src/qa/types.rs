@@ -2,6 +2,7 @@
 //! answer carries ([`Answer`], [`PassageAttribution`], [`AttributionInfo`], [`TokenAttribution`], [`QaRelation`],
 //! [`QaTimings`]). They are also the `/v1/qa` wire format (serde, with utoipa schemas for the OpenAPI spec).
 
+use engram_engine::{AttentionMode, HipParams};
 use serde::{Deserialize, Serialize};
 
 /// How the values are estimated.
@@ -93,6 +94,94 @@ pub struct QaRequest {
     /// log-probability stays within ln 2 of the full prompt's). The extractive reader has its own value.
     #[serde(default)]
     pub value: ValueFunction,
+    /// How the model attends while it writes the answer (and, with `iterations`, its reasoning steps):
+    /// `{"kind": "dense"}` or `{"kind": "hip", "block_q": 64, "block_k": 64, "top_k": 32, "sink_tokens": 64,
+    /// "recent_tokens": 512, "min_context": 4096}` (HiP sparse attention for prompts past `min_context` tokens;
+    /// every parameter optional, with those defaults). Omitted: the engine's `[engine.attention]`. Attribution
+    /// always scores its coalition prompts with dense attention. Checked even without a model (a bad one is a 400
+    /// naming `attention`); the extractive reader ignores it.
+    #[serde(default, deserialize_with = "whole_attention")]
+    #[schema(schema_with = attention_schema)]
+    pub attention: Option<AttentionMode>,
+}
+
+/// Reads `attention` as one value, so that any error inside it (an unknown `kind` included) names `attention`
+/// itself, as the OpenAI-compatible endpoints do.
+fn whole_attention<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<AttentionMode>, D::Error> {
+    Option::<serde_json::Value>::deserialize(deserializer)?
+        .map(|v| AttentionMode::deserialize(v).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// The OpenAPI schema of an `attention` object (the engine's [`AttentionMode`], which has no schema of its own),
+/// shared by `/v1/qa` and the OpenAI-compatible endpoints: `{"kind": "dense"}`, or `{"kind": "hip", ...}` with
+/// HiP's integer parameters, each optional with [`HipParams::default`]'s value. The ranges are the engine's
+/// ([`HipParams::validate`]): block sizes 1 to 4096, `top_k` 1 to 256.
+pub fn attention_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type,
+    };
+    let kind = |name: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([name]))
+    };
+    let closed = || Some(AdditionalProperties::<Schema>::FreeForm(false));
+    let d = HipParams::default();
+    let int = |min: usize, max: Option<usize>, default: usize, what: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(min))
+            .maximum(max)
+            .default(Some(default.into()))
+            .description(Some(what))
+    };
+    let dense = ObjectBuilder::new()
+        .description(Some("Every row attends to all earlier keys."))
+        .property("kind", kind("dense"))
+        .required("kind")
+        .additional_properties(closed());
+    let hip = ObjectBuilder::new()
+        .description(Some(
+            "HiP sparse attention: each block of query rows attends to the top_k key blocks a tree search picks, \
+             plus the sink and the recent window, once the context exceeds min_context tokens.",
+        ))
+        .property("kind", kind("hip"))
+        .property(
+            "block_q",
+            int(1, Some(4096), d.block_q, "Query rows that share one search."),
+        )
+        .property(
+            "block_k",
+            int(1, Some(4096), d.block_k, "Keys per key block, the unit the search keeps."),
+        )
+        .property(
+            "top_k",
+            int(1, Some(256), d.top_k, "Key blocks each query block keeps besides the sink and the window."),
+        )
+        .property(
+            "sink_tokens",
+            int(0, None, d.sink_tokens, "Tokens at the start always attended."),
+        )
+        .property(
+            "recent_tokens",
+            int(0, None, d.recent_tokens, "Latest tokens always attended by every row."),
+        )
+        .property(
+            "min_context",
+            int(0, None, d.min_context, "Contexts up to this many tokens stay dense."),
+        )
+        .required("kind")
+        .additional_properties(closed());
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(dense)
+            .item(hip)
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
 }
 
 /// How coalition prompts are computed (see [`QaRequest::passage_encoding`]).

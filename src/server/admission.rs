@@ -163,6 +163,7 @@ mod tests {
             params: engram_engine::SamplingParams::default(),
             constraint: None,
             kv_budget: None,
+            attention: None,
         }
     }
 

@@ -193,6 +193,9 @@ impl From<QaError> for ApiError {
             QaError::InvalidIterations(_) => {
                 ApiError::bad_request("invalid_iterations", e.to_string()).param("iterations")
             }
+            QaError::InvalidAttention(_) => {
+                ApiError::bad_request("invalid_parameter", e.to_string()).param("attention")
+            }
             QaError::UnknownRetriever(e) => ApiError::from(e).param("retriever"),
             QaError::Rounds(IterativeError::Retrieve(e)) => e.into(),
             QaError::Answer(AnswerError::OverContext { .. }) => {

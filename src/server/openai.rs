@@ -4,12 +4,14 @@
 use super::body::read_json;
 use super::error::{ApiError, ErrorEnvelope};
 use crate::app::App;
+use crate::qa::types::attention_schema;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engram_engine::shape_of;
+use engram_engine::AttentionMode;
 use engram_engine::ChatMessage;
 use engram_engine::JsonConstraint;
 use engram_engine::{BudgetPart, KvBudget};
@@ -84,6 +86,35 @@ pub struct SamplingFields {
     /// most recent ones. Omitted: the full cache.
     #[serde(default)]
     pub kv_budget: Option<KvBudgetRequest>,
+    /// How the request attends (extension): `{"kind": "dense"}` or `{"kind": "hip", "block_q": 64, "block_k": 64,
+    /// "top_k": 32, "sink_tokens": 64, "recent_tokens": 512, "min_context": 4096}`, HiP sparse attention: once a
+    /// chunk's context exceeds `min_context` tokens, each block of `block_q` query rows attends to the `top_k` key
+    /// blocks (of `block_k` keys) a tree search over its attention logits picks, plus the first `sink_tokens` and
+    /// the latest `recent_tokens`; nothing is evicted from the cache. Every HiP parameter is optional, with those
+    /// defaults (`top_k` 1 to 256, block sizes 1 to 4096). Omitted: the server's `[engine.attention]` (dense by
+    /// default). HiP requests are not speculated, and HiP cannot be combined with `kv_budget`. A malformed object
+    /// is a 400 `invalid_field`, refused parameters a 400 `invalid_parameter`, both naming `attention`.
+    #[serde(default)]
+    #[schema(schema_with = attention_schema)]
+    pub attention: Option<Value>,
+}
+
+impl SamplingFields {
+    /// The request's attention (`None`: the engine's default), or a 400 `invalid_field` naming `attention` when
+    /// the object is malformed (an unknown `kind` or field, a wrong type). The parameters themselves are the
+    /// engine's to check.
+    fn attention(&self) -> Result<Option<AttentionMode>, ApiError> {
+        match &self.attention {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => AttentionMode::deserialize(v).map(Some).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("invalid value at `attention`: {e}"),
+                )
+                .param("attention")
+            }),
+        }
+    }
 }
 
 /// The `kv_budget` of a request: each part a ratio or a token count.
@@ -131,7 +162,8 @@ impl KvBudgetRequest {
     }
 }
 
-/// Submits `prompt` with the constraint the request's `response_format` asks for.
+/// Submits `prompt` with the constraint the request's `response_format` asks for, its `kv_budget` and its
+/// `attention`.
 fn submit(
     g: &dyn Generator,
     prompt: Vec<u32>,
@@ -144,11 +176,13 @@ fn submit(
         .as_ref()
         .map(KvBudgetRequest::budget)
         .transpose()?;
+    let attention = fields.attention()?;
     Ok(g.submit(GenerationRequest {
         prompt,
         params,
         constraint,
         kv_budget,
+        attention,
     })?)
 }
 
@@ -289,6 +323,9 @@ impl From<EngineError> for ApiError {
                 ApiError::bad_request("context_length_exceeded", e.to_string()).param("messages")
             }
             EngineError::EmptyPrompt => ApiError::bad_request("empty_prompt", e.to_string()),
+            EngineError::Attention(_) => {
+                ApiError::bad_request("invalid_parameter", e.to_string()).param("attention")
+            }
             EngineError::ConstraintBudget { .. } => {
                 ApiError::bad_request("max_tokens_too_small", e.to_string()).param("max_tokens")
             }
@@ -743,5 +780,40 @@ mod tests {
         let res = ApiError::from(EngineError::QueueFull(260)).into_response();
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(res.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn refused_attention_is_a_400_naming_it() {
+        let e = ApiError::from(EngineError::Attention(engram_engine::HipError(
+            "top_k must be between 1 and 256, got 0".into(),
+        )));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.code, "invalid_parameter");
+        assert_eq!(e.param.as_deref(), Some("attention"));
+    }
+
+    #[test]
+    fn malformed_attention_is_an_invalid_field_naming_it() {
+        let fields = |attention: Value| -> SamplingFields {
+            serde_json::from_value(json!({ "attention": attention })).unwrap()
+        };
+        assert_eq!(fields(Value::Null).attention().unwrap(), None);
+        let hip = fields(json!({"kind": "hip", "top_k": 8}))
+            .attention()
+            .unwrap();
+        assert_eq!(hip.and_then(|m| m.hip()).map(|p| p.top_k), Some(8));
+        for bad in [
+            json!({"kind": "sparse"}),
+            json!({"kind": "hip", "topk": 8}),
+            json!({"kind": "hip", "top_k": "eight"}),
+            json!("hip"),
+        ] {
+            let e = fields(bad.clone()).attention().unwrap_err();
+            assert_eq!(
+                (e.code, e.param.as_deref()),
+                ("invalid_field", Some("attention")),
+                "{bad}"
+            );
+        }
     }
 }

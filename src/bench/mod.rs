@@ -2,6 +2,7 @@
 //! measures). Each subcommand has its own arguments; the device is chosen once, by the engine's
 //! [`on_device`](engram_engine::internals::start::on_device).
 
+pub mod attention;
 pub mod attribution;
 pub mod engine;
 pub mod h2o;
@@ -33,6 +34,10 @@ pub enum BenchCommand {
     /// TextGenSHAP passage attribution (permutation Shapley): passages encoded once, against every coalition
     /// prompt scored alone (timed on a sample, scaled), and optionally the joint prepacked mode.
     Attribution(AttributionArgs),
+    /// HiP sparse attention against dense attention: one layer's attention through the backend (decode and
+    /// prefill, by context), prefill and decode through the engine, and passkey retrieval and KL divergence on a
+    /// real model.
+    Attention(attention::AttentionArgs),
 }
 
 /// Flags every benchmark takes.
@@ -219,6 +224,7 @@ pub fn run(what: BenchCommand, cuda: &CudaConfig) -> Result<()> {
         BenchCommand::Speculative(a) => a.common.device,
         BenchCommand::H2o(a) => a.common.device,
         BenchCommand::Attribution(a) => a.common.device,
+        BenchCommand::Attention(a) => a.device(),
     };
     on_device(device, cuda, what)?
 }
@@ -236,6 +242,7 @@ impl BackendTask for BenchCommand {
             BenchCommand::Speculative(a) => speculative(backend, &a),
             BenchCommand::H2o(a) => h2o(backend()?, &a),
             BenchCommand::Attribution(a) => attribution(backend()?, &a),
+            BenchCommand::Attention(a) => attention::run(backend, &a),
         }
     }
 }

@@ -778,7 +778,7 @@ mod tests {
     fn engine_attention_reads_from_the_file_and_the_environment() {
         use engram_engine::{AttentionMode, HipParams};
         let dense = Config::load(None, &[], Figment::new()).unwrap();
-        assert_eq!(dense.engine.attention, AttentionMode::Dense);
+        assert_eq!(dense.engine.attention, AttentionMode::Dense {});
         let dir = tempfile::tempdir().unwrap();
         let file = write(
             dir.path(),

@@ -62,21 +62,26 @@ impl Default for HipParams {
 
 /// How a request attends: densely (the default) or with HiP. In JSON and TOML: `{"kind": "dense"}` or
 /// `{"kind": "hip", "top_k": 32, ...}` (omitted parameters take [`HipParams::default`]'s values).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AttentionMode {
-    /// Every row attends to all earlier keys.
-    #[default]
-    Dense,
+    /// Every row attends to all earlier keys (an empty struct variant, so that stray fields are refused).
+    Dense {},
     /// HiP sparse attention for contexts past `min_context`.
     Hip(HipParams),
+}
+
+impl Default for AttentionMode {
+    fn default() -> Self {
+        Self::Dense {}
+    }
 }
 
 impl AttentionMode {
     /// The HiP parameters, if sparse.
     pub fn hip(&self) -> Option<HipParams> {
         match self {
-            Self::Dense => None,
+            Self::Dense {} => None,
             Self::Hip(p) => Some(*p),
         }
     }
@@ -343,9 +348,10 @@ mod tests {
             })
         );
         let d: AttentionMode = serde_json::from_str(r#"{"kind":"dense"}"#).unwrap();
-        assert_eq!(d, AttentionMode::Dense);
+        assert_eq!(d, AttentionMode::Dense {});
         assert!(serde_json::from_str::<AttentionMode>(r#"{"kind":"hip","topk":8}"#).is_err());
         assert!(serde_json::from_str::<AttentionMode>(r#"{"kind":"sparse"}"#).is_err());
+        assert!(serde_json::from_str::<AttentionMode>(r#"{"kind":"dense","top_k":8}"#).is_err());
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub fn bench_engine<B: Backend + DeviceProbe>(
 ) -> Result<EngineReport, BenchError> {
     let mut runs = Vec::new();
     let modes = [
-        ("dense", AttentionMode::Dense),
+        ("dense", AttentionMode::Dense {}),
         ("hip", AttentionMode::Hip(cfg.hip)),
     ];
     for &t in &cfg.contexts {

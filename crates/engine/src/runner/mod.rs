@@ -76,7 +76,7 @@ impl Default for EngineConfig {
             max_waiting: 256,
             speculative: SpeculativeConfig::default(),
             cuda: CudaConfig::default(),
-            attention: AttentionMode::Dense,
+            attention: AttentionMode::Dense {},
         }
     }
 }

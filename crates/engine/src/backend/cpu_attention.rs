@@ -446,9 +446,15 @@ mod tests {
         }
     }
 
+    /// The backend's attention output for the queries `q` over a case's cache and batch.
+    fn output(q: &CpuTensor, c: &Case) -> Vec<f32> {
+        let b = CpuBackend;
+        let out = b.attention(q, &c.kv, 0, HEADS, &c.batch).unwrap();
+        b.to_host(&out).unwrap().0
+    }
+
     #[test]
     fn with_every_block_kept_hip_is_exactly_dense() {
-        let b = CpuBackend;
         let (q_len, ctx) = (17, 200);
         let every = HipParams {
             top_k: 64,
@@ -457,16 +463,7 @@ mod tests {
         let sparse = case(3, q_len, ctx, Some(every));
         let dense = case(3, q_len, ctx, None);
         let q = tensor(&sparse.q, q_len, HEADS * HD);
-        let a = b
-            .to_host(
-                &b.attention(&q, &sparse.kv, 0, HEADS, &sparse.batch)
-                    .unwrap(),
-            )
-            .unwrap();
-        let d = b
-            .to_host(&b.attention(&q, &dense.kv, 0, HEADS, &dense.batch).unwrap())
-            .unwrap();
-        assert_eq!(a.0, d.0);
+        assert_eq!(output(&q, &sparse), output(&q, &dense));
     }
 
     #[test]
@@ -481,15 +478,6 @@ mod tests {
             .hip_mask(&q, &sparse.kv, 0, HEADS, &sparse.batch)
             .unwrap()
             .is_empty());
-        let a = b
-            .to_host(
-                &b.attention(&q, &sparse.kv, 0, HEADS, &sparse.batch)
-                    .unwrap(),
-            )
-            .unwrap();
-        let d = b
-            .to_host(&b.attention(&q, &dense.kv, 0, HEADS, &dense.batch).unwrap())
-            .unwrap();
-        assert_eq!(a.0, d.0);
+        assert_eq!(output(&q, &sparse), output(&q, &dense));
     }
 }
